@@ -1,0 +1,74 @@
+#include "kernels/codec_luts.h"
+
+#include <cstring>
+
+#include "formats/reference.h"
+
+namespace lowbit {
+
+namespace {
+struct Luts {
+  float hif8[256], e4m3[256], e2m1[16], e1m2[16];
+  Luts() {
+    for (int c = 0; c < 256; ++c) {
+      hif8[c] = ref::hifloat8_decode(uint8_t(c));
+      e4m3[c] = ref::minifloat_decode(uint8_t(c), ref::kE4M3FN);
+    }
+    for (int c = 0; c < 16; ++c) {
+      e2m1[c] = ref::minifloat_decode(uint8_t(c), ref::kE2M1);
+      e1m2[c] = ref::minifloat_decode(uint8_t(c), ref::kE1M2);
+    }
+  }
+};
+const Luts& luts() {
+  static const Luts t;
+  return t;
+}
+}  // namespace
+
+const float* decode_lut(Format f) {
+  switch (f) {
+    case Format::kHiFloat8: return luts().hif8;
+    case Format::kFloat8E4M3FN:
+    case Format::kMxFp8E4M3FN: return luts().e4m3;
+    case Format::kFloat4E2M1:
+    case Format::kMxFp4E2M1: return luts().e2m1;
+    case Format::kFloat4E1M2: return luts().e1m2;
+    default: return nullptr;
+  }
+}
+
+void pack_nibbles(const uint8_t* codes, uint8_t* out, int64_t bytes) {
+  int64_t i = 0;
+  // 8 codes (one per byte) -> 4 bytes, with shifts inside a 64-bit word.
+  for (; i + 4 <= bytes; i += 4) {
+    uint64_t w;
+    std::memcpy(&w, codes + 2 * i, 8);
+    w &= 0x0F0F0F0F0F0F0F0Full;
+    w = (w | (w >> 4)) & 0x00FF00FF00FF00FFull;
+    w = (w | (w >> 8)) & 0x0000FFFF0000FFFFull;
+    w = (w | (w >> 16)) & 0x00000000FFFFFFFFull;
+    uint32_t v = uint32_t(w);
+    std::memcpy(out + i, &v, 4);
+  }
+  for (; i < bytes; ++i) out[i] = uint8_t((codes[2 * i] & 0xF) | ((codes[2 * i + 1] & 0xF) << 4));
+}
+
+void unpack_nibbles(const uint8_t* packed, uint8_t* codes, int64_t bytes) {
+  int64_t i = 0;
+  for (; i + 4 <= bytes; i += 4) {
+    uint32_t v;
+    std::memcpy(&v, packed + i, 4);
+    uint64_t w = v;
+    w = (w | (w << 16)) & 0x0000FFFF0000FFFFull;
+    w = (w | (w << 8)) & 0x00FF00FF00FF00FFull;
+    w = (w | (w << 4)) & 0x0F0F0F0F0F0F0F0Full;
+    std::memcpy(codes + 2 * i, &w, 8);
+  }
+  for (; i < bytes; ++i) {
+    codes[2 * i] = packed[i] & 0xF;
+    codes[2 * i + 1] = packed[i] >> 4;
+  }
+}
+
+}  // namespace lowbit

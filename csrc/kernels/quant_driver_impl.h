@@ -1,0 +1,358 @@
+// Row loops of the quantization kernels, written once over a vector type V. Each
+// instruction-set translation unit (quant_scalar.cpp, quant_avx2.cpp, quant_avx512.cpp)
+// includes this file with its own V and gets its own copy of every kernel.
+#pragma once
+#include <cstring>
+#include <limits>
+#include <type_traits>
+
+#include "formats/half.h"
+#include "kernels/codec_luts.h"
+#include "kernels/codecs.h"
+#include "kernels/isa_table.h"
+#include "kernels/quant_kernels.h"
+
+// Everything here has internal linkage (anonymous namespace) and avoids std::
+// containers and algorithms: each ISA translation unit is compiled with different
+// instruction-set flags, and a shared inline symbol could otherwise be taken by the
+// linker from the AVX-512 unit for use on a CPU without AVX-512.
+namespace lowbit {
+namespace {
+namespace driver {
+
+inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+inline float maxf(float a, float b) { return a > b ? a : b; }
+inline float minf(float a, float b) { return a < b ? a : b; }
+
+// A zero-filled scratch row per thread.
+struct Scratch {
+  explicit Scratch(int64_t n) : p(new uint8_t[size_t(n)]()) {}
+  ~Scratch() { delete[] p; }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  uint8_t* p;
+};
+
+template <DType D>
+using DTypeTag = std::integral_constant<DType, D>;
+
+template <class Fn>
+void with_dtype(DType d, Fn&& fn) {
+  switch (d) {
+    case DType::kF32: return fn(DTypeTag<DType::kF32>{});
+    case DType::kF16: return fn(DTypeTag<DType::kF16>{});
+    case DType::kBF16: return fn(DTypeTag<DType::kBF16>{});
+  }
+}
+
+template <class C>
+struct CodecTag {
+  using type = C;
+};
+
+// Calls fn(CodecTag<Codec>{}) with the element codec of spec.format.
+template <class V, class Fn>
+void with_codec(const QuantSpec& spec, Fn&& fn) {
+  switch (spec.format) {
+    case Format::kInt8:
+      return spec.symmetric || spec.granularity == Granularity::kToken
+                 ? fn(CodecTag<IntCodec<V, 8, true>>{})
+                 : fn(CodecTag<IntCodec<V, 8, false>>{});
+    case Format::kInt4:
+      return spec.symmetric || spec.granularity == Granularity::kToken
+                 ? fn(CodecTag<IntCodec<V, 4, true>>{})
+                 : fn(CodecTag<IntCodec<V, 4, false>>{});
+    case Format::kFloat8E4M3FN:
+    case Format::kMxFp8E4M3FN: return fn(CodecTag<MinifloatCodec<V, E4M3Traits>>{});
+    case Format::kFloat4E2M1:
+    case Format::kMxFp4E2M1: return fn(CodecTag<MinifloatCodec<V, E2M1Traits>>{});
+    case Format::kFloat4E1M2: return fn(CodecTag<MinifloatCodec<V, E1M2Traits>>{});
+    case Format::kHiFloat8: return fn(CodecTag<HiFloat8Codec<V>>{});
+  }
+}
+
+template <class V>
+struct Kernels {
+  using F = typename V::F;
+  using I = typename V::I;
+  static constexpr int L = V::kLanes;
+
+  // ---- element access by dtype ----
+  template <DType D>
+  static F vload(const void* base, int64_t i) {
+    if constexpr (D == DType::kF32) return V::load(static_cast<const float*>(base) + i);
+    else if constexpr (D == DType::kF16) return V::load_f16(static_cast<const uint16_t*>(base) + i);
+    else return V::load_bf16(static_cast<const uint16_t*>(base) + i);
+  }
+  template <DType D>
+  static void vstore(void* base, int64_t i, F v) {
+    if constexpr (D == DType::kF32) V::store(static_cast<float*>(base) + i, v);
+    else if constexpr (D == DType::kF16) V::store_f16(static_cast<uint16_t*>(base) + i, v);
+    else V::store_bf16(static_cast<uint16_t*>(base) + i, v);
+  }
+  template <DType D>
+  static float sload(const void* base, int64_t i) {
+    if constexpr (D == DType::kF32) return static_cast<const float*>(base)[i];
+    else if constexpr (D == DType::kF16) return fp16_to_float(static_cast<const uint16_t*>(base)[i]);
+    else return bf16_to_float(static_cast<const uint16_t*>(base)[i]);
+  }
+  template <DType D>
+  static void sstore(void* base, int64_t i, float v) {
+    if constexpr (D == DType::kF32) static_cast<float*>(base)[i] = v;
+    else if constexpr (D == DType::kF16) static_cast<uint16_t*>(base)[i] = float_to_fp16(v);
+    else static_cast<uint16_t*>(base)[i] = float_to_bf16(v);
+  }
+  static size_t elem_size(DType d) { return d == DType::kF32 ? 4 : 2; }
+  static const void* row_ptr(const ConstMatrix& m, int64_t r) {
+    return static_cast<const char*>(m.data) + r * m.ld * int64_t(elem_size(m.dtype));
+  }
+  static void* row_ptr(const MutMatrix& m, int64_t r) {
+    return static_cast<char*>(m.data) + r * m.ld * int64_t(elem_size(m.dtype));
+  }
+
+  // ---- spans: [k0, k1) of one row with one granule's parameters ----
+  // NaN-ignoring max/min (x86 max keeps the second operand when the first is NaN).
+  template <DType D>
+  static GranuleStats stats_span(const void* row, int64_t k0, int64_t k1) {
+    F vmax = V::set1(-std::numeric_limits<float>::infinity());
+    F vmin = V::set1(std::numeric_limits<float>::infinity());
+    F vnan = V::set1(0.0f);
+    int64_t k = k0;
+    for (; k + L <= k1; k += L) {
+      F x = vload<D>(row, k);
+      vmax = V::max(x, vmax);
+      vmin = V::min(x, vmin);
+      vnan = V::select(V::isnan(x), V::set1(1.0f), vnan);
+    }
+    GranuleStats st{V::reduce_max(vmax), V::reduce_min(vmin), V::reduce_max(vnan) > 0.0f};
+    for (; k < k1; ++k) {
+      float x = sload<D>(row, k);
+      st.max_value = x > st.max_value ? x : st.max_value;
+      st.min_value = x < st.min_value ? x : st.min_value;
+      st.has_nan = st.has_nan || x != x;
+    }
+    return st;
+  }
+
+  template <class C, DType Din, DType Dout>
+  static void qdq_span(const void* src, void* dst, int64_t k0, int64_t k1, const Granule<V>& g) {
+    int64_t k = k0;
+    for (; k + L <= k1; k += L) vstore<Dout>(dst, k, C::qdq(vload<Din>(src, k), g));
+    if (k < k1) {
+      float tmp[L] = {};
+      for (int64_t i = k; i < k1; ++i) tmp[i - k] = sload<Din>(src, i);
+      V::store(tmp, C::qdq(V::load(tmp), g));
+      for (int64_t i = k; i < k1; ++i) sstore<Dout>(dst, i, tmp[i - k]);
+    }
+  }
+
+  template <class C, DType Din>
+  static void encode_span(const void* src, uint8_t* codes, int64_t k0, int64_t k1, const Granule<V>& g) {
+    int64_t k = k0;
+    for (; k + L <= k1; k += L) V::store_u8(codes + k, C::encode(vload<Din>(src, k), g));
+    if (k < k1) {
+      float tmp[L] = {};
+      uint8_t out[L];
+      for (int64_t i = k; i < k1; ++i) tmp[i - k] = sload<Din>(src, i);
+      V::store_u8(out, C::encode(V::load(tmp), g));
+      std::memcpy(codes + k, out, size_t(k1 - k));
+    }
+  }
+
+  template <class C, DType Dout>
+  static void decode_span(const uint8_t* codes, void* dst, int64_t k0, int64_t k1, const Granule<V>& g) {
+    int64_t k = k0;
+    for (; k + L <= k1; k += L) vstore<Dout>(dst, k, C::decode(V::load_u8(codes + k), g));
+    if (k < k1) {
+      uint8_t in[L] = {};
+      float tmp[L];
+      std::memcpy(in, codes + k, size_t(k1 - k));
+      V::store(tmp, C::decode(V::load_u8(in), g));
+      for (int64_t i = k; i < k1; ++i) sstore<Dout>(dst, i, tmp[i - k]);
+    }
+  }
+
+  // ---- whole matrices ----
+  static int64_t granule_len(const QuantSpec& spec, int64_t cols) {
+    if (format_info(spec.format).is_mx) return kMxBlock;
+    return spec.granularity == Granularity::kGroup ? spec.group_size : cols;
+  }
+  static bool parallel(int64_t rows, int64_t cols) { return rows > 1 && rows * cols >= (1 << 15); }
+
+  static Granule<V> make_granule(const QuantSpec& spec, const GranuleParams& p) {
+    return {V::set1(p.scale), V::set1(float(p.offset)), decode_lut(spec.format)};
+  }
+  static void store_params(const QuantSpec& spec, ScaleView sv, int64_t idx, const GranuleParams& p) {
+    if (format_info(spec.format).is_mx) {
+      if (sv.e8m0) sv.e8m0[idx] = p.e8m0;
+      return;
+    }
+    if (sv.scale) sv.scale[idx] = p.scale;
+    if (sv.offset) sv.offset[idx] = p.offset;
+  }
+  static GranuleParams load_params(const QuantSpec& spec, ScaleView sv, int64_t idx) {
+    return granule_params_from_stored(spec, sv.scale ? sv.scale[idx] : 1.0f, sv.offset ? sv.offset[idx] : 0,
+                                      sv.e8m0 ? sv.e8m0[idx] : 127);
+  }
+  static int64_t scale_index(const QuantSpec& spec, int64_t r, int64_t g, int64_t groups) {
+    return spec.granularity == Granularity::kTensor ? 0 : r * groups + g;
+  }
+
+  static GranuleParams tensor_params(const ConstMatrix& x, const QuantSpec& spec) {
+    GranuleStats total{-std::numeric_limits<float>::infinity(), std::numeric_limits<float>::infinity(), false};
+    with_dtype(x.dtype, [&](auto d) {
+      constexpr DType D = decltype(d)::value;
+      float mx = total.max_value, mn = total.min_value;
+      bool nan = false;
+#pragma omp parallel for schedule(static) reduction(max : mx) reduction(min : mn) reduction(|| : nan) \
+    if (parallel(x.rows, x.cols))
+      for (int64_t r = 0; r < x.rows; ++r) {
+        GranuleStats st = stats_span<D>(row_ptr(x, r), 0, x.cols);
+        mx = maxf(mx, st.max_value);
+        mn = minf(mn, st.min_value);
+        nan = nan || st.has_nan;
+      }
+      total = {mx, mn, nan};
+    });
+    return granule_params(spec, total);
+  }
+
+  static void compute_scales(const ConstMatrix& x, const QuantSpec& spec, ScaleView sv) {
+    if (spec.granularity == Granularity::kTensor && !format_info(spec.format).is_mx) {
+      store_params(spec, sv, 0, tensor_params(x, spec));
+      return;
+    }
+    const int64_t glen = granule_len(spec, x.cols), groups = groups_per_row(spec, x.cols);
+    with_dtype(x.dtype, [&](auto d) {
+      constexpr DType D = decltype(d)::value;
+#pragma omp parallel for schedule(static) if (parallel(x.rows, x.cols))
+      for (int64_t r = 0; r < x.rows; ++r) {
+        const void* row = row_ptr(x, r);
+        for (int64_t g = 0; g < groups; ++g) {
+          GranuleStats st = stats_span<D>(row, g * glen, min64(x.cols, (g + 1) * glen));
+          store_params(spec, sv, r * groups + g, granule_params(spec, st));
+        }
+      }
+    });
+  }
+
+  // QDQ of every row; `dynamic` computes each row's parameters from the row itself.
+  static void qdq_rows(const ConstMatrix& x, const QuantSpec& spec, ScaleView sv, const MutMatrix& out,
+                       bool dynamic) {
+    const int64_t glen = granule_len(spec, x.cols), groups = groups_per_row(spec, x.cols);
+    with_codec<V>(spec, [&](auto codec) {
+      using C = typename decltype(codec)::type;
+      with_dtype(x.dtype, [&](auto din) {
+        constexpr DType Din = decltype(din)::value;
+        with_dtype(out.dtype, [&](auto dout) {
+          constexpr DType Dout = decltype(dout)::value;
+#pragma omp parallel for schedule(static) if (parallel(x.rows, x.cols))
+          for (int64_t r = 0; r < x.rows; ++r) {
+            const void* src = row_ptr(x, r);
+            void* dst = row_ptr(out, r);
+            for (int64_t g = 0; g < groups; ++g) {
+              const int64_t k0 = g * glen, k1 = min64(x.cols, k0 + glen);
+              const int64_t idx = scale_index(spec, r, g, groups);
+              GranuleParams p;
+              if (dynamic) {
+                p = granule_params(spec, stats_span<Din>(src, k0, k1));
+                store_params(spec, sv, idx, p);
+              } else {
+                p = load_params(spec, sv, idx);
+              }
+              qdq_span<C, Din, Dout>(src, dst, k0, k1, make_granule(spec, p));
+            }
+          }
+        });
+      });
+    });
+  }
+
+  static void fake_quant(const ConstMatrix& x, const QuantSpec& spec, ScaleView sv, const MutMatrix& out) {
+    qdq_rows(x, spec, sv, out, false);
+  }
+
+  static void fake_quant_dynamic(const ConstMatrix& x, const QuantSpec& spec, const MutMatrix& out, ScaleView sv) {
+    if (spec.granularity == Granularity::kTensor && !format_info(spec.format).is_mx) {
+      GranuleParams p = tensor_params(x, spec);
+      float s = p.scale;
+      int32_t o = p.offset;
+      store_params(spec, sv, 0, p);
+      qdq_rows(x, spec, ScaleView{&s, &o, nullptr}, out, false);
+      return;
+    }
+    qdq_rows(x, spec, sv, out, true);
+  }
+
+  static void pack(const ConstMatrix& x, const QuantSpec& spec, ScaleView sv, uint8_t* out, int64_t out_ld,
+                   bool nibbles) {
+    const int64_t glen = granule_len(spec, x.cols), groups = groups_per_row(spec, x.cols);
+    const bool four_bit = format_info(spec.format).bits == 4 && nibbles;
+    const int64_t row_bytes = nibbles ? packed_row_bytes(spec, x.cols) : x.cols;
+    with_codec<V>(spec, [&](auto codec) {
+      using C = typename decltype(codec)::type;
+      with_dtype(x.dtype, [&](auto din) {
+        constexpr DType Din = decltype(din)::value;
+#pragma omp parallel if (parallel(x.rows, x.cols))
+        {
+          Scratch buf(groups * glen + L);
+#pragma omp for schedule(static)
+          for (int64_t r = 0; r < x.rows; ++r) {
+            const void* src = row_ptr(x, r);
+            uint8_t* dst = out + r * out_ld;
+            uint8_t* codes = four_bit ? buf.p : dst;
+            for (int64_t g = 0; g < groups; ++g) {
+              const int64_t k0 = g * glen, k1 = min64(x.cols, k0 + glen);
+              GranuleParams p = load_params(spec, sv, scale_index(spec, r, g, groups));
+              encode_span<C, Din>(src, codes, k0, k1, make_granule(spec, p));
+            }
+            if (four_bit) {
+              std::memset(buf.p + x.cols, 0, size_t(groups * glen + L - x.cols));
+              pack_nibbles(buf.p, dst, row_bytes);
+            } else if (row_bytes > x.cols) {
+              std::memset(dst + x.cols, 0, size_t(row_bytes - x.cols));
+            }
+          }
+        }
+      });
+    });
+  }
+
+  static void unpack(const uint8_t* codes, int64_t codes_ld, const QuantSpec& spec, ScaleView sv,
+                     const MutMatrix& out, bool nibbles) {
+    const int64_t glen = granule_len(spec, out.cols), groups = groups_per_row(spec, out.cols);
+    const bool four_bit = format_info(spec.format).bits == 4 && nibbles;
+    with_codec<V>(spec, [&](auto codec) {
+      using C = typename decltype(codec)::type;
+      with_dtype(out.dtype, [&](auto dout) {
+        constexpr DType Dout = decltype(dout)::value;
+#pragma omp parallel if (parallel(out.rows, out.cols))
+        {
+          Scratch buf(2 * ((out.cols + 1) / 2) + L);
+#pragma omp for schedule(static)
+          for (int64_t r = 0; r < out.rows; ++r) {
+            const uint8_t* row = codes + r * codes_ld;
+            if (four_bit) {
+              unpack_nibbles(row, buf.p, (out.cols + 1) / 2);
+              row = buf.p;
+            }
+            void* dst = row_ptr(out, r);
+            for (int64_t g = 0; g < groups; ++g) {
+              const int64_t k0 = g * glen, k1 = min64(out.cols, k0 + glen);
+              GranuleParams p = load_params(spec, sv, scale_index(spec, r, g, groups));
+              decode_span<C, Dout>(row, dst, k0, k1, make_granule(spec, p));
+            }
+          }
+        }
+      });
+    });
+  }
+
+  static IsaTable table() {
+    return {V::kName, &compute_scales, &fake_quant, &fake_quant_dynamic, &pack, &unpack};
+  }
+};
+
+}  // namespace driver
+}  // namespace
+}  // namespace lowbit

@@ -1,0 +1,278 @@
+// torch.ops.lowbit.* : the at::Tensor adapter over the torch-free kernels. This is the
+// only place (with python_module.cpp) that sees torch headers.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <stdexcept>
+#include <string>
+
+#include "kernels/quant_kernels.h"
+
+namespace lowbit {
+
+const char* ops_library_version() { return "0.1.0"; }
+
+namespace {
+
+// Core errors are std::invalid_argument; Python users get a ValueError.
+template <class Fn>
+auto value_errors(Fn&& fn) -> decltype(fn()) {
+  try {
+    return fn();
+  } catch (const std::invalid_argument& e) {
+    TORCH_CHECK_VALUE(false, e.what());
+  }
+}
+
+QuantSpec make_spec(const std::string& format, const std::string& granularity, int64_t group_size,
+                    bool symmetric, const std::string& mx_rule) {
+  return value_errors([&] {
+    QuantSpec s;
+    s.format = parse_format(format);
+    s.granularity = parse_granularity(granularity);
+    s.group_size = group_size;
+    s.symmetric = symmetric;
+    s.mx_rule = parse_mx_rule(mx_rule);
+    validate_spec(s);
+    return s;
+  });
+}
+
+DType float_dtype(const at::Tensor& t, const char* arg) {
+  switch (t.scalar_type()) {
+    case at::kFloat: return DType::kF32;
+    case at::kHalf: return DType::kF16;
+    case at::kBFloat16: return DType::kBF16;
+    default:
+      TORCH_CHECK_TYPE(false, arg, ": dtype ", t.scalar_type(),
+                       " is not supported; allowed: float32, float16, bfloat16");
+  }
+}
+
+void check_input(const at::Tensor& x, const char* arg) {
+  TORCH_CHECK_VALUE(x.dim() >= 1 && x.dim() <= 6, arg, ": rank ", x.dim(), " is not supported; allowed ranks: 1 to 6");
+  TORCH_CHECK_VALUE(x.device().is_cpu(), arg, ": device ", x.device(), " is not supported; allowed: cpu");
+  TORCH_CHECK_VALUE(x.size(-1) > 0, arg, ": the last dimension must not be empty");
+}
+
+// A [rows, cols] view with a contiguous last axis: 2-D strided tensors are used as
+// they are; any other non-contiguous layout is copied once.
+at::Tensor matrix_source(const at::Tensor& x) {
+  if (x.dim() == 2 && x.stride(1) == 1 && x.stride(0) >= x.size(1)) return x;
+  return x.contiguous();
+}
+int64_t ld_of(const at::Tensor& m) { return m.dim() == 2 ? m.stride(0) : m.size(-1); }
+
+ConstMatrix as_const(const at::Tensor& m) {
+  int64_t cols = m.size(-1);
+  return {m.data_ptr(), float_dtype(m, "x"), m.numel() / cols, cols, ld_of(m)};
+}
+MutMatrix as_mut(const at::Tensor& m) {
+  int64_t cols = m.size(-1);
+  return {m.data_ptr(), float_dtype(m, "out"), m.numel() / cols, cols, ld_of(m)};
+}
+
+std::vector<int64_t> scale_shape(const QuantSpec& spec, at::IntArrayRef shape) {
+  std::vector<int64_t> s(shape.begin(), shape.end());
+  if (spec.granularity == Granularity::kTensor) {
+    for (auto& d : s) d = 1;
+  } else {
+    s.back() = groups_per_row(spec, shape.back());
+  }
+  return s;
+}
+
+// Checks and adapts stored scales/offsets to a ScaleView.
+struct ScaleArgs {
+  at::Tensor scale, offset;
+  ScaleView view;
+};
+ScaleArgs scale_args(const QuantSpec& spec, const at::Tensor& scale, const at::Tensor& offset, int64_t rows,
+                     int64_t cols) {
+  const int64_t n = scale_count(spec, rows, cols);
+  ScaleArgs a;
+  const bool mx = format_info(spec.format).is_mx;
+  TORCH_CHECK_TYPE(scale.scalar_type() == (mx ? at::kByte : at::kFloat), "scale: dtype ", scale.scalar_type(),
+                   " is not allowed for ", format_info(spec.format).name, "; expected ",
+                   mx ? "uint8 (E8M0 bytes)" : "float32");
+  TORCH_CHECK_VALUE(scale.numel() == n, "scale: expected ", n, " entries for this shape and granularity, got ",
+                    scale.numel());
+  a.scale = scale.contiguous();
+  if (mx) {
+    a.view.e8m0 = a.scale.data_ptr<uint8_t>();
+  } else {
+    a.view.scale = a.scale.data_ptr<float>();
+  }
+  if (offset.defined() && offset.numel() > 0) {
+    TORCH_CHECK_TYPE(offset.scalar_type() == at::kInt, "offset: dtype ", offset.scalar_type(),
+                     " is not allowed; expected int32");
+    TORCH_CHECK_VALUE(offset.numel() == n, "offset: expected ", n, " entries, got ", offset.numel());
+    a.offset = offset.contiguous();
+    a.view.offset = a.offset.data_ptr<int32_t>();
+  }
+  return a;
+}
+
+std::tuple<at::Tensor, at::Tensor> quant_scales(const at::Tensor& x, const std::string& format,
+                                                const std::string& granularity, int64_t group_size, bool symmetric,
+                                                const std::string& mx_rule) {
+  check_input(x, "x");
+  float_dtype(x, "x");
+  QuantSpec spec = make_spec(format, granularity, group_size, symmetric, mx_rule);
+  at::Tensor src = matrix_source(x);
+  auto shape = scale_shape(spec, x.sizes());
+  const bool mx = format_info(spec.format).is_mx;
+  at::Tensor scale = at::empty(shape, x.options().dtype(mx ? at::kByte : at::kFloat));
+  at::Tensor offset = at::zeros(shape, x.options().dtype(at::kInt));
+  ScaleView sv;
+  if (mx) sv.e8m0 = scale.data_ptr<uint8_t>();
+  else sv.scale = scale.data_ptr<float>(), sv.offset = offset.data_ptr<int32_t>();
+  value_errors([&] { compute_scales(as_const(src), spec, sv); });
+  return {scale, offset};
+}
+
+at::Tensor fake_quant_op(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& offset,
+                         const std::string& format, const std::string& granularity, int64_t group_size,
+                         bool symmetric) {
+  check_input(x, "x");
+  float_dtype(x, "x");
+  QuantSpec spec = make_spec(format, granularity, group_size, symmetric, "auto");
+  at::Tensor src = matrix_source(x);
+  ConstMatrix cm = as_const(src);
+  ScaleArgs sa = scale_args(spec, scale, offset, cm.rows, cm.cols);
+  at::Tensor out = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
+  value_errors([&] { fake_quant(cm, spec, sa.view, as_mut(out)); });
+  return out;
+}
+
+at::Tensor& fake_quant_dynamic_out(const at::Tensor& x, at::Tensor& out, const std::string& format,
+                                   const std::string& granularity, int64_t group_size, bool symmetric,
+                                   const std::string& mx_rule) {
+  check_input(x, "x");
+  float_dtype(x, "x");
+  float_dtype(out, "out");
+  TORCH_CHECK_VALUE(out.sizes() == x.sizes(), "out: shape ", out.sizes(), " does not match x ", x.sizes());
+  TORCH_CHECK_VALUE(out.is_contiguous(), "out: must be contiguous");
+  QuantSpec spec = make_spec(format, granularity, group_size, symmetric, mx_rule);
+  at::Tensor src = matrix_source(x);
+  value_errors([&] { fake_quant_dynamic(as_const(src), spec, as_mut(out)); });
+  return out;
+}
+
+at::Tensor fake_quant_dynamic_op(const at::Tensor& x, const std::string& format, const std::string& granularity,
+                                 int64_t group_size, bool symmetric, const std::string& mx_rule) {
+  check_input(x, "x");
+  at::Tensor out = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
+  return fake_quant_dynamic_out(x, out, format, granularity, group_size, symmetric, mx_rule);
+}
+
+at::Tensor pack_op(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& offset, const std::string& format,
+                   const std::string& granularity, int64_t group_size, bool symmetric) {
+  check_input(x, "x");
+  float_dtype(x, "x");
+  QuantSpec spec = make_spec(format, granularity, group_size, symmetric, "auto");
+  at::Tensor src = matrix_source(x);
+  ConstMatrix cm = as_const(src);
+  ScaleArgs sa = scale_args(spec, scale, offset, cm.rows, cm.cols);
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = packed_row_bytes(spec, cm.cols);
+  at::Tensor out = at::empty(shape, x.options().dtype(at::kByte));
+  value_errors([&] { pack(cm, spec, sa.view, out.data_ptr<uint8_t>(), shape.back()); });
+  return out;
+}
+
+at::Tensor unpack_op(const at::Tensor& packed, const at::Tensor& scale, const at::Tensor& offset,
+                     const std::string& format, const std::string& granularity, int64_t group_size, bool symmetric,
+                     int64_t cols, at::ScalarType dtype) {
+  TORCH_CHECK_TYPE(packed.scalar_type() == at::kByte, "packed: dtype ", packed.scalar_type(),
+                   " is not allowed; expected uint8");
+  check_input(packed, "packed");
+  QuantSpec spec = make_spec(format, granularity, group_size, symmetric, "auto");
+  TORCH_CHECK_VALUE(cols > 0, "cols: ", cols, " must be positive");
+  const int64_t row_bytes = packed_row_bytes(spec, cols);
+  TORCH_CHECK_VALUE(packed.size(-1) == row_bytes, "packed: last dimension ", packed.size(-1), " does not match ",
+                    row_bytes, " bytes for cols=", cols, " in ", format);
+  at::Tensor src = packed.contiguous();
+  std::vector<int64_t> shape(packed.sizes().begin(), packed.sizes().end());
+  shape.back() = cols;
+  at::Tensor out = at::empty(shape, packed.options().dtype(dtype));
+  float_dtype(out, "dtype");
+  MutMatrix om = as_mut(out);
+  ScaleArgs sa = scale_args(spec, scale, offset, om.rows, cols);
+  value_errors([&] { unpack(src.data_ptr<uint8_t>(), row_bytes, spec, sa.view, om); });
+  return out;
+}
+
+// Element codes with scale 1 (one code per byte): the raw codec, for tests and tools.
+QuantSpec element_spec(const std::string& format) {
+  QuantSpec spec = make_spec(format, "tensor", 0, true, "auto");
+  TORCH_CHECK_VALUE(!format_info(spec.format).is_mx, "format: '", format,
+                    "' is a block format; use pack/unpack with its E8M0 scales");
+  return spec;
+}
+
+at::Tensor encode_op(const at::Tensor& x, const std::string& format) {
+  check_input(x, "x");
+  float_dtype(x, "x");
+  QuantSpec spec = element_spec(format);
+  at::Tensor src = matrix_source(x);
+  ConstMatrix cm = as_const(src);
+  at::Tensor out = at::empty(x.sizes(), x.options().dtype(at::kByte));
+  float one = 1.0f;
+  value_errors([&] { pack(cm, spec, ScaleView{&one, nullptr, nullptr}, out.data_ptr<uint8_t>(), cm.cols, false); });
+  return out;
+}
+
+at::Tensor decode_op(const at::Tensor& codes, const std::string& format) {
+  TORCH_CHECK_TYPE(codes.scalar_type() == at::kByte, "codes: dtype ", codes.scalar_type(),
+                   " is not allowed; expected uint8");
+  check_input(codes, "codes");
+  QuantSpec spec = element_spec(format);
+  at::Tensor src = codes.contiguous();
+  at::Tensor out = at::empty(codes.sizes(), codes.options().dtype(at::kFloat));
+  float one = 1.0f;
+  MutMatrix om = as_mut(out);
+  value_errors([&] { unpack(src.data_ptr<uint8_t>(), om.cols, spec, ScaleView{&one, nullptr, nullptr}, om, false); });
+  return out;
+}
+
+std::string isa_op() { return current_isa(); }
+void set_isa_op(const std::string& name) {
+  value_errors([&] {
+    set_isa(name);
+    return 0;
+  });
+}
+
+}  // namespace
+}  // namespace lowbit
+
+TORCH_LIBRARY(lowbit, m) {
+  using namespace lowbit;
+  m.def("quant_scales(Tensor x, str format, str granularity='tensor', int group_size=0, bool symmetric=True, "
+        "str mx_rule='auto') -> (Tensor, Tensor)");
+  m.def("fake_quant(Tensor x, Tensor scale, Tensor offset, str format, str granularity='tensor', "
+        "int group_size=0, bool symmetric=True) -> Tensor");
+  m.def("fake_quant_dynamic(Tensor x, str format, str granularity='tensor', int group_size=0, "
+        "bool symmetric=True, str mx_rule='auto') -> Tensor");
+  m.def("fake_quant_dynamic_out(Tensor x, Tensor(a!) out, str format, str granularity='tensor', "
+        "int group_size=0, bool symmetric=True, str mx_rule='auto') -> Tensor(a!)");
+  m.def("pack(Tensor x, Tensor scale, Tensor offset, str format, str granularity='tensor', int group_size=0, "
+        "bool symmetric=True) -> Tensor");
+  m.def("unpack(Tensor packed, Tensor scale, Tensor offset, str format, str granularity, int group_size, "
+        "bool symmetric, int cols, ScalarType dtype) -> Tensor");
+  m.def("encode(Tensor x, str format) -> Tensor");
+  m.def("decode(Tensor codes, str format) -> Tensor");
+  m.def("isa() -> str");
+  m.def("set_isa(str name) -> ()");
+  m.impl("quant_scales", c10::DispatchKey::CPU, TORCH_FN(quant_scales));
+  m.impl("fake_quant", c10::DispatchKey::CPU, TORCH_FN(fake_quant_op));
+  m.impl("fake_quant_dynamic", c10::DispatchKey::CPU, TORCH_FN(fake_quant_dynamic_op));
+  m.impl("fake_quant_dynamic_out", c10::DispatchKey::CPU, TORCH_FN(fake_quant_dynamic_out));
+  m.impl("pack", c10::DispatchKey::CPU, TORCH_FN(pack_op));
+  m.impl("unpack", c10::DispatchKey::CPU, TORCH_FN(unpack_op));
+  m.impl("encode", c10::DispatchKey::CPU, TORCH_FN(encode_op));
+  m.impl("decode", c10::DispatchKey::CPU, TORCH_FN(decode_op));
+  m.impl("isa", TORCH_FN(isa_op));
+  m.impl("set_isa", TORCH_FN(set_isa_op));
+}

@@ -1,0 +1,61 @@
+#include "scales/granule_scale.h"
+
+#include <cmath>
+#include <limits>
+
+#include "formats/reference.h"
+
+namespace lowbit {
+
+namespace {
+// Scale = absmax / divisor with the INT guard applied (a zero, tiny or non-finite
+// scale becomes 1.0 so that an all-zero granule never divides by zero).
+float guarded(float absmax, float divisor) {
+  float s = absmax / divisor;
+  return ref::scale_needs_guard(s) ? 1.0f : s;
+}
+
+bool use_ascend_bump(const QuantSpec& spec) {
+  if (spec.mx_rule == MxRule::kAuto) return spec.format == Format::kMxFp4E2M1;
+  return spec.mx_rule == MxRule::kAscend;
+}
+}  // namespace
+
+GranuleParams granule_params(const QuantSpec& spec, const GranuleStats& st) {
+  const float absmax = std::fmax(std::fabs(st.max_value), std::fabs(st.min_value));
+  const bool token = spec.granularity == Granularity::kToken;
+  // An all-NaN granule has no finite statistics: treat it as all zero.
+  const bool empty = st.max_value < st.min_value;
+  const float mx = empty ? 0.0f : st.max_value, mn = empty ? 0.0f : st.min_value;
+  const float amax = empty ? 0.0f : absmax;
+  switch (spec.format) {
+    case Format::kInt8:
+    case Format::kInt4: {
+      const int bits = format_info(spec.format).bits;
+      ref::IntScale s = token ? ref::int_scale_token(amax, bits)
+                        : spec.symmetric ? ref::int_scale_symmetric(mx, mn, bits)
+                                         : ref::int_scale_asymmetric(mx, mn, bits);
+      return {s.scale, s.offset, 0};
+    }
+    case Format::kFloat8E4M3FN: return {guarded(amax, 448.0f), 0, 0};
+    case Format::kHiFloat8: return {guarded(amax, token ? 15.0f : 16.0f), 0, 0};
+    case Format::kFloat4E2M1: return {guarded(amax, 6.0f), 0, 0};
+    case Format::kFloat4E1M2: return {guarded(amax, 1.75f), 0, 0};
+    case Format::kMxFp8E4M3FN:
+    case Format::kMxFp4E2M1: {
+      const int emax = spec.format == Format::kMxFp8E4M3FN ? 8 : 2;
+      const float a = st.has_nan ? std::numeric_limits<float>::quiet_NaN() : amax;
+      const uint8_t b = ref::mx_scale_e8m0(a, emax, use_ascend_bump(spec));
+      return {ref::e8m0_decode(b), 0, b};
+    }
+  }
+  return {1.0f, 0, 0};
+}
+
+GranuleParams granule_params_from_stored(const QuantSpec& spec, float scale, int32_t offset,
+                                         uint8_t e8m0) {
+  if (format_info(spec.format).is_mx) return {ref::e8m0_decode(e8m0), 0, e8m0};
+  return {scale, offset, 0};
+}
+
+}  // namespace lowbit

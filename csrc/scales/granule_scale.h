@@ -1,0 +1,40 @@
+// Turning the statistics of one granule (a tensor, a row, a group or an MX block) into
+// its quantization parameters. One scalar function serves every kernel path, so the
+// vectorised and scalar paths cannot disagree on a scale.
+#pragma once
+#include <cstdint>
+
+#include "formats/format.h"
+
+namespace lowbit {
+
+// NaN-ignoring max and min of a granule, plus whether it held a NaN.
+// An all-NaN granule has max = -inf, min = +inf.
+struct GranuleStats {
+  float max_value;
+  float min_value;
+  bool has_nan;
+};
+
+struct QuantSpec {
+  Format format = Format::kInt8;
+  Granularity granularity = Granularity::kTensor;
+  int64_t group_size = 0;  // only with kGroup (and always 32 for MX formats)
+  bool symmetric = true;
+  MxRule mx_rule = MxRule::kAuto;
+};
+
+// Parameters of one granule. For MX formats `scale` is 2^e (NaN for a 0xFF block)
+// and `e8m0` the stored byte; `offset` is non-zero only for asymmetric INT.
+struct GranuleParams {
+  float scale;
+  int32_t offset;
+  uint8_t e8m0;
+};
+
+GranuleParams granule_params(const QuantSpec& spec, const GranuleStats& st);
+// Rebuilds the parameters from stored values (scale or E8M0 byte, offset).
+GranuleParams granule_params_from_stored(const QuantSpec& spec, float scale, int32_t offset,
+                                         uint8_t e8m0);
+
+}  // namespace lowbit

@@ -1,0 +1,134 @@
+"""Python face of the C++ format engine (``torch.ops.lowbit.*``).
+
+A tensor of any rank 1-6 is seen as a matrix ``[rows, K]`` whose last axis ``K`` is
+the reduction axis: ``channel`` and ``token`` granularities give one scale per row,
+``group`` one scale per ``group_size`` consecutive elements of a row (the last group
+may be shorter), ``tensor`` one scale in all. For a Conv2d weight ``[Cout, Cin, kh,
+kw]`` reshape to ``[Cout, -1]`` first. MX formats always use blocks of 32 along K with
+E8M0 scale bytes. Inputs may be float32, float16 or bfloat16, contiguous or not;
+results keep the input dtype. Scales are float32 (uint8 E8M0 bytes for MX formats),
+offsets int32 (zero when symmetric).
+"""
+import torch
+
+from lowbit import _C  # noqa: F401
+
+FORMATS = ("int8", "int4", "float8_e4m3fn", "hifloat8", "float4_e2m1", "float4_e1m2",
+           "mxfp8_e4m3fn", "mxfp4_e2m1")
+GRANULARITIES = ("tensor", "channel", "group", "token")
+_OPS = torch.ops.lowbit
+
+
+def _check_tensor(x, name):
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+
+
+def _default_group(fmt, granularity, group_size):
+    if group_size is None:
+        return 32 if fmt.startswith("mx") else 0
+    return int(group_size)
+
+
+def _granularity(fmt, granularity):
+    if granularity is None:
+        return "group" if fmt.startswith("mx") else "tensor"
+    return granularity
+
+
+def compute_scales(x, fmt, granularity=None, group_size=None, symmetric=True, mx_rule="auto"):
+    """Scales and offsets of ``x`` for format ``fmt``.
+
+    Returns ``(scale, offset)``; shapes are ``x.shape[:-1] + (groups,)`` (all ones for
+    ``tensor``). ``mx_rule`` picks the E8M0 exponent rule of MX formats: ``ocp``,
+    ``ascend`` (bumps the exponent when the block max mantissa exceeds 1.75) or
+    ``auto`` (Ascend for MXFP4, OCP for MXFP8).
+    """
+    _check_tensor(x, "x")
+    granularity = _granularity(fmt, granularity)
+    return _OPS.quant_scales(x, fmt, granularity, _default_group(fmt, granularity, group_size),
+                             symmetric, mx_rule)
+
+
+def fake_quant(x, fmt, granularity=None, group_size=None, symmetric=True, mx_rule="auto",
+               scale=None, offset=None, out=None):
+    """Quantize-dequantize ``x``.
+
+    With ``scale`` (and ``offset``) given, uses them (static quantization); otherwise
+    computes them from ``x`` itself in the same pass. ``out`` (a preallocated contiguous
+    tensor of x's shape) receives the result when given.
+    """
+    _check_tensor(x, "x")
+    granularity = _granularity(fmt, granularity)
+    gs = _default_group(fmt, granularity, group_size)
+    if scale is None:
+        if out is None:
+            return _OPS.fake_quant_dynamic(x, fmt, granularity, gs, symmetric, mx_rule)
+        return _OPS.fake_quant_dynamic_out(x, out, fmt, granularity, gs, symmetric, mx_rule)
+    if offset is None:
+        offset = torch.empty(0, dtype=torch.int32)
+    result = _OPS.fake_quant(x, scale, offset, fmt, granularity, gs, symmetric)
+    if out is not None:
+        out.copy_(result)
+        return out
+    return result
+
+
+def fake_quant_dynamic(x, fmt, granularity=None, group_size=None, symmetric=True, mx_rule="auto"):
+    """Quantize-dequantize ``x`` with scales computed from ``x`` (see ``fake_quant``)."""
+    return fake_quant(x, fmt, granularity, group_size, symmetric, mx_rule)
+
+
+def pack(x, fmt, scale, offset=None, granularity=None, group_size=None, symmetric=True):
+    """Storage codes of ``x`` as uint8 ``x.shape[:-1] + (row_bytes,)``.
+
+    4-bit formats hold two codes per byte (low nibble = even index); 8-bit formats one.
+    INT codes are two's complement; MX rows are zero-padded to whole 32-blocks.
+    """
+    _check_tensor(x, "x")
+    granularity = _granularity(fmt, granularity)
+    if offset is None:
+        offset = torch.empty(0, dtype=torch.int32)
+    return _OPS.pack(x, scale, offset, fmt, granularity, _default_group(fmt, granularity, group_size),
+                     symmetric)
+
+
+def unpack(packed, fmt, scale, cols, offset=None, granularity=None, group_size=None, symmetric=True,
+           dtype=torch.float32):
+    """Dequantized values from ``pack`` output; ``cols`` is the original last dimension."""
+    _check_tensor(packed, "packed")
+    granularity = _granularity(fmt, granularity)
+    if offset is None:
+        offset = torch.empty(0, dtype=torch.int32)
+    return _OPS.unpack(packed, scale, offset, fmt, granularity,
+                       _default_group(fmt, granularity, group_size), symmetric, int(cols), dtype)
+
+
+def packed_row_bytes(fmt, cols):
+    """Bytes one packed row of ``cols`` elements takes."""
+    n = -(-cols // 32) * 32 if fmt.startswith("mx") else cols
+    return (n + 1) // 2 if fmt in ("int4", "float4_e2m1", "float4_e1m2", "mxfp4_e2m1") else n
+
+
+def encode(x, fmt):
+    """Element codes of ``x`` with scale 1, one code per uint8 (no packing)."""
+    _check_tensor(x, "x")
+    return _OPS.encode(x, fmt)
+
+
+def decode(codes, fmt):
+    """float32 value of each element code (scale 1)."""
+    _check_tensor(codes, "codes")
+    return _OPS.decode(codes, fmt)
+
+
+def isa():
+    """Instruction set the kernels use now: ``avx512``, ``avx2`` or ``scalar``."""
+    return _OPS.isa()
+
+
+def set_isa(name):
+    """Force an instruction set (``auto``, ``avx512``, ``avx2``, ``scalar``), for tests
+    and benchmarks. Raises ValueError when this CPU lacks it. Also settable with the
+    environment variable ``LOWBIT_ISA`` before import."""
+    _OPS.set_isa(name)

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs every Debian package lowbit needs. Idempotent: does nothing when all are present.
+set -euo pipefail
+PKGS=(
+  build-essential cmake ninja-build
+  python3 python3-dev python3-torch libtorch-dev libopenblas0-pthread
+  pybind11-dev googletest libgtest-dev libbenchmark-dev
+  python3-numpy python3-pytest python3-tqdm
+)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+echo "lowbit setup: installing ${missing[*]}" >&2
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
