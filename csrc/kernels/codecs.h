@@ -31,7 +31,9 @@ struct IntCodec {
     F v = V::div(x, g.scale);
     if (!kSym) v = V::add(v, g.offset);
     const F lo = V::set1(-float(1 << (kBits - 1))), hi = V::set1(float((1 << (kBits - 1)) - 1));
-    return V::min(V::max(V::rint(v), lo), hi);
+    // + 0 turns -0 into +0: an integer code has no negative zero, so QDQ must agree
+    // with decode(encode(x)).
+    return V::min(V::max(V::add(V::rint(v), V::set1(0.0f)), lo), hi);
   }
   static F qdq(F x, const Granule<V>& g) {
     F q = levels(x, g);
