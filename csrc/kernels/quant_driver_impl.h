@@ -11,6 +11,7 @@
 #include "kernels/codecs.h"
 #include "kernels/isa_table.h"
 #include "kernels/quant_kernels.h"
+#include "scales/granule_rule.h"
 
 // Everything here has internal linkage (anonymous namespace) and avoids std::
 // containers and algorithms: each ISA translation unit is compiled with different
@@ -111,27 +112,44 @@ struct Kernels {
   }
 
   // ---- spans: [k0, k1) of one row with one granule's parameters ----
-  // NaN-ignoring max/min (x86 max keeps the second operand when the first is NaN).
+  // Statistics a granule needs, by format: symmetric float formats and per-token rules
+  // use |x| max only; INT (the sym rule looks at the sign of the larger side) uses max and
+  // min; MX uses |x| max with NaN counted as +Inf (a NaN block gets the NaN scale). NaN is
+  // ignored otherwise (x86 max keeps the second operand when the first is NaN).
   template <DType D>
-  static GranuleStats stats_span(const void* row, int64_t k0, int64_t k1) {
-    F vmax = V::set1(-std::numeric_limits<float>::infinity());
-    F vmin = V::set1(std::numeric_limits<float>::infinity());
-    F vnan = V::set1(0.0f);
+  __attribute__((always_inline)) static GranuleStats stats_span(const void* row, int64_t k0, int64_t k1, StatKind kind) {
     int64_t k = k0;
+    if (kind == StatKind::kMinMax) {
+      F vmax = V::set1(-std::numeric_limits<float>::infinity());
+      F vmin = V::set1(std::numeric_limits<float>::infinity());
+      for (; k + L <= k1; k += L) {
+        F x = vload<D>(row, k);
+        vmax = V::max(x, vmax);
+        vmin = V::min(x, vmin);
+      }
+      GranuleStats st{V::reduce_max(vmax), V::reduce_min(vmin), false};
+      for (; k < k1; ++k) {
+        float x = sload<D>(row, k);
+        st.max_value = x > st.max_value ? x : st.max_value;
+        st.min_value = x < st.min_value ? x : st.min_value;
+      }
+      return st;
+    }
+    const bool nan_is_inf = kind == StatKind::kAbsMaxNanInf;
+    const F inf = V::set1(std::numeric_limits<float>::infinity());
+    F vabs = V::set1(0.0f);
     for (; k + L <= k1; k += L) {
-      F x = vload<D>(row, k);
-      vmax = V::max(x, vmax);
-      vmin = V::min(x, vmin);
-      vnan = V::select(V::isnan(x), V::set1(1.0f), vnan);
+      F a = V::abs(vload<D>(row, k));
+      if (nan_is_inf) a = V::select(V::isnan(a), inf, a);
+      vabs = V::max(a, vabs);
     }
-    GranuleStats st{V::reduce_max(vmax), V::reduce_min(vmin), V::reduce_max(vnan) > 0.0f};
+    float amax = V::reduce_max(vabs);
     for (; k < k1; ++k) {
-      float x = sload<D>(row, k);
-      st.max_value = x > st.max_value ? x : st.max_value;
-      st.min_value = x < st.min_value ? x : st.min_value;
-      st.has_nan = st.has_nan || x != x;
+      float a = std::fabs(sload<D>(row, k));
+      if (nan_is_inf && a != a) a = std::numeric_limits<float>::infinity();
+      amax = a > amax ? a : amax;
     }
-    return st;
+    return {amax, 0.0f, false};
   }
 
   template <class C, DType Din, DType Dout>
@@ -179,88 +197,99 @@ struct Kernels {
   }
   static bool parallel(int64_t rows, int64_t cols) { return rows > 1 && rows * cols >= (1 << 15); }
 
-  static Granule<V> make_granule(const QuantSpec& spec, const GranuleParams& p) {
-    return {V::set1(p.scale), V::set1(float(p.offset)), decode_lut(spec.format)};
-  }
-  static void store_params(const QuantSpec& spec, ScaleView sv, int64_t idx, const GranuleParams& p) {
-    if (format_info(spec.format).is_mx) {
-      if (sv.e8m0) sv.e8m0[idx] = p.e8m0;
-      return;
+  // Everything about a call that does not change from granule to granule.
+  struct Call {
+    QuantSpec spec;
+    GranuleRule rule;
+    const float* lut;
+    int64_t glen, groups;
+    bool tensor;  // one scale for the whole tensor
+    Call(const QuantSpec& s, int64_t cols)
+        : spec(s), rule(make_granule_rule(s)), lut(decode_lut(s.format)), glen(granule_len(s, cols)),
+          groups(groups_per_row(s, cols)),
+          tensor(s.granularity == Granularity::kTensor && !format_info(s.format).is_mx) {}
+    int64_t index(int64_t r, int64_t g) const { return tensor ? 0 : r * groups + g; }
+    Granule<V> granule(const GranuleParams& p) const { return {V::set1(p.scale), V::set1(float(p.offset)), lut}; }
+    void store(ScaleView sv, int64_t idx, const GranuleParams& p) const {
+      if (rule.is_mx) {
+        if (sv.e8m0) sv.e8m0[idx] = p.e8m0;
+        return;
+      }
+      if (sv.scale) sv.scale[idx] = p.scale;
+      if (sv.offset) sv.offset[idx] = p.offset;
     }
-    if (sv.scale) sv.scale[idx] = p.scale;
-    if (sv.offset) sv.offset[idx] = p.offset;
-  }
-  static GranuleParams load_params(const QuantSpec& spec, ScaleView sv, int64_t idx) {
-    return granule_params_from_stored(spec, sv.scale ? sv.scale[idx] : 1.0f, sv.offset ? sv.offset[idx] : 0,
-                                      sv.e8m0 ? sv.e8m0[idx] : 127);
-  }
-  static int64_t scale_index(const QuantSpec& spec, int64_t r, int64_t g, int64_t groups) {
-    return spec.granularity == Granularity::kTensor ? 0 : r * groups + g;
-  }
+    GranuleParams load(ScaleView sv, int64_t idx) const {
+      if (rule.is_mx) {
+        uint8_t b = sv.e8m0 ? sv.e8m0[idx] : 127;
+        return {e8m0_value(b), 0, b};
+      }
+      return {sv.scale ? sv.scale[idx] : 1.0f, sv.offset ? sv.offset[idx] : 0, 0};
+    }
+  };
 
-  static GranuleParams tensor_params(const ConstMatrix& x, const QuantSpec& spec) {
-    GranuleStats total{-std::numeric_limits<float>::infinity(), std::numeric_limits<float>::infinity(), false};
+  static GranuleParams tensor_params(const ConstMatrix& x, const Call& c) {
+    float mx = -std::numeric_limits<float>::infinity(), mn = std::numeric_limits<float>::infinity();
     with_dtype(x.dtype, [&](auto d) {
       constexpr DType D = decltype(d)::value;
-      float mx = total.max_value, mn = total.min_value;
-      bool nan = false;
-#pragma omp parallel for schedule(static) reduction(max : mx) reduction(min : mn) reduction(|| : nan) \
-    if (parallel(x.rows, x.cols))
+#pragma omp parallel for schedule(static) reduction(max : mx) reduction(min : mn) if (parallel(x.rows, x.cols))
       for (int64_t r = 0; r < x.rows; ++r) {
-        GranuleStats st = stats_span<D>(row_ptr(x, r), 0, x.cols);
+        GranuleStats st = stats_span<D>(row_ptr(x, r), 0, x.cols, c.rule.stat);
         mx = maxf(mx, st.max_value);
         mn = minf(mn, st.min_value);
-        nan = nan || st.has_nan;
       }
-      total = {mx, mn, nan};
     });
-    return granule_params(spec, total);
+    return rule_params(c.rule, {mx, mn, false});
   }
 
   static void compute_scales(const ConstMatrix& x, const QuantSpec& spec, ScaleView sv) {
-    if (spec.granularity == Granularity::kTensor && !format_info(spec.format).is_mx) {
-      store_params(spec, sv, 0, tensor_params(x, spec));
+    const Call c(spec, x.cols);
+    if (c.tensor) {
+      c.store(sv, 0, tensor_params(x, c));
       return;
     }
-    const int64_t glen = granule_len(spec, x.cols), groups = groups_per_row(spec, x.cols);
     with_dtype(x.dtype, [&](auto d) {
       constexpr DType D = decltype(d)::value;
 #pragma omp parallel for schedule(static) if (parallel(x.rows, x.cols))
       for (int64_t r = 0; r < x.rows; ++r) {
         const void* row = row_ptr(x, r);
-        for (int64_t g = 0; g < groups; ++g) {
-          GranuleStats st = stats_span<D>(row, g * glen, min64(x.cols, (g + 1) * glen));
-          store_params(spec, sv, r * groups + g, granule_params(spec, st));
+        for (int64_t g = 0; g < c.groups; ++g) {
+          GranuleStats st = stats_span<D>(row, g * c.glen, min64(x.cols, (g + 1) * c.glen), c.rule.stat);
+          c.store(sv, r * c.groups + g, rule_params(c.rule, st));
         }
       }
     });
   }
 
-  // QDQ of every row; `dynamic` computes each row's parameters from the row itself.
-  static void qdq_rows(const ConstMatrix& x, const QuantSpec& spec, ScaleView sv, const MutMatrix& out,
-                       bool dynamic) {
-    const int64_t glen = granule_len(spec, x.cols), groups = groups_per_row(spec, x.cols);
-    with_codec<V>(spec, [&](auto codec) {
+  // QDQ of every row; `dynamic` computes each row's parameters from the row itself, in
+  // two phases per row (all granule parameters, then the QDQ): the per-granule chains
+  // statistics -> scale -> QDQ are then independent and overlap in the CPU.
+  static void qdq_rows(const ConstMatrix& x, const Call& c, ScaleView sv, const MutMatrix& out, bool dynamic) {
+    with_codec<V>(c.spec, [&](auto codec) {
       using C = typename decltype(codec)::type;
       with_dtype(x.dtype, [&](auto din) {
         constexpr DType Din = decltype(din)::value;
         with_dtype(out.dtype, [&](auto dout) {
           constexpr DType Dout = decltype(dout)::value;
-#pragma omp parallel for schedule(static) if (parallel(x.rows, x.cols))
-          for (int64_t r = 0; r < x.rows; ++r) {
-            const void* src = row_ptr(x, r);
-            void* dst = row_ptr(out, r);
-            for (int64_t g = 0; g < groups; ++g) {
-              const int64_t k0 = g * glen, k1 = min64(x.cols, k0 + glen);
-              const int64_t idx = scale_index(spec, r, g, groups);
-              GranuleParams p;
+#pragma omp parallel if (parallel(x.rows, x.cols))
+          {
+            Scratch scratch(dynamic ? int64_t(sizeof(GranuleParams)) * c.groups : 0);
+            GranuleParams* params = reinterpret_cast<GranuleParams*>(scratch.p);
+#pragma omp for schedule(static)
+            for (int64_t r = 0; r < x.rows; ++r) {
+              const void* src = row_ptr(x, r);
+              void* dst = row_ptr(out, r);
               if (dynamic) {
-                p = granule_params(spec, stats_span<Din>(src, k0, k1));
-                store_params(spec, sv, idx, p);
-              } else {
-                p = load_params(spec, sv, idx);
+                for (int64_t g = 0; g < c.groups; ++g) {
+                  const int64_t k0 = g * c.glen, k1 = min64(x.cols, k0 + c.glen);
+                  params[g] = rule_params(c.rule, stats_span<Din>(src, k0, k1, c.rule.stat));
+                  c.store(sv, c.index(r, g), params[g]);
+                }
               }
-              qdq_span<C, Din, Dout>(src, dst, k0, k1, make_granule(spec, p));
+              for (int64_t g = 0; g < c.groups; ++g) {
+                const int64_t k0 = g * c.glen, k1 = min64(x.cols, k0 + c.glen);
+                const GranuleParams p = dynamic ? params[g] : c.load(sv, c.index(r, g));
+                qdq_span<C, Din, Dout>(src, dst, k0, k1, c.granule(p));
+              }
             }
           }
         });
@@ -269,24 +298,26 @@ struct Kernels {
   }
 
   static void fake_quant(const ConstMatrix& x, const QuantSpec& spec, ScaleView sv, const MutMatrix& out) {
-    qdq_rows(x, spec, sv, out, false);
+    qdq_rows(x, Call(spec, x.cols), sv, out, false);
   }
 
   static void fake_quant_dynamic(const ConstMatrix& x, const QuantSpec& spec, const MutMatrix& out, ScaleView sv) {
-    if (spec.granularity == Granularity::kTensor && !format_info(spec.format).is_mx) {
-      GranuleParams p = tensor_params(x, spec);
+    const Call c(spec, x.cols);
+    if (c.tensor) {
+      GranuleParams p = tensor_params(x, c);
       float s = p.scale;
       int32_t o = p.offset;
-      store_params(spec, sv, 0, p);
-      qdq_rows(x, spec, ScaleView{&s, &o, nullptr}, out, false);
+      c.store(sv, 0, p);
+      qdq_rows(x, c, ScaleView{&s, &o, nullptr}, out, false);
       return;
     }
-    qdq_rows(x, spec, sv, out, true);
+    qdq_rows(x, c, sv, out, true);
   }
 
   static void pack(const ConstMatrix& x, const QuantSpec& spec, ScaleView sv, uint8_t* out, int64_t out_ld,
                    bool nibbles) {
-    const int64_t glen = granule_len(spec, x.cols), groups = groups_per_row(spec, x.cols);
+    const Call c(spec, x.cols);
+    const int64_t glen = c.glen, groups = c.groups;
     const bool four_bit = format_info(spec.format).bits == 4 && nibbles;
     const int64_t row_bytes = nibbles ? packed_row_bytes(spec, x.cols) : x.cols;
     with_codec<V>(spec, [&](auto codec) {
@@ -303,8 +334,7 @@ struct Kernels {
             uint8_t* codes = four_bit ? buf.p : dst;
             for (int64_t g = 0; g < groups; ++g) {
               const int64_t k0 = g * glen, k1 = min64(x.cols, k0 + glen);
-              GranuleParams p = load_params(spec, sv, scale_index(spec, r, g, groups));
-              encode_span<C, Din>(src, codes, k0, k1, make_granule(spec, p));
+              encode_span<C, Din>(src, codes, k0, k1, c.granule(c.load(sv, c.index(r, g))));
             }
             if (four_bit) {
               std::memset(buf.p + x.cols, 0, size_t(groups * glen + L - x.cols));
@@ -320,7 +350,8 @@ struct Kernels {
 
   static void unpack(const uint8_t* codes, int64_t codes_ld, const QuantSpec& spec, ScaleView sv,
                      const MutMatrix& out, bool nibbles) {
-    const int64_t glen = granule_len(spec, out.cols), groups = groups_per_row(spec, out.cols);
+    const Call c(spec, out.cols);
+    const int64_t glen = c.glen, groups = c.groups;
     const bool four_bit = format_info(spec.format).bits == 4 && nibbles;
     with_codec<V>(spec, [&](auto codec) {
       using C = typename decltype(codec)::type;
@@ -339,8 +370,7 @@ struct Kernels {
             void* dst = row_ptr(out, r);
             for (int64_t g = 0; g < groups; ++g) {
               const int64_t k0 = g * glen, k1 = min64(out.cols, k0 + glen);
-              GranuleParams p = load_params(spec, sv, scale_index(spec, r, g, groups));
-              decode_span<C, Dout>(row, dst, k0, k1, make_granule(spec, p));
+              decode_span<C, Dout>(row, dst, k0, k1, c.granule(c.load(sv, c.index(r, g))));
             }
           }
         }

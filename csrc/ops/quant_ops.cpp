@@ -131,18 +131,28 @@ std::tuple<at::Tensor, at::Tensor> quant_scales(const at::Tensor& x, const std::
   return {scale, offset};
 }
 
-at::Tensor fake_quant_op(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& offset,
-                         const std::string& format, const std::string& granularity, int64_t group_size,
-                         bool symmetric) {
+at::Tensor& fake_quant_out(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& offset, at::Tensor& out,
+                           const std::string& format, const std::string& granularity, int64_t group_size,
+                           bool symmetric) {
   check_input(x, "x");
   float_dtype(x, "x");
+  float_dtype(out, "out");
+  TORCH_CHECK_VALUE(out.sizes() == x.sizes(), "out: shape ", out.sizes(), " does not match x ", x.sizes());
+  TORCH_CHECK_VALUE(out.is_contiguous(), "out: must be contiguous");
   QuantSpec spec = make_spec(format, granularity, group_size, symmetric, "auto");
   at::Tensor src = matrix_source(x);
   ConstMatrix cm = as_const(src);
   ScaleArgs sa = scale_args(spec, scale, offset, cm.rows, cm.cols);
-  at::Tensor out = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
   value_errors([&] { fake_quant(cm, spec, sa.view, as_mut(out)); });
   return out;
+}
+
+at::Tensor fake_quant_op(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& offset,
+                         const std::string& format, const std::string& granularity, int64_t group_size,
+                         bool symmetric) {
+  check_input(x, "x");
+  at::Tensor out = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
+  return fake_quant_out(x, scale, offset, out, format, granularity, group_size, symmetric);
 }
 
 at::Tensor& fake_quant_dynamic_out(const at::Tensor& x, at::Tensor& out, const std::string& format,
@@ -253,6 +263,8 @@ TORCH_LIBRARY(lowbit, m) {
         "str mx_rule='auto') -> (Tensor, Tensor)");
   m.def("fake_quant(Tensor x, Tensor scale, Tensor offset, str format, str granularity='tensor', "
         "int group_size=0, bool symmetric=True) -> Tensor");
+  m.def("fake_quant_out(Tensor x, Tensor scale, Tensor offset, Tensor(a!) out, str format, "
+        "str granularity='tensor', int group_size=0, bool symmetric=True) -> Tensor(a!)");
   m.def("fake_quant_dynamic(Tensor x, str format, str granularity='tensor', int group_size=0, "
         "bool symmetric=True, str mx_rule='auto') -> Tensor");
   m.def("fake_quant_dynamic_out(Tensor x, Tensor(a!) out, str format, str granularity='tensor', "
@@ -267,6 +279,7 @@ TORCH_LIBRARY(lowbit, m) {
   m.def("set_isa(str name) -> ()");
   m.impl("quant_scales", c10::DispatchKey::CPU, TORCH_FN(quant_scales));
   m.impl("fake_quant", c10::DispatchKey::CPU, TORCH_FN(fake_quant_op));
+  m.impl("fake_quant_out", c10::DispatchKey::CPU, TORCH_FN(fake_quant_out));
   m.impl("fake_quant_dynamic", c10::DispatchKey::CPU, TORCH_FN(fake_quant_dynamic_op));
   m.impl("fake_quant_dynamic_out", c10::DispatchKey::CPU, TORCH_FN(fake_quant_dynamic_out));
   m.impl("pack", c10::DispatchKey::CPU, TORCH_FN(pack_op));

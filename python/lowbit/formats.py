@@ -67,11 +67,9 @@ def fake_quant(x, fmt, granularity=None, group_size=None, symmetric=True, mx_rul
         return _OPS.fake_quant_dynamic_out(x, out, fmt, granularity, gs, symmetric, mx_rule)
     if offset is None:
         offset = torch.empty(0, dtype=torch.int32)
-    result = _OPS.fake_quant(x, scale, offset, fmt, granularity, gs, symmetric)
     if out is not None:
-        out.copy_(result)
-        return out
-    return result
+        return _OPS.fake_quant_out(x, scale, offset, out, fmt, granularity, gs, symmetric)
+    return _OPS.fake_quant(x, scale, offset, fmt, granularity, gs, symmetric)
 
 
 def fake_quant_dynamic(x, fmt, granularity=None, group_size=None, symmetric=True, mx_rule="auto"):

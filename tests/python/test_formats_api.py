@@ -204,3 +204,14 @@ def test_errors_name_the_argument_and_allowed_values():
     with pytest.raises(ValueError, match=r"isa: 'sse9' is not allowed"):
         lowbit.set_isa("sse9")
     assert lowbit.isa() in ("avx512", "avx2", "scalar")
+
+
+def test_static_out_argument_matches_and_checks_shape():
+    x = torch.randn(8, 96).bfloat16()
+    s, o = lowbit.compute_scales(x, "int4", "group", 32, False)
+    out = torch.empty_like(x)
+    r = lowbit.fake_quant(x, "int4", "group", 32, False, scale=s, offset=o, out=out)
+    assert r.data_ptr() == out.data_ptr()
+    assert torch.equal(out, lowbit.fake_quant(x, "int4", "group", 32, False))
+    with pytest.raises(ValueError, match=r"out: shape \[8, 95\] does not match x \[8, 96\]"):
+        lowbit.fake_quant(x, "int4", "group", 32, False, scale=s, offset=o, out=torch.empty(8, 95).bfloat16())
