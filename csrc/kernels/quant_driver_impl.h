@@ -152,6 +152,37 @@ struct Kernels {
     return {amax, 0.0f, false};
   }
 
+  // Statistics of L consecutive whole groups of one row at once: per-group partial
+  // vectors, then one transposed reduction instead of L horizontal ones.
+  template <DType D>
+  static void batch_stats(const void* row, int64_t k0, int64_t glen, StatKind kind, float* mx, float* mn) {
+    F pmax[L], pmin[L];
+    const F inf = V::set1(std::numeric_limits<float>::infinity());
+    for (int j = 0; j < L; ++j) {
+      const int64_t a = k0 + j * glen, b = a + glen;
+      if (kind == StatKind::kMinMax) {
+        F vmax = V::set1(-std::numeric_limits<float>::infinity()), vmin = inf;
+        for (int64_t k = a; k < b; k += L) {
+          F x = vload<D>(row, k);
+          vmax = V::max(x, vmax);
+          vmin = V::min(x, vmin);
+        }
+        pmax[j] = vmax;
+        pmin[j] = vmin;
+      } else {
+        F vabs = V::set1(0.0f);
+        for (int64_t k = a; k < b; k += L) {
+          F x = V::abs(vload<D>(row, k));
+          if (kind == StatKind::kAbsMaxNanInf) x = V::select(V::isnan(x), inf, x);
+          vabs = V::max(x, vabs);
+        }
+        pmax[j] = vabs;
+      }
+    }
+    V::store(mx, V::reduce_batch_max(pmax));
+    if (kind == StatKind::kMinMax) V::store(mn, V::reduce_batch_min(pmin));
+  }
+
   template <class C, DType Din, DType Dout>
   static void qdq_span(const void* src, void* dst, int64_t k0, int64_t k1, const Granule<V>& g) {
     int64_t k = k0;
@@ -227,6 +258,25 @@ struct Kernels {
     }
   };
 
+  // Parameters of every granule of one row (not for kTensor).
+  template <DType D>
+  static void row_params(const void* row, int64_t cols, const Call& c, GranuleParams* params) {
+    int64_t g = 0;
+    if (L > 1 && c.glen % L == 0) {
+      const int64_t whole = cols / c.glen;
+      float mx[L], mn[L];
+      for (int j = 0; j < L; ++j) mn[j] = 0.0f;
+      for (; g + L <= whole; g += L) {
+        batch_stats<D>(row, g * c.glen, c.glen, c.rule.stat, mx, mn);
+        for (int j = 0; j < L; ++j) params[g + j] = rule_params(c.rule, {mx[j], mn[j], false});
+      }
+    }
+    for (; g < c.groups; ++g) {
+      const int64_t k0 = g * c.glen, k1 = min64(cols, k0 + c.glen);
+      params[g] = rule_params(c.rule, stats_span<D>(row, k0, k1, c.rule.stat));
+    }
+  }
+
   static GranuleParams tensor_params(const ConstMatrix& x, const Call& c) {
     float mx = -std::numeric_limits<float>::infinity(), mn = std::numeric_limits<float>::infinity();
     with_dtype(x.dtype, [&](auto d) {
@@ -249,12 +299,14 @@ struct Kernels {
     }
     with_dtype(x.dtype, [&](auto d) {
       constexpr DType D = decltype(d)::value;
-#pragma omp parallel for schedule(static) if (parallel(x.rows, x.cols))
-      for (int64_t r = 0; r < x.rows; ++r) {
-        const void* row = row_ptr(x, r);
-        for (int64_t g = 0; g < c.groups; ++g) {
-          GranuleStats st = stats_span<D>(row, g * c.glen, min64(x.cols, (g + 1) * c.glen), c.rule.stat);
-          c.store(sv, r * c.groups + g, rule_params(c.rule, st));
+#pragma omp parallel if (parallel(x.rows, x.cols))
+      {
+        Scratch scratch(int64_t(sizeof(GranuleParams)) * c.groups);
+        GranuleParams* params = reinterpret_cast<GranuleParams*>(scratch.p);
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < x.rows; ++r) {
+          row_params<D>(row_ptr(x, r), x.cols, c, params);
+          for (int64_t g = 0; g < c.groups; ++g) c.store(sv, r * c.groups + g, params[g]);
         }
       }
     });
@@ -279,16 +331,19 @@ struct Kernels {
               const void* src = row_ptr(x, r);
               void* dst = row_ptr(out, r);
               if (dynamic) {
-                for (int64_t g = 0; g < c.groups; ++g) {
-                  const int64_t k0 = g * c.glen, k1 = min64(x.cols, k0 + c.glen);
-                  params[g] = rule_params(c.rule, stats_span<Din>(src, k0, k1, c.rule.stat));
-                  c.store(sv, c.index(r, g), params[g]);
-                }
+                row_params<Din>(src, x.cols, c, params);
+                for (int64_t g = 0; g < c.groups; ++g) c.store(sv, c.index(r, g), params[g]);
               }
+              // The statistics pass of the next row would wait on memory; pull that row
+              // in while this one is being quantized.
+              const char* next = dynamic && r + 1 < x.rows ? static_cast<const char*>(row_ptr(x, r + 1)) : nullptr;
+              const int64_t es = int64_t(elem_size(x.dtype));
               for (int64_t g = 0; g < c.groups; ++g) {
                 const int64_t k0 = g * c.glen, k1 = min64(x.cols, k0 + c.glen);
                 const GranuleParams p = dynamic ? params[g] : c.load(sv, c.index(r, g));
                 qdq_span<C, Din, Dout>(src, dst, k0, k1, c.granule(p));
+                if (next)
+                  for (int64_t b = k0 * es; b < k1 * es; b += 64) __builtin_prefetch(next + b);
               }
             }
           }

@@ -91,6 +91,20 @@ struct VecAvx2 {
   static I imax(I a, I b) { return _mm256_max_epi32(a, b); }
 
   static F gather(const float* table, I idx) { return _mm256_i32gather_ps(table, idx, 4); }
+  // v[0..7] -> lane j holds the max (min) over the lanes of v[j]: 128-bit halves, then
+  // in-lane shuffles, then one permute to restore the lane order.
+  template <class Op>
+  static F reduce_batch(const F* v, Op op) {
+    F w[4], x[2];
+    for (int i = 0; i < 4; ++i)
+      w[i] = op(_mm256_permute2f128_ps(v[2 * i], v[2 * i + 1], 0x20), _mm256_permute2f128_ps(v[2 * i], v[2 * i + 1], 0x31));
+    for (int i = 0; i < 2; ++i)
+      x[i] = op(_mm256_shuffle_ps(w[2 * i], w[2 * i + 1], 0x44), _mm256_shuffle_ps(w[2 * i], w[2 * i + 1], 0xEE));
+    F y = op(_mm256_shuffle_ps(x[0], x[1], 0x88), _mm256_shuffle_ps(x[0], x[1], 0xDD));
+    return _mm256_permutevar8x32_ps(y, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+  }
+  static F reduce_batch_max(const F* v) { return reduce_batch(v, [](F a, F b) { return _mm256_max_ps(a, b); }); }
+  static F reduce_batch_min(const F* v) { return reduce_batch(v, [](F a, F b) { return _mm256_min_ps(a, b); }); }
   static float reduce_max(F v) {
     __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     m = _mm_max_ps(m, _mm_movehl_ps(m, m));

@@ -80,6 +80,37 @@ struct VecAvx512 {
   static I imax(I a, I b) { return _mm512_max_epi32(a, b); }
 
   static F gather(const float* table, I idx) { return _mm512_i32gather_ps(idx, table, 4); }
+  // v[0..15] -> lane j holds the max (min) over the lanes of v[j]. Four levels of
+  // two-source permutes, each halving the partials per vector; lane order is kept.
+  template <class Op>
+  static F reduce_batch(const F* v, Op op) {
+    // Level h (8, 4, 2, 1): lane i takes source lane (i / h) * 2h + i % h of the 32-lane
+    // pair [a, b] (lo) and that lane + h (hi).
+    alignas(64) static const int32_t kIdx[4][2][16] = {
+        {{0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23},
+         {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31}},
+        {{0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27},
+         {4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31}},
+        {{0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29},
+         {2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31}},
+        {{0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30},
+         {1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31}}};
+    F cur[8];
+    const __m512i lo0 = _mm512_load_si512(kIdx[0][0]), hi0 = _mm512_load_si512(kIdx[0][1]);
+    for (int i = 0; i < 8; ++i)
+      cur[i] = op(_mm512_permutex2var_ps(v[2 * i], lo0, v[2 * i + 1]), _mm512_permutex2var_ps(v[2 * i], hi0, v[2 * i + 1]));
+    int n = 8;
+    for (int level = 1; level < 4; ++level) {
+      const __m512i lo = _mm512_load_si512(kIdx[level][0]), hi = _mm512_load_si512(kIdx[level][1]);
+      for (int i = 0; i < n / 2; ++i)
+        cur[i] = op(_mm512_permutex2var_ps(cur[2 * i], lo, cur[2 * i + 1]),
+                    _mm512_permutex2var_ps(cur[2 * i], hi, cur[2 * i + 1]));
+      n /= 2;
+    }
+    return cur[0];
+  }
+  static F reduce_batch_max(const F* v) { return reduce_batch(v, [](F a, F b) { return _mm512_max_ps(a, b); }); }
+  static F reduce_batch_min(const F* v) { return reduce_batch(v, [](F a, F b) { return _mm512_min_ps(a, b); }); }
   static float reduce_max(F v) {
     __m256 m = _mm256_max_ps(_mm512_castps512_ps256(v),
                              _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));

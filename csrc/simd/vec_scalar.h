@@ -66,6 +66,8 @@ struct VecScalar {
   static I imax(I a, I b) { return a > b ? a : b; }
 
   static F gather(const float* table, I idx) { return table[idx]; }
+  static F reduce_batch_max(const F* v) { return v[0]; }
+  static F reduce_batch_min(const F* v) { return v[0]; }
   static float reduce_max(F v) { return v; }
   static float reduce_min(F v) { return v; }
 };
