@@ -52,10 +52,4 @@ GranuleParams granule_params(const QuantSpec& spec, const GranuleStats& st) {
   return {1.0f, 0, 0};
 }
 
-GranuleParams granule_params_from_stored(const QuantSpec& spec, float scale, int32_t offset,
-                                         uint8_t e8m0) {
-  if (format_info(spec.format).is_mx) return {ref::e8m0_decode(e8m0), 0, e8m0};
-  return {scale, offset, 0};
-}
-
 }  // namespace lowbit

@@ -32,9 +32,7 @@ struct GranuleParams {
   uint8_t e8m0;
 };
 
+// The readable rule. The kernels run an inlined copy (granule_rule.h); tests compare both.
 GranuleParams granule_params(const QuantSpec& spec, const GranuleStats& st);
-// Rebuilds the parameters from stored values (scale or E8M0 byte, offset).
-GranuleParams granule_params_from_stored(const QuantSpec& spec, float scale, int32_t offset,
-                                         uint8_t e8m0);
 
 }  // namespace lowbit

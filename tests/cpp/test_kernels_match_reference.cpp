@@ -297,3 +297,31 @@ TEST(Kernels, ValidationMessages) {
   }
   EXPECT_THROW(set_isa("sse9"), std::invalid_argument);
 }
+
+TEST(Kernels, MxBlocksOfTinyAndHugeValues) {
+  // Subnormal block maxima take the slow exact path of the E8M0 rule; huge ones clamp.
+  for (const std::string& isa : available_isas()) {
+    IsaGuard guard(isa);
+    for (Format f : {Format::kMxFp8E4M3FN, Format::kMxFp4E2M1}) {
+      QuantSpec spec;
+      spec.format = f;
+      spec.granularity = Granularity::kGroup;
+      spec.group_size = 32;
+      std::vector<float> x(32 * 20);
+      for (size_t i = 0; i < x.size(); ++i) {
+        const size_t block = i / 32;
+        x[i] = block < 10 ? 1e-41f * float(i % 7 + 1) : 3e38f / float(i % 5 + 1);
+        if (i % 3 == 0) x[i] = -x[i];
+      }
+      RefMatrix want = reference_matrix(spec, x, 1, int64_t(x.size()));
+      std::vector<uint8_t> e8m0(20);
+      std::vector<float> out(x.size());
+      fake_quant_dynamic(ConstMatrix{x.data(), DType::kF32, 1, int64_t(x.size()), int64_t(x.size())}, spec,
+                         MutMatrix{out.data(), DType::kF32, 1, int64_t(x.size()), int64_t(x.size())},
+                         ScaleView{nullptr, nullptr, e8m0.data()});
+      for (size_t b = 0; b < 20; ++b) ASSERT_EQ(e8m0[b], want.params[b].e8m0) << isa << " block " << b;
+      EXPECT_EQ(e8m0[0], 0);  // clamped at e = -127
+      for (size_t i = 0; i < x.size(); ++i) ASSERT_TRUE(same_bits(out[i], want.values[i])) << isa << " i=" << i;
+    }
+  }
+}
