@@ -116,38 +116,49 @@ struct Kernels {
   // use |x| max only; INT (the sym rule looks at the sign of the larger side) uses max and
   // min; MX uses |x| max with NaN counted as +Inf (a NaN block gets the NaN scale). NaN is
   // ignored otherwise (x86 max keeps the second operand when the first is NaN).
+  // Lane-wise partial statistics over the whole vectors of [a, b): pmax holds max (or
+  // |x| max), pmin min (kMinMax only).
+  template <DType D>
+  __attribute__((always_inline)) static void partial_stats(const void* row, int64_t a, int64_t b, StatKind kind,
+                                                           F& pmax, F& pmin) {
+    const F inf = V::set1(std::numeric_limits<float>::infinity());
+    if (kind == StatKind::kMinMax) {
+      pmax = V::set1(-std::numeric_limits<float>::infinity());
+      pmin = inf;
+      for (int64_t k = a; k + L <= b; k += L) {
+        F x = vload<D>(row, k);
+        pmax = V::max(x, pmax);
+        pmin = V::min(x, pmin);
+      }
+      return;
+    }
+    pmax = V::set1(0.0f);
+    for (int64_t k = a; k + L <= b; k += L) {
+      F x = V::abs(vload<D>(row, k));
+      if (kind == StatKind::kAbsMaxNanInf) x = V::select(V::isnan(x), inf, x);
+      pmax = V::max(x, pmax);
+    }
+  }
+
   template <DType D>
   __attribute__((always_inline)) static GranuleStats stats_span(const void* row, int64_t k0, int64_t k1, StatKind kind) {
-    int64_t k = k0;
+    F pmax, pmin;
+    partial_stats<D>(row, k0, k1, kind, pmax, pmin);
+    const int64_t tail = k0 + (k1 - k0) / L * L;
     if (kind == StatKind::kMinMax) {
-      F vmax = V::set1(-std::numeric_limits<float>::infinity());
-      F vmin = V::set1(std::numeric_limits<float>::infinity());
-      for (; k + L <= k1; k += L) {
-        F x = vload<D>(row, k);
-        vmax = V::max(x, vmax);
-        vmin = V::min(x, vmin);
-      }
-      GranuleStats st{V::reduce_max(vmax), V::reduce_min(vmin), false};
-      for (; k < k1; ++k) {
+      GranuleStats st{V::reduce_max(pmax), V::reduce_min(pmin), false};
+      for (int64_t k = tail; k < k1; ++k) {
         float x = sload<D>(row, k);
         st.max_value = x > st.max_value ? x : st.max_value;
         st.min_value = x < st.min_value ? x : st.min_value;
       }
       return st;
     }
-    const bool nan_is_inf = kind == StatKind::kAbsMaxNanInf;
-    const F inf = V::set1(std::numeric_limits<float>::infinity());
-    F vabs = V::set1(0.0f);
-    for (; k + L <= k1; k += L) {
-      F a = V::abs(vload<D>(row, k));
-      if (nan_is_inf) a = V::select(V::isnan(a), inf, a);
-      vabs = V::max(a, vabs);
-    }
-    float amax = V::reduce_max(vabs);
-    for (; k < k1; ++k) {
-      float a = std::fabs(sload<D>(row, k));
-      if (nan_is_inf && a != a) a = std::numeric_limits<float>::infinity();
-      amax = a > amax ? a : amax;
+    float amax = V::reduce_max(pmax);
+    for (int64_t k = tail; k < k1; ++k) {
+      float v = std::fabs(sload<D>(row, k));
+      if (kind == StatKind::kAbsMaxNanInf && v != v) v = std::numeric_limits<float>::infinity();
+      amax = v > amax ? v : amax;
     }
     return {amax, 0.0f, false};
   }
@@ -157,28 +168,7 @@ struct Kernels {
   template <DType D>
   static void batch_stats(const void* row, int64_t k0, int64_t glen, StatKind kind, float* mx, float* mn) {
     F pmax[L], pmin[L];
-    const F inf = V::set1(std::numeric_limits<float>::infinity());
-    for (int j = 0; j < L; ++j) {
-      const int64_t a = k0 + j * glen, b = a + glen;
-      if (kind == StatKind::kMinMax) {
-        F vmax = V::set1(-std::numeric_limits<float>::infinity()), vmin = inf;
-        for (int64_t k = a; k < b; k += L) {
-          F x = vload<D>(row, k);
-          vmax = V::max(x, vmax);
-          vmin = V::min(x, vmin);
-        }
-        pmax[j] = vmax;
-        pmin[j] = vmin;
-      } else {
-        F vabs = V::set1(0.0f);
-        for (int64_t k = a; k < b; k += L) {
-          F x = V::abs(vload<D>(row, k));
-          if (kind == StatKind::kAbsMaxNanInf) x = V::select(V::isnan(x), inf, x);
-          vabs = V::max(x, vabs);
-        }
-        pmax[j] = vabs;
-      }
-    }
+    for (int j = 0; j < L; ++j) partial_stats<D>(row, k0 + j * glen, k0 + (j + 1) * glen, kind, pmax[j], pmin[j]);
     V::store(mx, V::reduce_batch_max(pmax));
     if (kind == StatKind::kMinMax) V::store(mn, V::reduce_batch_min(pmin));
   }

@@ -79,8 +79,9 @@ __attribute__((always_inline)) static inline GranuleParams rule_params(const Gra
       const bool empty = st.max_value < st.min_value;  // all NaN
       const float mx = empty ? 0.0f : st.max_value, mn = empty ? 0.0f : st.min_value;
       const float amx = std::fabs(mx), amn = std::fabs(mn);
-      const float q = amn > amx ? float(1 << (r.bits - 1)) : float((1 << (r.bits - 1)) - 1);
-      return {guard_scale((amx > amn ? amx : amn) / q), 0, 0};
+      // Branch-free on purpose: which side is larger is random from granule to granule.
+      const float q = float((1 << (r.bits - 1)) - 1) + float(amn > amx);
+      return {guard_scale(std::fmax(amx, amn) / q), 0, 0};
     }
     case K::kIntAsym: {
       const bool empty = st.max_value < st.min_value;
