@@ -34,6 +34,23 @@ def median_seconds(fn, repeat):
     return statistics.median(times)
 
 
+def interleaved(fn, baseline, repeat):
+    """Median seconds of fn and of baseline, sampled alternately so that drift in the
+    machine's memory bandwidth (shared hosts) hits both alike."""
+    fn()
+    baseline()
+    t_fn, t_base = [], []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        baseline()
+        t1 = time.perf_counter()
+        fn()
+        t2 = time.perf_counter()
+        t_base.append(t1 - t0)
+        t_fn.append(t2 - t1)
+    return statistics.median(t_fn), statistics.median(t_base)
+
+
 # ---- the same math from plain torch ops (reference for speed, not for bits) ----------
 def _granules(x, gran, gs):
     r, k = x.shape
@@ -113,20 +130,22 @@ def main():
           f"(torch {torch.__version__}, {torch.get_num_threads()} threads)")
     print(f"x: {n}x{n} fp32; copy_ into preallocated: {1000 * t_copy:.2f} ms = {copy_rate:.2f} G elem/s "
           f"({8 * elems / t_copy / 1e9:.1f} GB/s moved)")
+    print("vs copy: ratio to dst.copy_(x) sampled alternately with the operation (medians)")
     print(f"{'format':<14} {'granularity':<12} {'static G/s':>10} {'vs copy':>8} {'dynamic G/s':>11} "
           f"{'vs copy':>8} {'torch ms':>9} {'x torch':>8}")
     for fmt, gran, gs in ROWS:
         scale, offset = lowbit.compute_scales(x, fmt, gran, gs)
-        t_static = median_seconds(lambda: lowbit.fake_quant(x, fmt, gran, gs, scale=scale, offset=offset, out=out),
-                                  args.repeat)
-        t_dyn = median_seconds(lambda: lowbit.fake_quant(x, fmt, gran, gs, out=out), args.repeat)
+        copy = lambda: out.copy_(x)  # noqa: E731
+        t_static, c_static = interleaved(
+            lambda: lowbit.fake_quant(x, fmt, gran, gs, scale=scale, offset=offset, out=out), copy, args.repeat)
+        t_dyn, c_dyn = interleaved(lambda: lowbit.fake_quant(x, fmt, gran, gs, out=out), copy, args.repeat)
         t_torch = median_seconds(lambda: torch_reference(x, fmt, gran, gs), max(3, args.repeat // 3))
         ref = torch_reference(x, fmt, gran, gs)
         ours = lowbit.fake_quant(x, fmt, gran, gs)
         agree = (ref == ours).float().mean().item()  # sanity: the reference does the same math
         label = gran + (f" {gs}" if gs else "")
-        print(f"{fmt:<14} {label:<12} {elems / t_static / 1e9:>10.2f} {t_copy / t_static:>7.2f}x "
-              f"{elems / t_dyn / 1e9:>11.2f} {t_copy / t_dyn:>7.2f}x {1000 * t_torch:>9.1f} "
+        print(f"{fmt:<14} {label:<12} {elems / t_static / 1e9:>10.2f} {c_static / t_static:>7.2f}x "
+              f"{elems / t_dyn / 1e9:>11.2f} {c_dyn / t_dyn:>7.2f}x {1000 * t_torch:>9.1f} "
               f"{t_torch / t_dyn:>7.1f}x" + ("" if agree > 0.999 else f"  (torch ref agrees on {agree:.1%})"))
     print("pack (fp32 -> storage codes, scales given):")
     for fmt, gran, gs in [("int4", "group", 128), ("int8", "channel", None), ("hifloat8", "channel", None),
