@@ -3,6 +3,24 @@ from lowbit import _C  # noqa: F401  (loads liblowbit_ops.so: registers torch.op
 from lowbit.formats import (FORMATS, GRANULARITIES, compute_scales, decode, encode, fake_quant,
                             fake_quant_dynamic, isa, pack, packed_row_bytes, set_isa, unpack)
 
+from lowbit.configs import BUILTIN_CONFIG_NAMES, builtin_config
+
 __version__ = _C.__version__
-__all__ = ["FORMATS", "GRANULARITIES", "compute_scales", "decode", "encode", "fake_quant",
+
+
+def __getattr__(name):
+    # Built-in configs: a fresh copy on every access (PEP 562).
+    if name in BUILTIN_CONFIG_NAMES:
+        return builtin_config(name)
+    raise AttributeError(f"module 'lowbit' has no attribute {name!r}")
+
+
+def validate_config(config):
+    """Checks a quantize() config with the C++ rules; returns its normalized form.
+
+    Raises TypeError for a wrong type and ValueError for a bad value or combination; the
+    message names the key path, the value and what is allowed.
+    """
+    return _C.parse_config(config)
+__all__ = ["BUILTIN_CONFIG_NAMES", "builtin_config", "validate_config", "FORMATS", "GRANULARITIES", "compute_scales", "decode", "encode", "fake_quant",
            "fake_quant_dynamic", "isa", "pack", "packed_row_bytes", "set_isa", "unpack"]

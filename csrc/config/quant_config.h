@@ -1,0 +1,57 @@
+// The quantize() configuration: schema, defaults and every legality rule of
+// shared/spec/api.md, checked before any model is touched. Errors name the key path,
+// the bad value and what is allowed.
+#pragma once
+#include <string>
+#include <vector>
+
+#include "config/config_value.h"
+#include "formats/format.h"
+
+namespace lowbit {
+
+struct TensorQuantCfg {
+  Format type = Format::kInt8;
+  bool symmetric = true;
+  Granularity strategy = Granularity::kChannel;
+  int64_t group_size = 0;  // only with kGroup
+};
+
+struct InputsCfg {
+  bool present = false;  // false: weight-only
+  TensorQuantCfg q;
+};
+
+struct LayerOverride {
+  std::string glob;
+  bool has_weights = false, has_inputs = false;
+  TensorQuantCfg weights;
+  InputsCfg inputs;  // inputs.present == false with has_inputs: {"enable_quant": False}
+};
+
+struct AlgorithmCfg {
+  std::string name;
+  int64_t grids_num = 20;         // awq
+  double smooth_strength = 0.5;   // smoothquant
+};
+
+struct QuantConfig {
+  int64_t batch_num = 1;
+  TensorQuantCfg weights;
+  InputsCfg inputs;
+  std::vector<LayerOverride> overrides;   // in config order: first match wins
+  std::vector<AlgorithmCfg> algorithms;
+  std::vector<std::string> skip_layers;
+};
+
+// Throws ConfigError.
+QuantConfig parse_quant_config(const ConfigValue& root);
+// Checks one layer's effective settings (`where` prefixes the messages). Throws ConfigError.
+void check_combination(const std::string& where, const TensorQuantCfg& w, const InputsCfg& in,
+                       const std::vector<AlgorithmCfg>& algorithms);
+// Layer types an algorithm can handle ("Linear", "Conv2d").
+std::vector<std::string> algorithm_layer_types(const std::string& name);
+// Closest candidate within a small edit distance, or "" when none is close.
+std::string did_you_mean(const std::string& word, const std::vector<std::string>& candidates);
+
+}  // namespace lowbit

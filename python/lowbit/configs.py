@@ -1,0 +1,55 @@
+"""The built-in configurations, with AMCT's names and contents.
+
+Access them as ``lowbit.INT8_MINMAX_WEIGHT_QUANT_CFG`` etc.: every access returns a fresh
+deep copy, so changing one never changes the default.
+"""
+import copy
+
+_LM_HEAD = {"lm_head"}
+
+
+def _cfg(weights, inputs, algorithm, skip=True):
+    quant_cfg = {"weights": weights}
+    if inputs is not None:
+        quant_cfg["inputs"] = inputs
+    cfg = {"batch_num": 1, "quant_cfg": quant_cfg, "algorithm": algorithm}
+    if skip:
+        cfg["skip_layers"] = set(_LM_HEAD)
+    return cfg
+
+
+def _w(type_, strategy, group_size=None):
+    d = {"type": type_, "symmetric": True, "strategy": strategy}
+    if group_size is not None:
+        d["group_size"] = group_size
+    return d
+
+
+def _a(type_, strategy):
+    return {"type": type_, "symmetric": True, "strategy": strategy}
+
+
+_BUILTIN = {
+    "INT8_MINMAX_WEIGHT_QUANT_CFG": _cfg(_w("int8", "channel"), None, {"minmax"}),
+    "INT4_AWQ_WEIGHT_QUANT_CFG": _cfg(_w("int4", "channel"), None, {"awq": {"grids_num": 20}}),
+    "INT4_GPTQ_WEIGHT_QUANT_CFG": _cfg(_w("int4", "channel"), None, {"gptq"}),
+    "INT8_SMOOTHQUANT_CFG": _cfg(_w("int8", "channel"), _a("int8", "tensor"),
+                                 {"smoothquant": {"smooth_strength": 0.5}}),
+    "HIFP8_OFMR_CFG": _cfg(_w("hifloat8", "tensor"), _a("hifloat8", "tensor"), {"ofmr"}, skip=False),
+    "FP8_OFMR_CFG": _cfg(_w("float8_e4m3fn", "tensor"), _a("float8_e4m3fn", "tensor"), {"ofmr"}),
+    "MXFP8_QUANT_CFG": _cfg(_w("mxfp8_e4m3fn", "group", 32), _a("mxfp8_e4m3fn", "group"), {"mxquant"}),
+    "MXFP4_AWQ_WEIGHT_QUANT_CFG": _cfg(_w("mxfp4_e2m1", "group", 32), None, {"awq": {"grids_num": 20}}),
+    "HIFP8_CAST_CFG": _cfg(_w("hifloat8", "channel"), _a("hifloat8", "tensor"), {"cast"}),
+    "HIFP8_QUANTILE_CFG": _cfg(_w("hifloat8", "tensor"), _a("hifloat8", "tensor"), {"quantile"}),
+    "HIFP8_SMOOTHQUANT_CFG": _cfg(_w("hifloat8", "channel"), _a("hifloat8", "tensor"),
+                                  {"smoothquant": {"smooth_strength": 0.5}}),
+}
+
+BUILTIN_CONFIG_NAMES = tuple(_BUILTIN)
+
+
+def builtin_config(name):
+    """A fresh copy of the built-in config ``name``."""
+    if name not in _BUILTIN:
+        raise ValueError(f"config name: {name!r} is unknown; allowed: {', '.join(BUILTIN_CONFIG_NAMES)}")
+    return copy.deepcopy(_BUILTIN[name])
