@@ -134,13 +134,23 @@ InputsCfg parse_inputs(const std::string& path, const ConfigValue& v, bool allow
   return in;
 }
 
-std::vector<AlgorithmCfg> parse_algorithms(const ConfigValue* v) {
+const CustomAlgorithm* find_custom(const std::string& name, const std::vector<CustomAlgorithm>& custom) {
+  for (const auto& c : custom)
+    if (c.name == name) return &c;
+  return nullptr;
+}
+
+std::vector<AlgorithmCfg> parse_algorithms(const ConfigValue* v, const std::vector<CustomAlgorithm>& custom) {
   std::vector<AlgorithmCfg> out;
   if (!v) return {AlgorithmCfg{"minmax"}};
+  std::vector<std::string> names = kAlgorithms;
+  for (const auto& c : custom) names.push_back(c.name);
   auto add = [&](const std::string& path, const ConfigValue& name, const ConfigValue* params) {
     AlgorithmCfg a;
-    a.name = get_string(path, name, kAlgorithms);
-    if (params && params->kind != ConfigValue::Kind::kNone) {
+    a.name = get_string(path, name, names);
+    if (find_custom(a.name, custom)) {
+      if (params && params->kind != ConfigValue::Kind::kNone) require_dict("algorithm." + a.name, *params);
+    } else if (params && params->kind != ConfigValue::Kind::kNone) {
       const std::string p = "algorithm." + a.name;
       require_dict(p, *params);
       if (a.name == "awq") {
@@ -179,14 +189,14 @@ std::vector<AlgorithmCfg> parse_algorithms(const ConfigValue* v) {
       break;
     default:
       type_error("algorithm: expected a str, set or dict, got " + v->type_name + " " + v->repr() +
-                 "; allowed names: " + join(kAlgorithms));
+                 "; allowed names: " + join(names));
   }
-  if (out.empty()) value_error("algorithm: empty; allowed names: " + join(kAlgorithms));
+  if (out.empty()) value_error("algorithm: empty; allowed names: " + join(names));
   // Two algorithms may not claim the same layer type.
   for (size_t i = 0; i < out.size(); ++i)
     for (size_t j = i + 1; j < out.size(); ++j)
-      for (const auto& t : algorithm_layer_types(out[i].name)) {
-        auto tj = algorithm_layer_types(out[j].name);
+      for (const auto& t : algorithm_layer_types(out[i].name, custom)) {
+        auto tj = algorithm_layer_types(out[j].name, custom);
         if (std::find(tj.begin(), tj.end(), t) != tj.end())
           value_error("algorithm: '" + out[i].name + "' and '" + out[j].name + "' both claim nn." + t +
                       "; give one algorithm per layer type");
@@ -196,7 +206,8 @@ std::vector<AlgorithmCfg> parse_algorithms(const ConfigValue* v) {
 
 }  // namespace
 
-std::vector<std::string> algorithm_layer_types(const std::string& name) {
+std::vector<std::string> algorithm_layer_types(const std::string& name, const std::vector<CustomAlgorithm>& custom) {
+  if (const CustomAlgorithm* c = find_custom(name, custom)) return c->layer_types;
   if (name == "awq" || name == "smoothquant" || name == "mxquant" || name == "quantile" || name == "cast")
     return {"Linear"};
   return {"Linear", "Conv2d"};  // minmax, gptq, ofmr
@@ -224,7 +235,7 @@ std::string did_you_mean(const std::string& word, const std::vector<std::string>
 }
 
 void check_combination(const std::string& where, const TensorQuantCfg& w, const InputsCfg& in,
-                       const std::vector<AlgorithmCfg>& algorithms) {
+                       const std::vector<AlgorithmCfg>& algorithms, const std::vector<CustomAlgorithm>& custom) {
   std::vector<std::string> allowed_algos;
   std::string combo;
   if (!in.present) {
@@ -271,12 +282,13 @@ void check_combination(const std::string& where, const TensorQuantCfg& w, const 
     }
   }
   for (const auto& alg : algorithms) {
+    if (find_custom(alg.name, custom)) continue;  // the user's modules decide
     if (std::find(allowed_algos.begin(), allowed_algos.end(), alg.name) == allowed_algos.end())
       value_error("algorithm: '" + alg.name + "' is not available for " + combo + "; allowed: " + join(allowed_algos));
   }
 }
 
-QuantConfig parse_quant_config(const ConfigValue& root) {
+QuantConfig parse_quant_config(const ConfigValue& root, const std::vector<CustomAlgorithm>& custom) {
   if (root.kind != ConfigValue::Kind::kDict) type_error("config: expected a dict, got " + root.type_name);
   reject_unknown_keys("", root, {"batch_num", "quant_cfg", "algorithm", "skip_layers"});
   QuantConfig cfg;
@@ -288,7 +300,7 @@ QuantConfig parse_quant_config(const ConfigValue& root) {
   if (!w) value_error("quant_cfg.weights: missing");
   cfg.weights = parse_weights("quant_cfg.weights", *w);
   if (const ConfigValue* in = qc->find("inputs")) cfg.inputs = parse_inputs("quant_cfg.inputs", *in, false);
-  cfg.algorithms = parse_algorithms(root.find("algorithm"));
+  cfg.algorithms = parse_algorithms(root.find("algorithm"), custom);
   for (const auto& kv : qc->dict) {
     const std::string& key = kv.first;
     if (key == "weights" || key == "inputs") continue;
@@ -320,10 +332,10 @@ QuantConfig parse_quant_config(const ConfigValue& root) {
       ov->inputs = parse_inputs(path, kv.second, true);
     }
   }
-  check_combination("quant_cfg.", cfg.weights, cfg.inputs, cfg.algorithms);
+  check_combination("quant_cfg.", cfg.weights, cfg.inputs, cfg.algorithms, custom);
   for (const auto& o : cfg.overrides)
     check_combination("quant_cfg['" + o.glob + "'].", o.has_weights ? o.weights : cfg.weights,
-                      o.has_inputs ? o.inputs : cfg.inputs, cfg.algorithms);
+                      o.has_inputs ? o.inputs : cfg.inputs, cfg.algorithms, custom);
   if (const ConfigValue* s = root.find("skip_layers")) {
     if (s->kind == ConfigValue::Kind::kString)
       type_error("skip_layers: expected an iterable of str (a set or list), got the str " + s->repr());

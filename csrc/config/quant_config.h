@@ -44,13 +44,20 @@ struct QuantConfig {
   std::vector<std::string> skip_layers;
 };
 
+// An algorithm registered by the user (lowbit.algorithm_register): any parameters, any
+// format combination (its modules decide), and the layer types it claims.
+struct CustomAlgorithm {
+  std::string name;
+  std::vector<std::string> layer_types;
+};
+
 // Throws ConfigError.
-QuantConfig parse_quant_config(const ConfigValue& root);
+QuantConfig parse_quant_config(const ConfigValue& root, const std::vector<CustomAlgorithm>& custom = {});
 // Checks one layer's effective settings (`where` prefixes the messages). Throws ConfigError.
 void check_combination(const std::string& where, const TensorQuantCfg& w, const InputsCfg& in,
-                       const std::vector<AlgorithmCfg>& algorithms);
+                       const std::vector<AlgorithmCfg>& algorithms, const std::vector<CustomAlgorithm>& custom = {});
 // Layer types an algorithm can handle ("Linear", "Conv2d").
-std::vector<std::string> algorithm_layer_types(const std::string& name);
+std::vector<std::string> algorithm_layer_types(const std::string& name, const std::vector<CustomAlgorithm>& custom = {});
 // Closest candidate within a small edit distance, or "" when none is close.
 std::string did_you_mean(const std::string& word, const std::vector<std::string>& candidates);
 

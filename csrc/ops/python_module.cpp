@@ -93,6 +93,12 @@ py::dict normalized(const QuantConfig& cfg) {
   return d;
 }
 
+std::vector<CustomAlgorithm> to_custom(const std::vector<std::pair<std::string, std::vector<std::string>>>& c) {
+  std::vector<CustomAlgorithm> out;
+  for (const auto& kv : c) out.push_back({kv.first, kv.second});
+  return out;
+}
+
 template <class Fn>
 auto raising_python_errors(Fn&& fn) -> decltype(fn()) {
   try {
@@ -113,22 +119,40 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "lowbit native extension: registers torch.ops.lowbit.* and validates configs";
   m.attr("__version__") = ops_library_version();
   m.def(
-      "parse_config", [](py::object cfg) { return raising_python_errors([&] { return normalized(parse_quant_config(to_value(cfg))); }); },
-      "Validates a quantize() config dict; returns its normalized form or raises ValueError/TypeError.");
+      "parse_config",
+      [](py::object cfg, std::vector<std::pair<std::string, std::vector<std::string>>> custom) {
+        return raising_python_errors([&] { return normalized(parse_quant_config(to_value(cfg), to_custom(custom))); });
+      },
+      py::arg("config"), py::arg("custom_algorithms") = std::vector<std::pair<std::string, std::vector<std::string>>>{},
+      "Validates a quantize() config dict; returns its normalized form or raises ValueError/TypeError. "
+      "custom_algorithms: (name, layer types) of algorithms registered with lowbit.algorithm_register.");
   m.def(
       "check_layer",
-      [](const std::string& where, py::dict weights, py::object inputs, py::dict algorithm) {
+      [](const std::string& where, py::dict weights, py::object inputs, py::dict algorithm,
+         std::vector<std::pair<std::string, std::vector<std::string>>> custom) {
         raising_python_errors([&] {
+          // normalized entries carry group_size 0 outside 'group'; the parser wants it absent
+          auto strip = [](py::dict d) {
+            py::dict c;
+            for (auto kv : d) c[kv.first] = kv.second;
+            if (c.contains("strategy") && py::str(c["strategy"]).cast<std::string>() != "group" &&
+                c.contains("group_size"))
+              PyDict_DelItemString(c.ptr(), "group_size");
+            return c;
+          };
           py::dict cfg, qc;
-          qc["weights"] = weights;
-          if (!inputs.is_none()) qc["inputs"] = inputs;
+          qc["weights"] = strip(weights);
+          if (!inputs.is_none()) qc["inputs"] = strip(inputs.cast<py::dict>());
           cfg["quant_cfg"] = qc;
           cfg["algorithm"] = algorithm;
-          QuantConfig parsed = parse_quant_config(to_value(cfg));
-          check_combination(where, parsed.weights, parsed.inputs, parsed.algorithms);
+          auto cu = to_custom(custom);
+          QuantConfig parsed = parse_quant_config(to_value(cfg), cu);
+          check_combination(where, parsed.weights, parsed.inputs, parsed.algorithms, cu);
           return 0;
         });
       },
+      py::arg("where"), py::arg("weights"), py::arg("inputs"), py::arg("algorithm"),
+      py::arg("custom_algorithms") = std::vector<std::pair<std::string, std::vector<std::string>>>{},
       "Checks one layer's effective (normalized) settings.");
   m.def("did_you_mean", &did_you_mean);
 }

@@ -3,6 +3,7 @@ from lowbit import _C  # noqa: F401  (loads liblowbit_ops.so: registers torch.op
 from lowbit.formats import (FORMATS, GRANULARITIES, compute_scales, decode, encode, fake_quant,
                             fake_quant_dynamic, isa, pack, packed_row_bytes, set_isa, unpack)
 
+from lowbit.api import algorithm_register, convert, quantize, summary
 from lowbit.configs import BUILTIN_CONFIG_NAMES, builtin_config
 
 __version__ = _C.__version__
@@ -22,5 +23,5 @@ def validate_config(config):
     message names the key path, the value and what is allowed.
     """
     return _C.parse_config(config)
-__all__ = ["BUILTIN_CONFIG_NAMES", "builtin_config", "validate_config", "FORMATS", "GRANULARITIES", "compute_scales", "decode", "encode", "fake_quant",
+__all__ = ["quantize", "convert", "summary", "algorithm_register", "BUILTIN_CONFIG_NAMES", "builtin_config", "validate_config", "FORMATS", "GRANULARITIES", "compute_scales", "decode", "encode", "fake_quant",
            "fake_quant_dynamic", "isa", "pack", "packed_row_bytes", "set_isa", "unpack"]

@@ -1,0 +1,268 @@
+"""The public verbs: quantize, convert, summary, algorithm_register (AMCT's interface)."""
+import fnmatch
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from lowbit import _C, registry
+from lowbit.configs import builtin_config
+from lowbit.modules.calibration import CalibLayer
+from lowbit.modules.deploy import DeployLayer
+
+log = logging.getLogger("lowbit")
+TARGETS = ("generic", "ascend")
+
+
+@dataclass
+class LayerPlan:
+    name: str
+    module: nn.Module
+    layer_cfg: dict = None
+    skip_reason: str = None
+
+
+def _layer_type(module):
+    return "Conv2d" if isinstance(module, nn.Conv2d) else "Linear"
+
+
+def _first_match(overrides, name, key):
+    for o in overrides:
+        if fnmatch.fnmatchcase(name, o["glob"]):
+            if key == "weights" and o["weights"] is not None:
+                return True, o["weights"]
+            if key == "inputs" and o["has_inputs"]:
+                return True, o["inputs"]
+    return False, None
+
+
+def _ascend_limits(module, w, inputs):
+    """Why Ascend's kernels would not take this layer (None when they would)."""
+    dtype = module.weight.dtype
+    k = module.weight[0].numel()
+    n = module.weight.shape[0]
+    if isinstance(module, nn.Conv2d):
+        if inputs is not None and module.padding_mode != "zeros":
+            return "ascend: Conv2d full quantization needs padding_mode 'zeros'"
+        if inputs is not None and inputs["type"] not in ("hifloat8", "float8_e4m3fn"):
+            return "ascend: Conv2d full quantization supports hifloat8 and float8_e4m3fn only"
+        if inputs is None:
+            return "ascend: Conv2d weight-only quantization is not supported"
+        return None
+    if k > 65535 or n > 65535:
+        return f"ascend: K={k}, N={n} exceed 65535"
+    if inputs is None:
+        if dtype not in (torch.float16, torch.bfloat16):
+            return f"ascend: weight-only quantization needs a float16/bfloat16 layer (layer is {dtype})"
+        return None
+    a, wt = inputs["type"], w["type"]
+    if a == "mxfp8_e4m3fn":
+        if dtype != torch.bfloat16:
+            return f"ascend: MX quantization needs a bfloat16 layer (layer is {dtype})"
+        if wt == "mxfp8_e4m3fn" and (-(-k // 32)) % 2:
+            return f"ascend: MXFP8 needs an even ceil(K/32) (K={k})"
+        if wt == "mxfp4_e2m1" and k % 64:
+            return f"ascend: MXFP8 x MXFP4 needs K % 64 == 0 (K={k})"
+    if a == "float8_e4m3fn" and wt == "float4_e2m1":
+        if dtype != torch.bfloat16:
+            return f"ascend: FP8 x FP4 needs a bfloat16 layer (layer is {dtype})"
+        if module.bias is not None:
+            return "ascend: FP8 x FP4 needs a layer without bias"
+        if k % 64:
+            return f"ascend: FP8 x FP4 needs K % 64 == 0 (K={k})"
+    if a == "int8" and dtype not in (torch.float16, torch.bfloat16):
+        return f"ascend: INT8 x INT8 needs a float16/bfloat16 layer (layer is {dtype})"
+    return None
+
+
+def _plan(model, cfg, target):
+    custom = registry.custom_algorithms()
+    algorithms = cfg["algorithm"]
+    plans = []
+    mha_out = {id(m.out_proj) for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
+    for name, module in model.named_modules():
+        if not isinstance(module, (nn.Linear, nn.Conv2d)) or isinstance(module, (CalibLayer, DeployLayer)):
+            continue
+        plan = LayerPlan(name, module)
+        plans.append(plan)
+        hit = [s for s in cfg["skip_layers"] if s in name]
+        if hit:
+            plan.skip_reason = f"skip_layers: {hit[0]!r}"
+            continue
+        if id(module) in mha_out:
+            plan.skip_reason = "out_proj of nn.MultiheadAttention is used functionally by its parent"
+            continue
+        has_w, w = _first_match(cfg["overrides"], name, "weights")
+        w = w if has_w else cfg["weights"]
+        has_in, inputs = _first_match(cfg["overrides"], name, "inputs")
+        inputs = inputs if has_in else cfg["inputs"]
+        ltype = _layer_type(module)
+        _C.check_layer(f"layer '{name}': ", w, inputs, algorithms, custom)
+        names = [a for a in algorithms if ltype in _claimed_types(a, custom)]
+        if not names:
+            plan.skip_reason = f"no configured algorithm handles nn.{ltype} ({', '.join(algorithms)})"
+            continue
+        algorithm = names[0]
+        if isinstance(module, nn.Conv2d) and inputs is not None and (
+                inputs["type"] not in ("int8", "hifloat8", "float8_e4m3fn") or inputs["strategy"] != "tensor"):
+            plan.skip_reason = (f"nn.Conv2d full quantization supports int8/hifloat8/float8_e4m3fn activations per "
+                                f"tensor, not {inputs['type']} per {inputs['strategy']}")
+            continue
+        if isinstance(module, nn.Conv2d) and inputs is not None and inputs["type"] == "int8" and not inputs["symmetric"]:
+            plan.skip_reason = "nn.Conv2d INT8 activations must be symmetric"
+            continue
+        if target == "ascend":
+            reason = _ascend_limits(module, w, inputs)
+            if reason:
+                plan.skip_reason = reason
+                continue
+        ops = registry.lookup(algorithm, module)
+        if ops is None:
+            if algorithm in registry.PENDING:
+                raise NotImplementedError(f"algorithm '{algorithm}' passes validation but is not implemented yet "
+                                          f"(planned in {registry.PENDING[algorithm]}); use minmax for now")
+            plan.skip_reason = f"no module registered for algorithm '{algorithm}' and nn.{ltype}"
+            continue
+        plan.layer_cfg = {"weights": w, "inputs": inputs, "algorithm": algorithm,
+                          "params": algorithms[algorithm], "batch_num": cfg["batch_num"], "ops": ops}
+    return plans
+
+
+def _claimed_types(name, custom):
+    for n, types in custom:
+        if n == name:
+            return types
+    return {"awq": ["Linear"], "smoothquant": ["Linear"], "mxquant": ["Linear"], "quantile": ["Linear"],
+            "cast": ["Linear"]}.get(name, ["Linear", "Conv2d"])
+
+
+def _replace(model, name, new):
+    if name == "":  # the root itself: turn the object into the new module in place
+        model.__class__ = new.__class__
+        model.__dict__ = new.__dict__
+        return
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def quantize(model, config=None, target="generic"):
+    """Replaces the model's Linear/Conv2d layers (subclasses too) with calibration
+    modules, in place, and returns the model.
+
+    ``config`` is a dict as in AMCT (``None``: ``INT8_MINMAX_WEIGHT_QUANT_CFG``). Every
+    check runs before the model is touched: on any error it is exactly as it was.
+    ``target="ascend"`` also applies Ascend's dtype and shape limits (layers outside them
+    are left in float, with the reason in ``lowbit.summary``).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    if config is None:
+        config = builtin_config("INT8_MINMAX_WEIGHT_QUANT_CFG")
+    if not isinstance(config, dict):
+        raise TypeError(f"config: expected a dict, got {type(config).__name__}")
+    if target not in TARGETS:
+        raise ValueError(f"target: {target!r} is not allowed; allowed: {', '.join(TARGETS)}")
+    cfg = _C.parse_config(config, registry.custom_algorithms())
+    for name, params in cfg["algorithm"].items():  # custom algorithms keep their own parameters
+        if name not in registry.BUILTIN and isinstance(config.get("algorithm"), dict):
+            cfg["algorithm"][name] = dict(config["algorithm"].get(name) or {})
+    plans = _plan(model, cfg, target)
+    todo = [p for p in plans if p.layer_cfg is not None]
+    if not todo:
+        reasons = sorted({p.skip_reason for p in plans})
+        why = "the model has no nn.Linear or nn.Conv2d layer" if not plans else "; ".join(reasons)
+        raise ValueError(f"quantize: no layer would be quantized ({why})")
+    built = []
+    for p in todo:  # build everything first: errors leave the model untouched
+        quant_op = p.layer_cfg["ops"][0]
+        built.append((p, quant_op(p.module, p.name, p.layer_cfg)))
+    for p, new in built:
+        _replace(model, p.name, new)
+    skipped = {p.name: p.skip_reason for p in plans if p.skip_reason}
+    model._lowbit_skipped = skipped
+    log.info("lowbit.quantize: %d layers quantized, %d skipped", len(built), len(skipped))
+    for name, reason in skipped.items():
+        log.info("lowbit.quantize: skipped %r: %s", name, reason)
+    return model
+
+
+def _calib_modules(model):
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, CalibLayer)]
+
+
+def convert(model):
+    """Turns every calibration module into its deploy module (packed low-bit weights),
+    in place; returns the model. A layer that has not finished calibration is an error
+    naming it, raised before anything changes."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    calib = _calib_modules(model)
+    if not calib:
+        raise ValueError("convert: the model holds no calibration module; call lowbit.quantize first")
+    pending = [f"'{m.layer_name}' ({int(m.calib_calls)} of {m.batch_num} batches)" for _, m in calib if not m.calibrated]
+    if pending:
+        raise ValueError(f"convert: calibration is not finished for {len(pending)} layer(s): " + ", ".join(pending))
+    built = []
+    for name, m in calib:
+        deploy_op = m.layer_cfg["ops"][1]
+        if deploy_op is None:
+            raise ValueError(f"convert: algorithm '{m.algorithm}' registered no deploy_op for layer '{name}'")
+        built.append((name, deploy_op(m)))
+    skipped = getattr(model, "_lowbit_skipped", {})
+    for name, new in built:
+        _replace(model, name, new)
+    model._lowbit_skipped = skipped
+    log.info("lowbit.convert: %d layers converted to deploy modules", len(built))
+    return model
+
+
+@dataclass
+class SummaryRow:
+    name: str
+    type: str
+    shape: tuple
+    weights: str
+    inputs: str
+    algorithm: str
+    status: str
+    reason: str = ""
+
+    def __str__(self):
+        return (f"{self.name or '<root>':<28} {self.type:<13} {str(list(self.shape)):<18} {self.weights:<22} "
+                f"{self.inputs:<22} {self.algorithm:<10} {self.status:<11} {self.reason}")
+
+
+class Summary(list):
+    def __str__(self):
+        head = (f"{'name':<28} {'type':<13} {'shape':<18} {'weights':<22} {'inputs':<22} {'algorithm':<10} "
+                f"{'status':<11} reason")
+        return "\n".join([head] + [str(r) for r in self])
+
+
+def summary(model):
+    """Per-layer table (a list of SummaryRow; str() renders it): name, type, shape,
+    weight/input formats, algorithm, status (calibrating, calibrated, deployed, skipped)
+    and the reason a layer was skipped."""
+    rows = Summary()
+    skipped = getattr(model, "_lowbit_skipped", {})
+    for name, m in model.named_modules():
+        if isinstance(m, (CalibLayer, DeployLayer)):
+            if isinstance(m, DeployLayer):
+                status = "deployed"
+            else:
+                status = "calibrated" if m.calibrated else f"calibrating {int(m.calib_calls)}/{m.batch_num}"
+            rows.append(SummaryRow(name, type(m).__name__, m.weight_shape, m.wspec.label(),
+                                   m.aspec.label() if m.aspec else "-", m.algorithm, status))
+        elif name in skipped:
+            rows.append(SummaryRow(name, type(m).__name__, tuple(m.weight.shape), "-", "-", "-", "skipped",
+                                   skipped[name]))
+    return rows
+
+
+def algorithm_register(name, src_op, quant_op, deploy_op=None):
+    """Registers a custom algorithm: ``quant_op(ori_module, layer_name, layer_cfg)`` builds
+    the calibration module for layers of type ``src_op`` (subclasses too);
+    ``deploy_op(quant_module)`` builds its deploy module at convert time."""
+    registry.register(name, src_op, quant_op, deploy_op)

@@ -1,0 +1,84 @@
+"""The quantized computation shared by calibration and deploy modules. Both classes
+call the same code with the same tensors (deploy gets its weight from unpack(), which
+is bit-identical to the QDQ weight), so deploy output equals calibrated fake-quant
+output exactly."""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lowbit import formats
+from lowbit.modules.qspec import QSpec
+
+INT32_MAX = 2 ** 31 - 1
+
+
+class QuantLayerBase(nn.Module):
+    """Common state: layer name, specs, activation quantization parameters."""
+
+    def _init_common(self, ori, layer_name, layer_cfg):
+        self.layer_name = layer_name
+        self.layer_cfg = layer_cfg
+        self.wspec = QSpec.from_dict(layer_cfg["weights"])
+        self.aspec = QSpec.from_dict(layer_cfg["inputs"]) if layer_cfg.get("inputs") else None
+        self.algorithm = layer_cfg["algorithm"]
+        self.weight_shape = tuple(ori.weight.shape)
+        self.weight_dtype = ori.weight.dtype
+        self.two_level = self.aspec is not None and self.aspec.fmt == "float8_e4m3fn" and self.wspec.fmt == "float4_e2m1"
+        # static per-tensor activation scale, from calibration statistics
+        self.static_act = (self.aspec is not None and self.aspec.strategy == "tensor" and not self.aspec.is_mx
+                           and self.algorithm != "cast")
+        self.int32_bias = self.static_act and self.aspec.fmt == "int8" and ori.bias is not None
+
+    def extra_repr(self):
+        a = self.aspec.label() if self.aspec else "weight-only"
+        return f"{self.layer_name!r}, weights={self.wspec.label()}, inputs={a}, algorithm={self.algorithm}"
+
+    # ---- activations ----
+    def act_qdq(self, x):
+        if self.aspec is None:
+            return x
+        if self.static_act:
+            return self.aspec.act_qdq(x, self.act_scale, self.act_offset)
+        if self.algorithm == "cast":  # HiF8 cast: no scale
+            return formats.fake_quant(x, self.aspec.fmt, "tensor", 0, True, scale=torch.ones(1, 1))
+        return self.aspec.act_qdq(x)  # dynamic: per token, or MX blocks
+
+    # ---- bias ----
+    def effective_bias(self, bias, dtype):
+        """Float bias, or for INT8 x INT8 with a static per-tensor activation scale the
+        bias quantized to int32 with scale s_x * s_w (what an integer kernel adds)."""
+        if bias is None or not self.int32_bias:
+            return None if bias is None else bias
+        s = self.act_scale.reshape(()) * self.w_scale.reshape(-1)
+        q = torch.clamp(torch.round(bias.float() / s), -INT32_MAX - 1, INT32_MAX)
+        return (q * s).to(dtype)
+
+    def two_level_weight(self, w8q, dtype):
+        return (w8q * self.w_scale1).to(dtype)
+
+    def compute(self, x, w, bias):
+        raise NotImplementedError
+
+
+def _fp32_for_cpu_half(fn, x, w, bias):
+    """torch's CPU kernels have no float16 matmul/convolution: compute those in float32
+    (float32 accumulation) and return float16."""
+    if x.dtype == torch.float16 and x.device.type == "cpu":
+        b = None if bias is None else bias.float()
+        return fn(x.float(), w.float(), b).to(torch.float16)
+    return fn(x, w, bias)
+
+
+class LinearMath:
+    def compute(self, x, w, bias):
+        return _fp32_for_cpu_half(F.linear, x, w, bias)
+
+
+class Conv2dMath:
+    def compute(self, x, w, bias):
+        return _fp32_for_cpu_half(lambda a, b, c: nn.Conv2d._conv_forward(self, a, b, c), x, w, bias)
+
+    def _copy_conv_attrs(self, ori):
+        for k in ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups",
+                  "padding_mode", "_reversed_padding_repeated_twice"):
+            setattr(self, k, getattr(ori, k))

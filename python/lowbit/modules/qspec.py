@@ -1,0 +1,58 @@
+"""One tensor's quantization settings (a normalized config entry) and the math on it,
+all through the C++ ops."""
+from dataclasses import dataclass
+
+import torch
+
+from lowbit import formats
+
+FOUR_BIT = ("int4", "float4_e2m1", "float4_e1m2", "mxfp4_e2m1")
+
+
+@dataclass(frozen=True)
+class QSpec:
+    fmt: str
+    symmetric: bool
+    strategy: str      # tensor | channel | group | token
+    group_size: int
+
+    @staticmethod
+    def from_dict(d):
+        return QSpec(d["type"], bool(d["symmetric"]), d["strategy"], int(d["group_size"]))
+
+    @property
+    def is_mx(self):
+        return self.fmt.startswith("mx")
+
+    @property
+    def gs(self):
+        return self.group_size if self.strategy == "group" else 0
+
+    def label(self):
+        s = self.fmt + "/" + self.strategy + (str(self.group_size) if self.strategy == "group" else "")
+        return s + ("" if self.symmetric else "/asym")
+
+    # weights are viewed as [out_channels, -1]
+    def weight_scales(self, w2d):
+        return formats.compute_scales(w2d, self.fmt, self.strategy, self.gs, self.symmetric)
+
+    def weight_qdq(self, w2d, scale, offset):
+        return formats.fake_quant(w2d, self.fmt, self.strategy, self.gs, self.symmetric, scale=scale, offset=offset)
+
+    def weight_pack(self, w2d, scale, offset):
+        return formats.pack(w2d, self.fmt, scale, offset, self.strategy, self.gs, self.symmetric)
+
+    def weight_unpack(self, packed, scale, offset, cols, dtype):
+        return formats.unpack(packed, self.fmt, scale, cols, offset, self.strategy, self.gs, self.symmetric, dtype)
+
+    # activations: static per-tensor scales come from calibration statistics
+    def static_scale(self, act_min, act_max):
+        """(scale, offset) of a per-tensor activation from its calibrated min and max, by
+        the same C++ rule as any tensor (the stats of [min, max] are min and max)."""
+        stats = torch.stack([act_min.float().reshape(()), act_max.float().reshape(())]).reshape(1, 2)
+        return formats.compute_scales(stats, self.fmt, "tensor", 0, self.symmetric)
+
+    def act_qdq(self, x, scale=None, offset=None):
+        if self.strategy in ("token", "group"):  # dynamic: per row of [.., K], or MX blocks along K
+            return formats.fake_quant(x, self.fmt, self.strategy, self.gs, self.symmetric)
+        return formats.fake_quant(x, self.fmt, "tensor", 0, self.symmetric, scale=scale, offset=offset)

@@ -1,0 +1,46 @@
+"""Which modules implement an algorithm for a layer type (AMCT's algorithm_register)."""
+from torch import nn
+
+from lowbit.modules import CalibConv2d, CalibLinear, DeployConv2d, DeployLinear
+
+# (algorithm, source layer type) -> (calibration module class, deploy module class)
+_REGISTRY = {}
+# algorithms whose config is accepted but whose implementation is still to come
+PENDING = {"gptq": "issue 4", "awq": "issue 4", "smoothquant": "issue 4", "ofmr": "issue 4"}
+BUILTIN = ("minmax", "cast", "quantile", "mxquant", "gptq", "awq", "smoothquant", "ofmr")
+_CUSTOM = {}  # name -> layer type names
+
+
+def register(name, src_op, quant_op, deploy_op=None, builtin=False):
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"algorithm_register: name must be a non-empty str, got {name!r}")
+    if not (isinstance(src_op, type) and issubclass(src_op, nn.Module)):
+        raise TypeError(f"algorithm_register: src_op must be an nn.Module class, got {src_op!r}")
+    if not callable(quant_op):
+        raise TypeError(f"algorithm_register: quant_op must be callable (a module class), got {quant_op!r}")
+    if deploy_op is not None and not callable(deploy_op):
+        raise TypeError(f"algorithm_register: deploy_op must be callable or None, got {deploy_op!r}")
+    if not builtin and name in BUILTIN:
+        raise ValueError(f"algorithm_register: {name!r} is a built-in algorithm; choose another name")
+    _REGISTRY[(name, src_op)] = (quant_op, deploy_op)
+    if not builtin:
+        _CUSTOM.setdefault(name, [])
+        if src_op.__name__ not in _CUSTOM[name]:
+            _CUSTOM[name].append(src_op.__name__)
+
+
+def lookup(name, module):
+    """(quant_op, deploy_op) for the most specific registered type the module is an instance of."""
+    for cls in type(module).__mro__:
+        if (name, cls) in _REGISTRY:
+            return _REGISTRY[(name, cls)]
+    return None
+
+
+def custom_algorithms():
+    return [(k, list(v)) for k, v in _CUSTOM.items()]
+
+
+for _alg in ("minmax", "cast", "quantile", "mxquant"):
+    register(_alg, nn.Linear, CalibLinear, DeployLinear, builtin=True)
+    register(_alg, nn.Conv2d, CalibConv2d, DeployConv2d, builtin=True)
