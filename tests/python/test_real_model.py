@@ -1,4 +1,6 @@
 """The stories260K checkpoint through the loader and the format report."""
+import copy
+
 import torch
 
 from lowbit.models import load_llama2c, load_tokenizer
@@ -35,3 +37,50 @@ def test_format_report_on_stories260k(shared_data):
     assert rows[("mxfp4_e2m1", "group", 32, True, "ascend")].sqnr_db > rows[("mxfp4_e2m1", "group", 32, True, "ocp")].sqnr_db
     text = render(list(rows.values()), "t")
     assert "mxfp4_e2m1" in text and "SQNR dB" in text
+
+
+def test_stories260k_w8_channel_minmax_within_half_percent_of_float(shared_data):
+    import lowbit
+    from lowbit.eval import lm
+    model, tok = lm.load_stories260k()
+    ev = lm.token_batches(tok, lm.EVAL_RANGE)
+    base = lm.perplexity(model, ev)
+    assert abs(base - 4.184) < 0.001  # the data README's float figure
+    cfg = lowbit.INT8_MINMAX_WEIGHT_QUANT_CFG
+    cfg["skip_layers"] = {"output"}
+    lowbit.quantize(model, cfg)
+    lowbit.convert(model)
+    rows = lowbit.summary(model)
+    assert sum(r.status == "deployed" for r in rows) == 35
+    assert [r.name for r in rows if r.status == "skipped"] == ["output"]
+    ppl = lm.perplexity(model, ev)
+    assert base < ppl < base * 1.005
+    assert abs(ppl - 4.186) < 0.002  # round-to-nearest W8 per channel figure of the data README
+
+
+def test_stories260k_w4_rows_match_round_to_nearest_reference(shared_data):
+    import lowbit
+    from lowbit.eval import lm
+    model, tok = lm.load_stories260k()
+    ev = lm.token_batches(tok, lm.EVAL_RANGE)
+    for weights, want in [({"type": "int4"}, 4.872), ({"type": "int4", "strategy": "group", "group_size": 32}, 4.786)]:
+        q = lowbit.quantize(copy.deepcopy(model), {"quant_cfg": {"weights": weights}, "skip_layers": {"output"}})
+        assert abs(lm.perplexity(q, ev) - want) < 0.002
+
+
+def test_resnet20_int8_x_int8_within_one_point(shared_data):
+    import lowbit
+    from lowbit.eval import cifar
+    model = cifar.load_resnet(20)
+    x, y = cifar.test_set()
+    ev = cifar.batches(x[:2000], y[:2000])
+    base = cifar.top1(model, ev)
+    assert base > 75
+    cfg = {"batch_num": 2, "quant_cfg": {"weights": {"type": "int8"}, "inputs": {"type": "int8", "strategy": "tensor"}}}
+    lowbit.quantize(model, cfg)
+    with torch.no_grad():
+        for xb, _ in cifar.batches(x[9000:9500], y[9000:9500], 250):
+            model(xb)
+    lowbit.convert(model)
+    assert sum(r.status == "deployed" for r in lowbit.summary(model)) == 20  # 19 Conv2d + 1 Linear
+    assert cifar.top1(model, ev) > base - 1.0

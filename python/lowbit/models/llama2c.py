@@ -5,6 +5,7 @@ seq_len; a negative vocab_size means an unshared classifier), then fp32 arrays:
 token_embedding, rms_att, wq, wk, wv, wo, rms_ffn, w1, w2, w3, rms_final,
 freq_cis_real, freq_cis_imag, [wcls]. Per-layer arrays are stacked over layers.
 """
+import heapq
 import math
 import struct
 from dataclasses import dataclass
@@ -193,6 +194,9 @@ class Tokenizer:
         self.bos, self.eos = 1, 2
 
     def encode(self, text, bos=True):
+        """Token ids of ``text``: characters first, then repeatedly the adjacent pair whose
+        merged piece scores highest (leftmost on ties), as llama2.c does; a heap over a
+        linked list keeps it O(n log n)."""
         ids = []
         if text:
             ids.append(self.index[b" "])  # the dummy prefix SentencePiece adds
@@ -202,16 +206,36 @@ class Tokenizer:
                 ids.append(self.index[b])
             else:  # byte fallback: <0xXX> pieces come after the 3 special tokens
                 ids.extend(byte + 3 for byte in b)
-        while True:
-            best, best_i = None, -1
-            for i in range(len(ids) - 1):
-                j = self.index.get(self.pieces[ids[i]] + self.pieces[ids[i + 1]])
-                if j is not None and (best is None or self.scores[j] > self.scores[best]):
-                    best, best_i = j, i
-            if best is None:
-                break
-            ids[best_i:best_i + 2] = [best]
-        return ([self.bos] if bos else []) + ids
+        n = len(ids)
+        nxt = list(range(1, n + 1))
+        prv = list(range(-1, n - 1))
+        alive = [True] * n
+        heap = []
+
+        def push(i):
+            j = nxt[i]
+            if j < n:
+                m = self.index.get(self.pieces[ids[i]] + self.pieces[ids[j]])
+                if m is not None:
+                    heapq.heappush(heap, (-self.scores[m], i, ids[i], ids[j], m))
+
+        for i in range(n - 1):
+            push(i)
+        while heap:
+            _, i, a, b, m = heapq.heappop(heap)
+            j = nxt[i] if i < n else n
+            if not alive[i] or j >= n or ids[i] != a or ids[j] != b:
+                continue  # stale entry
+            ids[i] = m
+            alive[j] = False
+            nxt[i] = nxt[j]
+            if nxt[j] < n:
+                prv[nxt[j]] = i
+            if prv[i] >= 0:
+                push(prv[i])
+            push(i)
+        out = [ids[i] for i in range(n) if alive[i]]
+        return ([self.bos] if bos else []) + out
 
     def decode(self, ids):
         out = b""

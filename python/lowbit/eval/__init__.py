@@ -1,0 +1,1 @@
+"""Evaluation protocols on the shared real data (see ../shared/data/README.md)."""
