@@ -5,6 +5,7 @@ from lowbit.formats import (FORMATS, GRANULARITIES, compute_scales, decode, enco
 
 from lowbit.api import algorithm_register, convert, quantize, summary
 from lowbit.configs import BUILTIN_CONFIG_NAMES, builtin_config
+from lowbit.serialization import load, save
 
 __version__ = _C.__version__
 
@@ -23,5 +24,5 @@ def validate_config(config):
     message names the key path, the value and what is allowed.
     """
     return _C.parse_config(config)
-__all__ = ["quantize", "convert", "summary", "algorithm_register", "BUILTIN_CONFIG_NAMES", "builtin_config", "validate_config", "FORMATS", "GRANULARITIES", "compute_scales", "decode", "encode", "fake_quant",
+__all__ = ["quantize", "convert", "summary", "algorithm_register", "save", "load", "BUILTIN_CONFIG_NAMES", "builtin_config", "validate_config", "FORMATS", "GRANULARITIES", "compute_scales", "decode", "encode", "fake_quant",
            "fake_quant_dynamic", "isa", "pack", "packed_row_bytes", "set_isa", "unpack"]

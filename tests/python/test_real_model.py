@@ -84,3 +84,26 @@ def test_resnet20_int8_x_int8_within_one_point(shared_data):
     lowbit.convert(model)
     assert sum(r.status == "deployed" for r in lowbit.summary(model)) == 20  # 19 Conv2d + 1 Linear
     assert cifar.top1(model, ev) > base - 1.0
+
+
+def test_real_models_save_load_round_trip(shared_data, tmp_path):
+    import lowbit
+    from lowbit.eval import cifar, lm
+    model, tok = lm.load_stories260k()
+    tokens = lm.token_batches(tok, lm.EVAL_RANGE, limit=3)
+    cfg = lowbit.INT8_MINMAX_WEIGHT_QUANT_CFG
+    cfg["skip_layers"] = {"output"}
+    lowbit.convert(lowbit.quantize(model, cfg))
+    lowbit.save(model, tmp_path / "lm")
+    fresh, _ = lm.load_stories260k()
+    lowbit.load(fresh, tmp_path / "lm")
+    assert all(torch.equal(fresh(t), model(t)) for t in tokens)
+    assert fresh.output.weight is fresh.tok_embeddings.weight  # tying survives load_state_dict
+    r = cifar.load_resnet(20)
+    x, _ = cifar.test_set(limit=64)
+    lowbit.quantize(r, {"quant_cfg": {"weights": {"type": "int8"}, "inputs": {"type": "int8"}}})
+    r(x)
+    lowbit.convert(r)
+    lowbit.save(r, tmp_path / "resnet")
+    r2 = lowbit.load(cifar.load_resnet(20), tmp_path / "resnet")
+    assert torch.equal(r2(x), r(x))

@@ -1,0 +1,189 @@
+#include "serialization/json.h"
+
+#include <cstdio>
+#include <cerrno>
+#include <cstdlib>
+#include <stdexcept>
+
+namespace lowbit {
+
+const JsonValue* JsonValue::find(const std::string& key) const {
+  for (const auto& kv : object)
+    if (kv.first == key) return &kv.second;
+  return nullptr;
+}
+
+namespace {
+struct Parser {
+  const std::string& s;
+  size_t i = 0;
+  int depth = 0;
+
+  [[noreturn]] void fail(const std::string& what) const {
+    throw std::invalid_argument(what + " at byte " + std::to_string(i));
+  }
+  void ws() {
+    while (i < s.size() && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r')) ++i;
+  }
+  bool eat(char c) {
+    ws();
+    if (i < s.size() && s[i] == c) {
+      ++i;
+      return true;
+    }
+    return false;
+  }
+  void expect(char c) {
+    if (!eat(c)) fail(std::string("expected '") + c + "'");
+  }
+  static void utf8(std::string& out, uint32_t cp) {
+    if (cp < 0x80) out += char(cp);
+    else if (cp < 0x800) out += char(0xC0 | (cp >> 6)), out += char(0x80 | (cp & 0x3F));
+    else if (cp < 0x10000) out += char(0xE0 | (cp >> 12)), out += char(0x80 | ((cp >> 6) & 0x3F)), out += char(0x80 | (cp & 0x3F));
+    else out += char(0xF0 | (cp >> 18)), out += char(0x80 | ((cp >> 12) & 0x3F)), out += char(0x80 | ((cp >> 6) & 0x3F)), out += char(0x80 | (cp & 0x3F));
+  }
+  uint32_t hex4() {
+    if (i + 4 > s.size()) fail("truncated \\u escape");
+    uint32_t v = 0;
+    for (int k = 0; k < 4; ++k) {
+      char c = s[i++];
+      v <<= 4;
+      if (c >= '0' && c <= '9') v |= uint32_t(c - '0');
+      else if (c >= 'a' && c <= 'f') v |= uint32_t(c - 'a' + 10);
+      else if (c >= 'A' && c <= 'F') v |= uint32_t(c - 'A' + 10);
+      else fail("bad \\u escape");
+    }
+    return v;
+  }
+  std::string string() {
+    ws();
+    if (i >= s.size() || s[i] != '"') fail("expected a string");
+    ++i;
+    std::string out;
+    while (true) {
+      if (i >= s.size()) fail("unterminated string");
+      char c = s[i++];
+      if (c == '"') return out;
+      if (static_cast<unsigned char>(c) < 0x20) fail("control character in string");
+      if (c != '\\') {
+        out += c;
+        continue;
+      }
+      if (i >= s.size()) fail("unterminated escape");
+      char e = s[i++];
+      switch (e) {
+        case '"': out += '"'; break;
+        case '\\': out += '\\'; break;
+        case '/': out += '/'; break;
+        case 'b': out += '\b'; break;
+        case 'f': out += '\f'; break;
+        case 'n': out += '\n'; break;
+        case 'r': out += '\r'; break;
+        case 't': out += '\t'; break;
+        case 'u': {
+          uint32_t cp = hex4();
+          if (cp >= 0xD800 && cp < 0xDC00) {
+            if (i + 6 > s.size() || s[i] != '\\' || s[i + 1] != 'u') fail("unpaired surrogate");
+            i += 2;
+            uint32_t lo = hex4();
+            if (lo < 0xDC00 || lo >= 0xE000) fail("bad low surrogate");
+            cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+          }
+          utf8(out, cp);
+          break;
+        }
+        default: fail("bad escape");
+      }
+    }
+  }
+  JsonValue value() {
+    if (++depth > 64) fail("nesting too deep");
+    ws();
+    if (i >= s.size()) fail("unexpected end");
+    JsonValue v;
+    char c = s[i];
+    if (c == '{') {
+      ++i;
+      v.kind = JsonValue::Kind::kObject;
+      if (!eat('}')) {
+        do {
+          std::string k = string();
+          for (const auto& kv : v.object)
+            if (kv.first == k) fail("duplicate key '" + k + "'");
+          expect(':');
+          v.object.emplace_back(std::move(k), value());
+        } while (eat(','));
+        expect('}');
+      }
+    } else if (c == '[') {
+      ++i;
+      v.kind = JsonValue::Kind::kArray;
+      if (!eat(']')) {
+        do v.array.push_back(value());
+        while (eat(','));
+        expect(']');
+      }
+    } else if (c == '"') {
+      v.kind = JsonValue::Kind::kString;
+      v.str = string();
+    } else if (s.compare(i, 4, "true") == 0) {
+      i += 4, v.kind = JsonValue::Kind::kBool, v.boolean = true;
+    } else if (s.compare(i, 5, "false") == 0) {
+      i += 5, v.kind = JsonValue::Kind::kBool;
+    } else if (s.compare(i, 4, "null") == 0) {
+      i += 4;
+    } else if (c == '-' || (c >= '0' && c <= '9')) {
+      size_t start = i;
+      bool is_int = true;
+      if (s[i] == '-') ++i;
+      while (i < s.size() && ((s[i] >= '0' && s[i] <= '9') || s[i] == '.' || s[i] == 'e' || s[i] == 'E' ||
+                              s[i] == '+' || s[i] == '-')) {
+        if (s[i] == '.' || s[i] == 'e' || s[i] == 'E') is_int = false;
+        ++i;
+      }
+      std::string num = s.substr(start, i - start);
+      char* end = nullptr;
+      if (is_int) {
+        errno = 0;
+        long long x = std::strtoll(num.c_str(), &end, 10);
+        if (errno || *end) fail("bad integer '" + num + "'");
+        v.kind = JsonValue::Kind::kInt, v.integer = x;
+      } else {
+        double x = std::strtod(num.c_str(), &end);
+        if (*end) fail("bad number '" + num + "'");
+        v.kind = JsonValue::Kind::kNumber, v.number = x;
+      }
+    } else {
+      fail(std::string("unexpected character '") + c + "'");
+    }
+    --depth;
+    return v;
+  }
+};
+}  // namespace
+
+JsonValue parse_json(const std::string& text) {
+  Parser p{text};
+  JsonValue v = p.value();
+  p.ws();
+  if (p.i != text.size()) p.fail("trailing characters");
+  return v;
+}
+
+std::string json_quote(const std::string& s) {
+  std::string out = "\"";
+  for (unsigned char c : s) {
+    if (c == '"') out += "\\\"";
+    else if (c == '\\') out += "\\\\";
+    else if (c < 0x20) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\u%04x", c);
+      out += buf;
+    } else {
+      out += char(c);
+    }
+  }
+  return out + "\"";
+}
+
+}  // namespace lowbit

@@ -1,0 +1,105 @@
+"""lowbit.save / lowbit.load: a converted model as safetensors (packed weights, scales,
+every other tensor of its state_dict) plus per-layer quantization metadata, written and
+read by the C++ safetensors code."""
+import json
+import os
+
+import torch
+from torch import nn
+
+from lowbit import registry
+from lowbit.modules.calibration import CalibLayer
+from lowbit.modules.deploy import DeployLayer
+
+TENSORS_FILE = "model.safetensors"
+META_FILE = "lowbit.json"
+_DTYPES = {"torch.float32": torch.float32, "torch.float16": torch.float16, "torch.bfloat16": torch.bfloat16}
+
+
+def _paths(path):
+    path = os.fspath(path)
+    return os.path.join(path, TENSORS_FILE), os.path.join(path, META_FILE)
+
+
+def save(model, path):
+    """Writes ``path/model.safetensors`` and ``path/lowbit.json`` (the directory is created)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, DeployLayer)}
+    if not layers:
+        raise ValueError("save: the model holds no deploy module; run lowbit.quantize, calibrate and lowbit.convert first")
+    if any(isinstance(m, CalibLayer) for m in model.modules()):
+        raise ValueError("save: the model still holds calibration modules; call lowbit.convert first")
+    meta = {"format": "lowbit-1", "layers": {}, "skipped": getattr(model, "_lowbit_skipped", {})}
+    for name, m in layers.items():
+        cfg = {k: v for k, v in m.layer_cfg.items() if k != "ops"}
+        meta["layers"][name] = {"config": cfg, "module": type(m).__name__, "weight_shape": list(m.weight_shape),
+                                "weight_dtype": str(m.weight_dtype)}
+    sd = model.state_dict()
+    os.makedirs(os.fspath(path), exist_ok=True)
+    tensor_path, meta_path = _paths(path)
+    text = json.dumps(meta, indent=1, sort_keys=True)
+    torch.ops.lowbit.save_safetensors(tensor_path, list(sd), [t.detach() for t in sd.values()], ["lowbit"], [text])
+    with open(meta_path, "w", encoding="utf-8") as f:
+        f.write(text + "\n")
+
+
+def load(model, path):
+    """Loads a saved quantized model into ``model``, a freshly built float model of the
+    same architecture, in place; returns it. Everything is checked before the model
+    changes: a layer that is missing, of another type or shape, or a file whose tensors
+    do not match gives a ValueError naming it."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    if any(isinstance(m, (CalibLayer, DeployLayer)) for m in model.modules()):
+        raise ValueError("load: the model is already quantized; pass a freshly built float model")
+    tensor_path, _ = _paths(path)
+    names, tensors, keys, values = torch.ops.lowbit.load_safetensors(tensor_path)
+    metadata = dict(zip(keys, values))
+    if "lowbit" not in metadata:
+        raise ValueError(f"load: {tensor_path} has no lowbit metadata (not written by lowbit.save)")
+    meta = json.loads(metadata["lowbit"])
+    from lowbit.api import _replace  # noqa: PLC0415  (api imports this module's users)
+    built = []
+    for name, info in meta["layers"].items():
+        try:
+            ori = model.get_submodule(name) if name else model
+        except AttributeError:
+            raise ValueError(f"load: layer '{name}' of the file does not exist in the model") from None
+        if not isinstance(ori, (nn.Linear, nn.Conv2d)):
+            raise ValueError(f"load: layer '{name}' is {type(ori).__name__} in the model, not Linear/Conv2d")
+        if list(ori.weight.shape) != info["weight_shape"]:
+            raise ValueError(f"load: layer '{name}' has weight shape {list(ori.weight.shape)} in the model, "
+                             f"{info['weight_shape']} in the file")
+        cfg = dict(info["config"])
+        ops = registry.lookup(cfg["algorithm"], ori)
+        if ops is None or ops[1] is None:
+            raise ValueError(f"load: no modules registered for algorithm '{cfg['algorithm']}' (layer '{name}')")
+        cfg["ops"] = ops
+        calib = ops[0](ori, name, cfg)
+        calib.calib_calls.fill_(calib.batch_num)  # the stored tensors replace what calibration computed
+        deploy = ops[1](calib)
+        deploy.weight_dtype = _DTYPES.get(info["weight_dtype"], deploy.weight_dtype)
+        built.append((name, deploy))
+    expected = {}
+    replaced = {n for n, _ in built}
+    for k, v in model.state_dict().items():
+        owner = k.rpartition(".")[0]
+        if not any(owner == n or owner.startswith(n + ".") if n else True for n in replaced):
+            expected[k] = v
+    for n, d in built:
+        for k, v in d.state_dict().items():
+            expected[f"{n}.{k}" if n else k] = v
+    stored = dict(zip(names, tensors))
+    missing, extra = sorted(set(expected) - set(stored)), sorted(set(stored) - set(expected))
+    if missing or extra:
+        raise ValueError(f"load: the file does not match the model: missing {missing[:5]}, unexpected {extra[:5]}")
+    for k, v in expected.items():
+        if tuple(stored[k].shape) != tuple(v.shape) or stored[k].dtype != v.dtype:
+            raise ValueError(f"load: tensor '{k}' is {tuple(stored[k].shape)} {stored[k].dtype} in the file, "
+                             f"{tuple(v.shape)} {v.dtype} in the model")
+    for name, d in built:
+        _replace(model, name, d)
+    model.load_state_dict(stored, strict=True)
+    model._lowbit_skipped = meta.get("skipped", {})
+    return model

@@ -1,0 +1,97 @@
+"""lowbit.save / lowbit.load round trips and bad files."""
+import torch
+from torch import nn
+
+import pytest
+
+import lowbit
+from lowbit.modules import DeployConv2d, DeployLinear
+
+
+def make_mlp(dtype=torch.float32):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(96, 64), nn.ReLU(), nn.Linear(64, 40)).to(dtype)
+
+
+CONFIGS = [
+    {"quant_cfg": {"weights": {"type": "int4", "strategy": "group", "group_size": 32, "symmetric": False}}},
+    {"batch_num": 2, "quant_cfg": {"weights": {"type": "int8"}, "inputs": {"type": "int8", "symmetric": False}}},
+    {"quant_cfg": {"weights": {"type": "mxfp4_e2m1"}, "inputs": {"type": "mxfp8_e4m3fn"}}, "algorithm": "mxquant"},
+    {"batch_num": 2, "quant_cfg": {"weights": {"type": "float4_e2m1"}, "inputs": {"type": "float8_e4m3fn"}}},
+    {"batch_num": 2, "quant_cfg": {"weights": {"type": "hifloat8", "strategy": "tensor"},
+                                   "inputs": {"type": "hifloat8"}}, "algorithm": "quantile"},
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: c["quant_cfg"]["weights"]["type"])
+def test_round_trip_is_bit_exact(cfg, dtype, tmp_path):
+    model = make_mlp(dtype)
+    xs = [torch.randn(5, 96).to(dtype) for _ in range(3)]
+    lowbit.quantize(model, cfg)
+    for x in xs[:2]:
+        model(x)
+    lowbit.convert(model)
+    want = model(xs[2])
+    lowbit.save(model, tmp_path / "out")
+    assert (tmp_path / "out" / "model.safetensors").exists() and (tmp_path / "out" / "lowbit.json").exists()
+    fresh = lowbit.load(make_mlp(dtype), tmp_path / "out")
+    assert isinstance(fresh[0], DeployLinear)
+    for k, v in model.state_dict().items():
+        assert torch.equal(fresh.state_dict()[k], v), k
+    assert torch.equal(fresh(xs[2]), want)
+
+
+def test_conv_model_round_trip(tmp_path):
+    def cnn():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 3)).eval()
+    model = cnn()
+    x = torch.randn(2, 3, 12, 12)
+    lowbit.quantize(model, {"quant_cfg": {"weights": {"type": "float8_e4m3fn"}, "inputs": {"type": "float8_e4m3fn"}}})
+    model(x)
+    lowbit.convert(model)
+    lowbit.save(model, tmp_path)
+    fresh = lowbit.load(cnn(), tmp_path)
+    assert isinstance(fresh[3], DeployConv2d) and torch.equal(fresh(x), model(x))
+
+
+def test_save_and_load_refuse_wrong_models(tmp_path):
+    model = make_mlp()
+    with pytest.raises(ValueError, match=r"save: the model holds no deploy module"):
+        lowbit.save(model, tmp_path)
+    lowbit.quantize(model, {"batch_num": 3, "quant_cfg": {"weights": {"type": "int8"}, "inputs": {"type": "int8"}}})
+    with pytest.raises(ValueError, match=r"no deploy module"):
+        lowbit.save(model, tmp_path)
+    model = lowbit.convert(lowbit.quantize(make_mlp(), None))
+    lowbit.save(model, tmp_path)
+    with pytest.raises(ValueError, match=r"load: the model is already quantized"):
+        lowbit.load(model, tmp_path)
+    other = nn.Sequential(nn.Linear(96, 64), nn.ReLU(), nn.Linear(64, 41))
+    with pytest.raises(ValueError, match=r"load: layer '2' has weight shape \[41, 64\] in the model, \[40, 64\]"):
+        lowbit.load(other, tmp_path)
+    assert type(other[0]) is nn.Linear  # untouched
+    with pytest.raises(ValueError, match=r"load: layer '2' of the file does not exist"):
+        lowbit.load(nn.Sequential(nn.Linear(96, 64)), tmp_path)
+
+
+def test_corrupt_and_truncated_files_give_clear_errors(tmp_path):
+    model = lowbit.convert(lowbit.quantize(make_mlp(), None))
+    lowbit.save(model, tmp_path)
+    path = tmp_path / "model.safetensors"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"safetensors: .*(truncated|outside)"):
+        lowbit.load(make_mlp(), tmp_path)
+    path.write_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00{oops")
+    with pytest.raises(ValueError, match=r"safetensors: header is not valid JSON"):
+        lowbit.load(make_mlp(), tmp_path)
+    path.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"too short"):
+        lowbit.load(make_mlp(), tmp_path)
+    with pytest.raises(ValueError, match=r"cannot open"):
+        lowbit.load(make_mlp(), tmp_path / "nowhere")
+    m = make_mlp()
+    torch.ops.lowbit.save_safetensors(str(path), ["0.weight"], [m[0].weight.detach()], [], [])
+    with pytest.raises(ValueError, match=r"has no lowbit metadata"):
+        lowbit.load(m, tmp_path)
