@@ -255,7 +255,8 @@ void check_combination(const std::string& where, const TensorQuantCfg& w, const 
     combo = name_of(a) + " x " + name_of(w.type) + " (activation x weight)";
     const std::string allowed =
         "allowed (activation x weight): int8 x int8, hifloat8 x hifloat8, float8_e4m3fn x float8_e4m3fn, "
-        "mxfp8_e4m3fn x mxfp8_e4m3fn, mxfp8_e4m3fn x mxfp4_e2m1, float8_e4m3fn x float4_e2m1";
+        "mxfp8_e4m3fn x mxfp8_e4m3fn, mxfp8_e4m3fn x mxfp4_e2m1, float8_e4m3fn x float4_e2m1, "
+        "int8 x int4 (smoothquant)";
     auto need_weight_strategy = [&](std::initializer_list<Granularity> ok, const char* names) {
       if (std::find(ok.begin(), ok.end(), w.strategy) == ok.end())
         value_error(where + "weights.strategy: '" + granularity_name(w.strategy) + "' is not allowed for " + combo +
@@ -265,6 +266,10 @@ void check_combination(const std::string& where, const TensorQuantCfg& w, const 
       need_weight_strategy({Granularity::kTensor, Granularity::kChannel}, "tensor, channel");
       if (!w.symmetric) value_error(where + "weights.symmetric: False is not allowed for " + combo);
       allowed_algos = {"minmax", "smoothquant"};
+    } else if (a == Format::kInt8 && w.type == Format::kInt4) {
+      // W4A8: the outliers SmoothQuant moves into the weights make this usable
+      if (!w.symmetric) value_error(where + "weights.symmetric: False is not allowed for " + combo);
+      allowed_algos = {"smoothquant"};
     } else if (a == Format::kHiFloat8 && w.type == Format::kHiFloat8) {
       allowed_algos = {"minmax", "ofmr", "cast", "quantile", "smoothquant"};
     } else if (a == Format::kFloat8E4M3FN && w.type == Format::kFloat8E4M3FN) {

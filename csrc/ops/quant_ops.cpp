@@ -7,70 +7,13 @@
 #include <string>
 
 #include "kernels/quant_kernels.h"
+#include "ops/tensor_views.h"
 
 namespace lowbit {
 
 const char* ops_library_version() { return "0.1.0"; }
 
 namespace {
-
-// Core errors are std::invalid_argument; Python users get a ValueError.
-template <class Fn>
-auto value_errors(Fn&& fn) -> decltype(fn()) {
-  try {
-    return fn();
-  } catch (const std::invalid_argument& e) {
-    TORCH_CHECK_VALUE(false, e.what());
-  }
-}
-
-QuantSpec make_spec(const std::string& format, const std::string& granularity, int64_t group_size,
-                    bool symmetric, const std::string& mx_rule) {
-  return value_errors([&] {
-    QuantSpec s;
-    s.format = parse_format(format);
-    s.granularity = parse_granularity(granularity);
-    s.group_size = group_size;
-    s.symmetric = symmetric;
-    s.mx_rule = parse_mx_rule(mx_rule);
-    validate_spec(s);
-    return s;
-  });
-}
-
-DType float_dtype(const at::Tensor& t, const char* arg) {
-  switch (t.scalar_type()) {
-    case at::kFloat: return DType::kF32;
-    case at::kHalf: return DType::kF16;
-    case at::kBFloat16: return DType::kBF16;
-    default:
-      TORCH_CHECK_TYPE(false, arg, ": dtype ", t.scalar_type(),
-                       " is not supported; allowed: float32, float16, bfloat16");
-  }
-}
-
-void check_input(const at::Tensor& x, const char* arg) {
-  TORCH_CHECK_VALUE(x.dim() >= 1 && x.dim() <= 6, arg, ": rank ", x.dim(), " is not supported; allowed ranks: 1 to 6");
-  TORCH_CHECK_VALUE(x.device().is_cpu(), arg, ": device ", x.device(), " is not supported; allowed: cpu");
-  TORCH_CHECK_VALUE(x.size(-1) > 0, arg, ": the last dimension must not be empty");
-}
-
-// A [rows, cols] view with a contiguous last axis: 2-D strided tensors are used as
-// they are; any other non-contiguous layout is copied once.
-at::Tensor matrix_source(const at::Tensor& x) {
-  if (x.dim() == 2 && x.stride(1) == 1 && x.stride(0) >= x.size(1)) return x;
-  return x.contiguous();
-}
-int64_t ld_of(const at::Tensor& m) { return m.dim() == 2 ? m.stride(0) : m.size(-1); }
-
-ConstMatrix as_const(const at::Tensor& m) {
-  int64_t cols = m.size(-1);
-  return {m.data_ptr(), float_dtype(m, "x"), m.numel() / cols, cols, ld_of(m)};
-}
-MutMatrix as_mut(const at::Tensor& m) {
-  int64_t cols = m.size(-1);
-  return {m.data_ptr(), float_dtype(m, "out"), m.numel() / cols, cols, ld_of(m)};
-}
 
 std::vector<int64_t> scale_shape(const QuantSpec& spec, at::IntArrayRef shape) {
   std::vector<int64_t> s(shape.begin(), shape.end());

@@ -3,6 +3,7 @@ from lowbit import _C  # noqa: F401  (loads liblowbit_ops.so: registers torch.op
 from lowbit.formats import (FORMATS, GRANULARITIES, compute_scales, decode, encode, fake_quant,
                             fake_quant_dynamic, isa, pack, packed_row_bytes, set_isa, unpack)
 
+from lowbit import algorithms  # noqa: F401  (registers gptq, awq, smoothquant, ofmr)
 from lowbit.api import algorithm_register, convert, quantize, summary
 from lowbit.configs import BUILTIN_CONFIG_NAMES, builtin_config
 from lowbit.serialization import load, save

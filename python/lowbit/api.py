@@ -147,14 +147,15 @@ def _replace(model, name, new):
     setattr(parent, child, new)
 
 
-def quantize(model, config=None, target="generic"):
+def quantize(model, config=None, target="generic", sequential=False):
     """Replaces the model's Linear/Conv2d layers (subclasses too) with calibration
     modules, in place, and returns the model.
 
     ``config`` is a dict as in AMCT (``None``: ``INT8_MINMAX_WEIGHT_QUANT_CFG``). Every
     check runs before the model is touched: on any error it is exactly as it was.
     ``target="ascend"`` also applies Ascend's dtype and shape limits (layers outside them
-    are left in float, with the reason in ``lowbit.summary``).
+    are left in float, with the reason in ``lowbit.summary``). ``sequential=True``
+    calibrates block by block so later layers see quantized inputs (lowbit.sequential).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
@@ -162,6 +163,8 @@ def quantize(model, config=None, target="generic"):
         config = builtin_config("INT8_MINMAX_WEIGHT_QUANT_CFG")
     if not isinstance(config, dict):
         raise TypeError(f"config: expected a dict, got {type(config).__name__}")
+    if not isinstance(sequential, bool):
+        raise TypeError(f"sequential: expected True or False, got {type(sequential).__name__}")
     if target not in TARGETS:
         raise ValueError(f"target: {target!r} is not allowed; allowed: {', '.join(TARGETS)}")
     cfg = _C.parse_config(config, registry.custom_algorithms())
@@ -182,6 +185,9 @@ def quantize(model, config=None, target="generic"):
         _replace(model, p.name, new)
     skipped = {p.name: p.skip_reason for p in plans if p.skip_reason}
     model._lowbit_skipped = skipped
+    if sequential and any(m.needs_calibration for _, m in built):
+        from lowbit.sequential import SequentialCalibrator
+        model._lowbit_sequential = SequentialCalibrator(model, cfg["batch_num"])
     log.info("lowbit.quantize: %d layers quantized, %d skipped", len(built), len(skipped))
     for name, reason in skipped.items():
         log.info("lowbit.quantize: skipped %r: %s", name, reason)
@@ -228,16 +234,18 @@ class SummaryRow:
     algorithm: str
     status: str
     reason: str = ""
+    error: float = float("nan")  # relative output MSE on the last calibration batch
 
     def __str__(self):
+        err = "-" if self.error != self.error else f"{self.error:.3g}"
         return (f"{self.name or '<root>':<28} {self.type:<13} {str(list(self.shape)):<18} {self.weights:<22} "
-                f"{self.inputs:<22} {self.algorithm:<10} {self.status:<11} {self.reason}")
+                f"{self.inputs:<22} {self.algorithm:<11} {self.status:<11} {err:>9}  {self.reason}")
 
 
 class Summary(list):
     def __str__(self):
-        head = (f"{'name':<28} {'type':<13} {'shape':<18} {'weights':<22} {'inputs':<22} {'algorithm':<10} "
-                f"{'status':<11} reason")
+        head = (f"{'name':<28} {'type':<13} {'shape':<18} {'weights':<22} {'inputs':<22} {'algorithm':<11} "
+                f"{'status':<11} {'error':>9}  reason")
         return "\n".join([head] + [str(r) for r in self])
 
 
@@ -254,7 +262,8 @@ def summary(model):
             else:
                 status = "calibrated" if m.calibrated else f"calibrating {int(m.calib_calls)}/{m.batch_num}"
             rows.append(SummaryRow(name, type(m).__name__, m.weight_shape, m.wspec.label(),
-                                   m.aspec.label() if m.aspec else "-", m.algorithm, status))
+                                   m.aspec.label() if m.aspec else "-", m.algorithm, status,
+                                   error=float(m.recon_error)))
         elif name in skipped:
             rows.append(SummaryRow(name, type(m).__name__, tuple(m.weight.shape), "-", "-", "-", "skipped",
                                    skipped[name]))

@@ -238,7 +238,7 @@ def test_errors_leave_the_model_untouched():
     bad = [({"quant_cfg": {"weights": {"type": "int8", "strategy": "group", "group_size": 40}}}, ValueError),
            ({"quant_cfg": {"weights": {"type": "int8"}}, "skip_layers": {""}}, ValueError),
            ({"quant_cfg": {"weights": {"type": "int8"}, "2.inputs": {"type": "hifloat8"}}}, ValueError),
-           ({"quant_cfg": {"weights": {"type": "int4"}}, "algorithm": {"gptq"}}, NotImplementedError),
+           ({"quant_cfg": {"weights": {"type": "int4"}}, "algorithm": {"ofmr"}}, ValueError),
            ("INT8", TypeError)]
     for cfg, exc in bad:
         with pytest.raises(exc):

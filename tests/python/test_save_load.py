@@ -38,7 +38,7 @@ def test_round_trip_is_bit_exact(cfg, dtype, tmp_path):
     fresh = lowbit.load(make_mlp(dtype), tmp_path / "out")
     assert isinstance(fresh[0], DeployLinear)
     for k, v in model.state_dict().items():
-        assert torch.equal(fresh.state_dict()[k], v), k
+        torch.testing.assert_close(fresh.state_dict()[k], v, rtol=0, atol=0, equal_nan=True, msg=k)
     assert torch.equal(fresh(xs[2]), want)
 
 

@@ -7,11 +7,17 @@ need (weight-only, dynamic per-token or MX activations, cast) are fake-quantized
 first call. All state is in registered buffers: a state_dict saved mid-calibration can be
 restored and calibration continues.
 """
+import logging
+import time
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lowbit import formats
 from lowbit.modules.common import Conv2dMath, LinearMath, QuantLayerBase
+
+log = logging.getLogger("lowbit")
 
 
 class CalibLayer(QuantLayerBase):
@@ -38,45 +44,123 @@ class CalibLayer(QuantLayerBase):
             scale, offset = self.wspec.weight_scales(w2d)
         self.register_buffer("w_scale", scale)
         self.register_buffer("w_offset", offset)
-        self.needs_calibration = self.static_act
-        if self.needs_calibration:
+        self.needs_calibration = self.static_act or self.uses_data
+        if self.static_act:
             self.register_buffer("act_min", torch.tensor(float("inf")))
             self.register_buffer("act_max", torch.tensor(float("-inf")))
             self.register_buffer("act_scale", torch.ones(1, 1))
             self.register_buffer("act_offset", torch.zeros(1, 1, dtype=torch.int32))
+        self.register_buffer("recon_error", torch.tensor(float("nan"), dtype=torch.float64))
+        self.progress = None  # set by quantize(): shared per-layer progress display
+        self.init_algorithm()
+
+    # ---- hooks for algorithms (subclasses) ----
+    uses_data = False  # the algorithm needs calibration data even without static activation scales
+
+    def init_algorithm(self):
+        pass
+
+    def observe_algorithm(self, x):
+        pass
+
+    def finalize_algorithm(self):
+        """Called once, at the batch_num-th call; may set weight buffers, w_scale, and
+        act_scale (then returns True to keep it from the min/max rule)."""
+        return False
+
+    @torch.no_grad()
+    def output_error(self, x):
+        """Relative output MSE of the quantized layer against float on one calibration batch."""
+        y = self.compute(x, self.weight, self.bias).double()
+        yq = self.compute(self.act_qdq(x), self.weight_fake_quant(), self.effective_bias(self.bias, x.dtype)).double()
+        den = float(y.pow(2).sum())
+        return float((y - yq).pow(2).sum()) / den if den > 0 else 0.0
+
+    def recompute_weight_scales(self):
+        """Weight scales from weight_source() (after an algorithm changed it)."""
+        w2d = self.weight_source()
+        if self.two_level:
+            s1 = w2d.float().abs().amax(dim=1, keepdim=True) / 448.0
+            s1 = torch.where((s1 < 1.192092896e-7) | ~torch.isfinite(s1), torch.ones_like(s1), s1)
+            self.w_scale1.copy_(s1)
+            w2d = formats.decode(formats.encode(w2d.float() / s1, "float8_e4m3fn"), "float8_e4m3fn")
+        scale, offset = self.wspec.weight_scales(w2d)
+        self.w_scale.copy_(scale)
+        self.w_offset.copy_(offset)
+
+    def weight_source(self):
+        """The [N, K] tensor that is quantized (the original weight by default)."""
+        return self.weight.detach().reshape(self.weight_shape[0], -1)
+
+    def input_rows(self, x, max_rows=None):
+        """Calibration rows [M, K] as the layer's matmul sees them, one tensor per
+        convolution group (Linear: the last axis; Conv2d: unfolded patches). With
+        ``max_rows``, a convolution unfolds only the first images needed to reach it
+        (whole images: no aliasing with positions) and a Linear keeps evenly spaced rows."""
+        if isinstance(self, CalibConv2d):
+            if max_rows is not None:
+                h_out, w_out = self.compute(x[:1], self.weight, None).shape[-2:]
+                x = x[: max(1, -(-max_rows // (h_out * w_out)))]
+            if self.padding_mode != "zeros":
+                x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+                pad = 0
+            else:
+                pad = self.padding
+            cols = F.unfold(x.float(), self.kernel_size, self.dilation, pad, self.stride)  # [B, C*kh*kw, L]
+            rows = cols.transpose(1, 2).reshape(-1, cols.shape[1])
+            kg = rows.shape[1] // self.groups
+            return [rows[:, g * kg:(g + 1) * kg] for g in range(self.groups)]
+        rows = x.reshape(-1, x.shape[-1]).float()
+        if max_rows is not None and rows.shape[0] > max_rows:
+            rows = rows[:: -(-rows.shape[0] // max_rows)]
+        return [rows]
 
     @property
     def calibrated(self):
         return not self.needs_calibration or int(self.calib_calls) >= self.batch_num
 
     def weight_fake_quant(self):
-        w2d = self.weight.detach().reshape(self.weight_shape[0], -1)
+        w2d = self.weight_source()
         if self.two_level:
             w8 = formats.decode(formats.encode(w2d.float() / self.w_scale1, "float8_e4m3fn"), "float8_e4m3fn")
-            w8q = self.wspec.weight_qdq(w8, self.w_scale, self.w_offset)
+            w8q = self.wspec.weight_qdq(w8, self.w_scale, self.w_offset)  # noqa: E501
             return self.two_level_weight(w8q, self.weight_dtype).reshape(self.weight_shape)
-        return self.wspec.weight_qdq(w2d, self.w_scale, self.w_offset).reshape(self.weight_shape)
+        return self.wspec.weight_qdq(w2d, self.w_scale, self.w_offset).to(self.weight_dtype).reshape(self.weight_shape)
 
     def _observe(self, x):
         xd = x.detach()
         if not torch.isfinite(xd).all():
             raise ValueError(f"layer '{self.layer_name}', calibration batch {int(self.calib_calls) + 1}: "
                              f"activations contain NaN or Inf")
-        if self.algorithm == "quantile":  # exponential moving average of the per-call max |x|
+        if self.static_act and self.algorithm == "quantile":  # EMA of the per-call max |x|
             m = xd.abs().max().float()
             first = int(self.calib_calls) == 0
             self.act_max.copy_(m if first else 0.99 * self.act_max + 0.01 * m)
             self.act_min.copy_(torch.zeros(()))
-        else:
+        elif self.static_act:
             self.act_min.copy_(torch.minimum(self.act_min, xd.min().float()))
             self.act_max.copy_(torch.maximum(self.act_max, xd.max().float()))
+        self.observe_algorithm(xd)
         self.calib_calls += 1
         if int(self.calib_calls) == self.batch_num:
-            scale, offset = self.aspec.static_scale(self.act_min, self.act_max)
-            self.act_scale.copy_(scale)
-            self.act_offset.copy_(offset)
+            t0 = time.perf_counter()
+            act_done = self.finalize_algorithm()
+            if self.static_act and not act_done:
+                scale, offset = self.aspec.static_scale(self.act_min, self.act_max)
+                self.act_scale.copy_(scale)
+                self.act_offset.copy_(offset)
+            self.recon_error.fill_(self.output_error(xd))
+            seconds = time.perf_counter() - t0
+            log.info("lowbit: %s %r: relative output error %.3g (%.2f s)", self.algorithm, self.layer_name,
+                     float(self.recon_error), seconds)
+            if self.progress is not None:
+                self.progress.layer_done(self.layer_name, float(self.recon_error), seconds)
+
+    deferred = False  # sequential mode: float and no observation until this layer's turn
 
     def forward(self, x):
+        if self.deferred:
+            return self.compute(x, self.weight, self.bias)
         if not self.calibrated:
             self._observe(x)
             return self.compute(x, self.weight, self.bias)

@@ -27,6 +27,7 @@ class QuantLayerBase(nn.Module):
         # static per-tensor activation scale, from calibration statistics
         self.static_act = (self.aspec is not None and self.aspec.strategy == "tensor" and not self.aspec.is_mx
                            and self.algorithm != "cast")
+        self.groups = getattr(ori, "groups", 1)
         self.int32_bias = self.static_act and self.aspec.fmt == "int8" and ori.bias is not None
 
     def extra_repr(self):
@@ -35,6 +36,9 @@ class QuantLayerBase(nn.Module):
 
     # ---- activations ----
     def act_qdq(self, x):
+        smooth = getattr(self, "smooth", None)
+        if smooth is not None:  # AWQ / SmoothQuant: x / s (the weight holds W * s)
+            x = x / smooth.to(x.dtype)
         if self.aspec is None:
             return x
         if self.static_act:

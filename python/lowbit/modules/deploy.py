@@ -14,7 +14,7 @@ class DeployLayer(QuantLayerBase):
                              f"{calib.batch_num} calibration batches")
         ori = calib  # has weight, bias and the metadata
         self._init_common(ori, calib.layer_name, calib.layer_cfg)
-        w2d = calib.weight.detach().reshape(self.weight_shape[0], -1)
+        w2d = calib.weight_source()
         self.cols = w2d.shape[1]
         if self.two_level:
             from lowbit import formats
@@ -28,7 +28,10 @@ class DeployLayer(QuantLayerBase):
         self.register_buffer("w_offset", calib.w_offset.clone())
         bias = calib.bias.detach().clone() if calib.bias is not None else None
         self.register_buffer("bias", bias)
-        if calib.needs_calibration:
+        smooth = getattr(calib, "smooth", None)
+        self.register_buffer("smooth", smooth.clone() if smooth is not None else None)
+        self.register_buffer("recon_error", calib.recon_error.clone())
+        if calib.static_act:
             self.register_buffer("act_scale", calib.act_scale.clone())
             self.register_buffer("act_offset", calib.act_offset.clone())
 

@@ -1,0 +1,177 @@
+// GPTQ (Frantar et al. 2022) for every weight-only format: columns are quantized one
+// at a time and each one's rounding error is spread over the columns not yet quantized,
+// weighted by the inverse Hessian of the layer's calibration inputs.
+//
+// What this version adds to the textbook algorithm:
+//  - any format and granule: the column QDQ is the kernels' own arithmetic (column_qdq),
+//    MX/FP4 groups use their real block scale;
+//  - group scales are taken when a group's first column is reached, from the up-to-date
+//    (error-compensated) values of the whole group, also under act-order (the group is
+//    the stored contiguous group, so act-order needs no column reordering at deploy);
+//  - damping that grows until the Cholesky factorisation succeeds;
+//  - the relative output error on the calibration data, from H, for the progress bar.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "algorithms/column_quant.h"
+#include "ops/tensor_views.h"
+
+namespace lowbit {
+namespace {
+
+struct ColumnScales {
+  at::Tensor scale;   // float32 [N] (MX: 2^e)
+  at::Tensor offset;  // float32 [N]
+  at::Tensor e8m0;    // uint8 [N] for MX
+};
+
+// Scales of one granule column-slice [N, c] under `spec` (one granule per row).
+ColumnScales slice_scales(const at::Tensor& slice, const QuantSpec& spec) {
+  const int64_t n = slice.size(0);
+  QuantSpec s = spec;
+  if (!format_info(spec.format).is_mx) s.granularity = Granularity::kChannel, s.group_size = 0;
+  at::Tensor src = slice.contiguous();
+  ColumnScales cs;
+  cs.scale = at::empty({n}, at::kFloat);
+  at::Tensor off = at::zeros({n}, at::kInt);
+  if (format_info(spec.format).is_mx) {
+    cs.e8m0 = at::empty({n}, at::kByte);
+    compute_scales(as_const(src), s, ScaleView{nullptr, nullptr, cs.e8m0.data_ptr<uint8_t>()});
+    // 2^(b-127); 0xFF (a NaN block) cannot occur: weights are checked finite
+    cs.scale = at::exp2(cs.e8m0.to(at::kFloat) - 127.0f);
+  } else {
+    compute_scales(as_const(src), s, ScaleView{cs.scale.data_ptr<float>(), off.data_ptr<int32_t>(), nullptr});
+  }
+  cs.offset = off.to(at::kFloat);
+  return cs;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, double> gptq_quantize(
+    const at::Tensor& W2d, const at::Tensor& H_in, const std::string& fmt, const std::string& strategy,
+    int64_t group_size, bool symmetric, double damp_ratio, bool act_order, bool static_groups, int64_t block_size) {
+  QuantSpec spec = make_spec(fmt, strategy, strategy == "group" ? group_size : 0, symmetric, "auto");
+  TORCH_CHECK_VALUE(spec.granularity != Granularity::kToken, "gptq: granularity 'token' is for activations");
+  TORCH_CHECK_VALUE(block_size > 0, "gptq: block_size must be positive");
+  const bool mx = format_info(spec.format).is_mx;
+  const int64_t N = W2d.size(0), K = W2d.size(1);
+  TORCH_CHECK_VALUE(H_in.size(0) == K && H_in.size(1) == K, "gptq: H ", H_in.sizes(), " does not match K=", K);
+  at::Tensor W0 = W2d.to(at::kFloat).clone();  // the caller's tensor is never modified
+  at::Tensor H = H_in.to(at::kDouble).clone();
+
+  // dead inputs: no signal ever reached them
+  at::Tensor dead = H.diagonal() == 0;
+  H.diagonal().masked_fill_(dead, 1.0);
+  W0.index_put_({at::indexing::Slice(), dead}, 0.0f);
+
+  const int64_t glen = spec.granularity == Granularity::kGroup ? (mx ? 32 : spec.group_size) : K;
+  const int64_t groups = spec.granularity == Granularity::kTensor ? 1 : (K + glen - 1) / glen;
+  at::Tensor scale_out = at::empty({spec.granularity == Granularity::kTensor ? 1 : N, groups},
+                                   mx ? at::kByte : at::kFloat);
+  at::Tensor offset_out = at::zeros(scale_out.sizes(), at::kInt);
+  std::vector<ColumnScales> gs(static_cast<size_t>(groups));
+  std::vector<bool> have(static_cast<size_t>(groups), false);
+  auto store = [&](int64_t g, const ColumnScales& cs) {
+    gs[size_t(g)] = cs;
+    have[size_t(g)] = true;
+    if (spec.granularity == Granularity::kTensor) {
+      scale_out.index_put_({0, 0}, cs.scale[0]);
+      offset_out.index_put_({0, 0}, cs.offset[0].to(at::kInt));
+    } else if (mx) {
+      scale_out.select(1, g).copy_(cs.e8m0);
+    } else {
+      scale_out.select(1, g).copy_(cs.scale);
+      offset_out.select(1, g).copy_(cs.offset.to(at::kInt));
+    }
+  };
+  if (spec.granularity == Granularity::kTensor) {
+    QuantSpec t = spec;
+    float s;
+    int32_t o = 0;
+    at::Tensor src = W0.contiguous();
+    compute_scales(as_const(src), t, ScaleView{&s, &o, nullptr});
+    store(0, {at::full({N}, s, at::kFloat), at::full({N}, float(o), at::kFloat), {}});
+  } else if (spec.granularity == Granularity::kChannel || static_groups) {
+    for (int64_t g = 0; g < groups; ++g) store(g, slice_scales(W0.narrow(1, g * glen, std::min(glen, K - g * glen)), spec));
+  }
+
+  // act-order: most informative inputs first
+  at::Tensor perm = act_order ? at::argsort(H.diagonal(), 0, true) : at::arange(K, at::kLong);
+  at::Tensor invperm = at::argsort(perm);
+  const int64_t* p = perm.data_ptr<int64_t>();
+  at::Tensor W = W0.index_select(1, perm).contiguous();
+  H = H.index_select(0, perm).index_select(1, perm);
+
+  // damping, raised until H is positive definite
+  const double mean_diag = H.diagonal().mean().item<double>();
+  at::Tensor U;
+  for (double ratio = damp_ratio; ; ratio *= 10.0) {
+    at::Tensor Hd = H.clone();
+    Hd.diagonal().add_(ratio * mean_diag);
+    auto [L, info] = at::linalg_cholesky_ex(Hd);
+    if (info.item<int>() == 0) {
+      at::Tensor Hinv = at::cholesky_inverse(L);
+      auto [Lu, info2] = at::linalg_cholesky_ex(Hinv, /*upper=*/true);
+      if (info2.item<int>() == 0) {
+        U = Lu.to(at::kFloat);
+        break;
+      }
+    }
+    TORCH_CHECK_VALUE(ratio < 1e4, "gptq: the Hessian stays singular even with heavy damping");
+  }
+
+  at::Tensor Q = at::zeros_like(W);
+  for (int64_t i1 = 0; i1 < K; i1 += block_size) {
+    const int64_t i2 = std::min(i1 + block_size, K), count = i2 - i1;
+    at::Tensor W1 = W.narrow(1, i1, count).clone();
+    at::Tensor Err1 = at::zeros_like(W1);
+    at::Tensor U1 = U.narrow(0, i1, count).narrow(1, i1, count);
+    for (int64_t i = 0; i < count; ++i) {
+      const int64_t col = p[i1 + i];
+      const int64_t g = spec.granularity == Granularity::kTensor ? 0 : col / glen;
+      if (!have[size_t(g)]) {  // first column of this group: scale from its current values
+        std::vector<at::Tensor> cols;
+        for (int64_t c = g * glen; c < std::min(K, (g + 1) * glen); ++c) {
+          const int64_t pos = invperm[c].item<int64_t>();
+          cols.push_back(pos >= i1 && pos < i2 ? W1.select(1, pos - i1) : W.select(1, pos));
+        }
+        store(g, slice_scales(at::stack(cols, 1), spec));
+      }
+      const ColumnScales& cs = gs[size_t(g)];
+      at::Tensor w = W1.select(1, i);
+      at::Tensor q = column_qdq(w, cs.scale, cs.offset, spec.format, spec.symmetric || mx);
+      Q.select(1, i1 + i).copy_(q);
+      at::Tensor err = (w - q) / U1[i][i];
+      W1.narrow(1, i, count - i).sub_(err.unsqueeze(1) * U1[i].narrow(0, i, count - i).unsqueeze(0));
+      Err1.select(1, i).copy_(err);
+    }
+    if (i2 < K) W.narrow(1, i2, K - i2).sub_(Err1.mm(U.narrow(0, i1, count).narrow(1, i2, K - i2)));
+  }
+  Q = Q.index_select(1, invperm).contiguous();
+
+  // relative output error on the calibration rows: tr(dW H dW^T) / tr(W H W^T)
+  at::Tensor Ho = H_in.to(at::kDouble);
+  at::Tensor dW = (W2d.to(at::kDouble) - Q.to(at::kDouble));
+  const double num = (dW.mm(Ho) * dW).sum().item<double>();
+  const double den = (W2d.to(at::kDouble).mm(Ho) * W2d.to(at::kDouble)).sum().item<double>();
+  return {Q, scale_out, offset_out, den > 0 ? num / den : 0.0};
+}
+
+double relative_output_error(const at::Tensor& W2d, const at::Tensor& Q, const at::Tensor& H) {
+  at::Tensor Hd = H.to(at::kDouble), W = W2d.to(at::kDouble);
+  at::Tensor dW = W - Q.to(at::kDouble);
+  const double den = (W.mm(Hd) * W).sum().item<double>();
+  return den > 0 ? (dW.mm(Hd) * dW).sum().item<double>() / den : 0.0;
+}
+
+}  // namespace
+}  // namespace lowbit
+
+TORCH_LIBRARY_FRAGMENT(lowbit, m) {
+  m.def("gptq_quantize(Tensor W2d, Tensor H, str fmt, str strategy, int group_size, bool symmetric, float damp, "
+        "bool act_order, bool static_groups, int block_size) -> (Tensor, Tensor, Tensor, float)");
+  m.def("relative_output_error(Tensor W2d, Tensor Q, Tensor H) -> float");
+  m.impl("gptq_quantize", c10::DispatchKey::CPU, TORCH_FN(lowbit::gptq_quantize));
+  m.impl("relative_output_error", c10::DispatchKey::CPU, TORCH_FN(lowbit::relative_output_error));
+}

@@ -1,0 +1,100 @@
+// OFMR (output feature-map reconstruction) for HiF8 and FP8: candidate power-of-two
+// scales 2^e, the output MSE each causes, and the choice.
+//  - weights: the output error of W -> QDQ(W) on calibration rows X is, per output
+//    channel n, dW_n H dW_n^T with H = X^T X, so only H is accumulated during calibration;
+//  - activations: ||(x - QDQ(x)) W^T||^2 accumulated per call.
+// Candidates: powers of two 2^k, k = -5..5 (the reference set, preferred), refined by
+// quarter steps 2^(k + j/4), plus multiples 2^(j/8) of the MIN-MAX scale (HiF8's tapered
+// precision makes the loss jagged in the scale, and absmax/16 often beats every power of
+// two). A non-power-of-two candidate is kept only when strictly lower.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <limits>
+
+#include "ops/tensor_views.h"
+
+namespace lowbit {
+namespace {
+
+Format float8_format(const std::string& name) {
+  Format f = value_errors([&] { return parse_format(name); });
+  TORCH_CHECK_VALUE(f == Format::kHiFloat8 || f == Format::kFloat8E4M3FN, "ofmr: format '", name,
+                    "' is not allowed; allowed: hifloat8, float8_e4m3fn");
+  return f;
+}
+
+at::Tensor finite_or_inf(at::Tensor loss) {
+  return at::where(at::isfinite(loss), loss, at::full_like(loss, std::numeric_limits<double>::infinity()));
+}
+
+// QDQ of W [N, K] with one scale per row (scales [N] or [1]).
+at::Tensor qdq_rows(const at::Tensor& W, Format f, const at::Tensor& scales) {
+  at::Tensor s = scales.to(at::kFloat).expand({W.size(0)}).contiguous();
+  QuantSpec spec;
+  spec.format = f;
+  spec.granularity = Granularity::kChannel;
+  at::Tensor out = at::empty_like(W);
+  fake_quant(as_const(W), spec, ScaleView{s.data_ptr<float>(), nullptr, nullptr}, as_mut(out));
+  return out;
+}
+
+// loss [C, N]: output MSE of each candidate (a scale per row, cand [C, N] or [C, 1]).
+at::Tensor ofmr_weight_losses(const at::Tensor& W2d, const at::Tensor& H, const std::string& fmt,
+                              const at::Tensor& cand) {
+  const Format f = float8_format(fmt);
+  at::Tensor W = W2d.to(at::kFloat).contiguous();
+  at::Tensor Hd = H.to(at::kDouble);
+  TORCH_CHECK_VALUE(cand.dim() == 2 && (cand.size(1) == 1 || cand.size(1) == W.size(0)),
+                    "ofmr: candidates must be [C, 1] or [C, N], got ", cand.sizes());
+  at::Tensor loss = at::empty({cand.size(0), W.size(0)}, at::kDouble);
+  for (int64_t c = 0; c < cand.size(0); ++c) {
+    at::Tensor dW = (W - qdq_rows(W, f, cand[c])).to(at::kDouble);
+    loss[c] = (dW.mm(Hd) * dW).sum(1);
+  }
+  return finite_or_inf(loss);
+}
+
+// loss[c] += ||(x - QDQ_c(x)) W^T||^2: the output error of quantizing the activation alone.
+// (Scoring with the weight quantized too was tried: no better on stories260K.)
+void ofmr_act_losses_accumulate(at::Tensor& loss, const at::Tensor& x2d, const at::Tensor& W2d,
+                                const std::string& fmt, const at::Tensor& cand) {
+  const Format f = float8_format(fmt);
+  at::Tensor x = x2d.to(at::kFloat).contiguous();
+  at::Tensor Wt = W2d.to(at::kFloat).t();
+  auto c_acc = cand.to(at::kFloat).contiguous();
+  TORCH_CHECK_VALUE(loss.numel() == c_acc.numel(), "ofmr: loss has ", loss.numel(), " entries for ", c_acc.numel(),
+                    " candidates");
+  const float* cs = c_acc.data_ptr<float>();
+  for (int64_t c = 0; c < c_acc.numel(); ++c) {
+    at::Tensor d = (x - qdq_with_scale(x, f, cs[c])).mm(Wt);
+    double v = d.to(at::kDouble).pow(2).sum().item<double>();
+    loss[c] += std::isfinite(v) ? v : std::numeric_limits<double>::infinity();
+  }
+}
+
+// Index of the chosen candidate per column of loss [C, M]: the best preferred one (the
+// powers of two), replaced by a non-preferred one only when that is strictly lower.
+at::Tensor ofmr_select(const at::Tensor& loss, const at::Tensor& preferred, const std::string& layer) {
+  at::Tensor L = loss.to(at::kDouble).reshape({loss.size(0), -1});
+  at::Tensor masked = at::where(preferred.to(at::kBool).unsqueeze(1), L,
+                                at::full_like(L, std::numeric_limits<double>::infinity()));
+  auto [best_pref_loss, best_pref] = masked.min(0);
+  auto [best_all_loss, best_all] = L.min(0);
+  TORCH_CHECK_VALUE(at::isfinite(best_all_loss).all().item<bool>(), "ofmr: layer '", layer,
+                    "': no candidate scale gives a finite output error (NaN/Inf in its calibration data?)");
+  return at::where(best_all_loss < best_pref_loss, best_all, best_pref);
+}
+
+}  // namespace
+}  // namespace lowbit
+
+TORCH_LIBRARY_FRAGMENT(lowbit, m) {
+  m.def("ofmr_weight_losses(Tensor W2d, Tensor H, str fmt, Tensor candidates) -> Tensor");
+  m.def("ofmr_act_losses_accumulate(Tensor(a!) loss, Tensor x2d, Tensor W2d, str fmt, Tensor candidates) -> ()");
+  m.def("ofmr_select(Tensor loss, Tensor preferred, str layer) -> Tensor");
+  m.impl("ofmr_weight_losses", c10::DispatchKey::CPU, TORCH_FN(lowbit::ofmr_weight_losses));
+  m.impl("ofmr_act_losses_accumulate", c10::DispatchKey::CPU, TORCH_FN(lowbit::ofmr_act_losses_accumulate));
+  m.impl("ofmr_select", c10::DispatchKey::CPU, TORCH_FN(lowbit::ofmr_select));
+}

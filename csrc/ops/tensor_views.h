@@ -1,0 +1,92 @@
+// Adapters between at::Tensor and the torch-free kernels, shared by the ops and the
+// algorithm translation units. Inline: only torch-aware code includes this.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <stdexcept>
+#include <string>
+
+#include "kernels/quant_kernels.h"
+
+namespace lowbit {
+
+// Core errors are std::invalid_argument; Python users get a ValueError.
+template <class Fn>
+auto value_errors(Fn&& fn) -> decltype(fn()) {
+  try {
+    return fn();
+  } catch (const std::invalid_argument& e) {
+    TORCH_CHECK_VALUE(false, e.what());
+  }
+}
+
+inline QuantSpec make_spec(const std::string& format, const std::string& granularity, int64_t group_size,
+                    bool symmetric, const std::string& mx_rule) {
+  return value_errors([&] {
+    QuantSpec s;
+    s.format = parse_format(format);
+    s.granularity = parse_granularity(granularity);
+    s.group_size = group_size;
+    s.symmetric = symmetric;
+    s.mx_rule = parse_mx_rule(mx_rule);
+    validate_spec(s);
+    return s;
+  });
+}
+
+inline DType float_dtype(const at::Tensor& t, const char* arg) {
+  switch (t.scalar_type()) {
+    case at::kFloat: return DType::kF32;
+    case at::kHalf: return DType::kF16;
+    case at::kBFloat16: return DType::kBF16;
+    default:
+      TORCH_CHECK_TYPE(false, arg, ": dtype ", t.scalar_type(),
+                       " is not supported; allowed: float32, float16, bfloat16");
+  }
+}
+
+inline void check_input(const at::Tensor& x, const char* arg) {
+  TORCH_CHECK_VALUE(x.dim() >= 1 && x.dim() <= 6, arg, ": rank ", x.dim(), " is not supported; allowed ranks: 1 to 6");
+  TORCH_CHECK_VALUE(x.device().is_cpu(), arg, ": device ", x.device(), " is not supported; allowed: cpu");
+  TORCH_CHECK_VALUE(x.size(-1) > 0, arg, ": the last dimension must not be empty");
+}
+
+// A [rows, cols] view with a contiguous last axis: 2-D strided tensors are used as
+// they are; any other non-contiguous layout is copied once.
+inline at::Tensor matrix_source(const at::Tensor& x) {
+  if (x.dim() == 2 && x.stride(1) == 1 && x.stride(0) >= x.size(1)) return x;
+  return x.contiguous();
+}
+inline int64_t ld_of(const at::Tensor& m) { return m.dim() == 2 ? m.stride(0) : m.size(-1); }
+
+inline ConstMatrix as_const(const at::Tensor& m) {
+  int64_t cols = m.size(-1);
+  return {m.data_ptr(), float_dtype(m, "x"), m.numel() / cols, cols, ld_of(m)};
+}
+inline MutMatrix as_mut(const at::Tensor& m) {
+  int64_t cols = m.size(-1);
+  return {m.data_ptr(), float_dtype(m, "out"), m.numel() / cols, cols, ld_of(m)};
+}
+
+
+// QDQ of a 2-D float32 tensor with one scale for all of it (scale > 0).
+inline at::Tensor qdq_with_scale(const at::Tensor& x2d, Format fmt, float scale) {
+  QuantSpec spec;
+  spec.format = fmt;
+  spec.granularity = Granularity::kTensor;
+  at::Tensor src = x2d.contiguous();
+  at::Tensor out = at::empty_like(src);
+  int32_t zero = 0;
+  fake_quant(as_const(src), spec, ScaleView{&scale, &zero, nullptr}, as_mut(out));
+  return out;
+}
+
+// QDQ of a 2-D tensor with scales/offsets computed from itself (dynamic) for `spec`.
+inline at::Tensor qdq_dynamic(const at::Tensor& x2d, const QuantSpec& spec) {
+  at::Tensor src = x2d.contiguous();
+  at::Tensor out = at::empty_like(src);
+  fake_quant_dynamic(as_const(src), spec, as_mut(out));
+  return out;
+}
+
+}  // namespace lowbit

@@ -1,0 +1,30 @@
+"""H = X^T X of a layer's calibration rows (per convolution group), accumulated in C++.
+
+A convolution unfolds into many rows per call (ResNet-20: 256K patches for 250 images);
+at most MAX_ROWS evenly spaced rows per call enter H, which is plenty to estimate a
+K x K matrix with K <= a few thousand, and keeps calibration time linear in the layers.
+"""
+import torch
+
+MAX_ROWS = 32768
+
+
+class HessianMixin:
+    def init_hessian(self):
+        n, k = self.weight_shape[0], 1
+        for d in self.weight_shape[1:]:
+            k *= d
+        self.register_buffer("hessian", torch.zeros(self.groups, k, k))
+        self.register_buffer("hessian_rows", torch.zeros((), dtype=torch.int64))
+
+    def observe_hessian(self, x):
+        for g, rows in enumerate(self.input_rows(x, MAX_ROWS)):
+            torch.ops.lowbit.hessian_accumulate(self.hessian[g], rows)
+        self.hessian_rows += rows.shape[0]
+
+    def group_weights(self, w2d=None):
+        """(rows slice, weight block, H block) per convolution group."""
+        w2d = self.weight.detach().reshape(self.weight_shape[0], -1).float() if w2d is None else w2d
+        rows = w2d.shape[0] // self.groups
+        return [(slice(g * rows, (g + 1) * rows), w2d[g * rows:(g + 1) * rows], self.hessian[g])
+                for g in range(self.groups)]
