@@ -2,6 +2,7 @@
 # The whole test suite: C++ tests through ctest, Python tests through pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/env.sh
 bash scripts/build.sh
 echo "== C++ tests (ctest)"
 (cd build && ctest --output-on-failure -j "$(nproc)")

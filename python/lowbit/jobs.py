@@ -27,15 +27,26 @@ def lm_rows():
              ("MINMAX W8A8 (tensor)", {"quant_cfg": {"weights": _w("int8"),
                                                      "inputs": {"type": "int8", "strategy": "tensor"}}}),
              ("MINMAX W8A8 (token)", {"quant_cfg": {"weights": _w("int8"),
-                                                    "inputs": {"type": "int8", "strategy": "token"}}})]
-    return rows
+                                                    "inputs": {"type": "int8", "strategy": "token"}}}),
+             ("GPTQ W4 channel", {"quant_cfg": {"weights": _w("int4")}, "algorithm": "gptq"}),
+             ("GPTQ W4 group32", {"quant_cfg": {"weights": _w("int4", "group", 32)}, "algorithm": "gptq"}),
+             ("GPTQ W3 group32 (int4 grid)", None),
+             ("AWQ W4 group32", {"quant_cfg": {"weights": _w("int4", "group", 32)}, "algorithm": {"awq": {}}}),
+             ("MINMAX MXFP4", {"quant_cfg": {"weights": _w("mxfp4_e2m1", "group", 32)}}),
+             ("GPTQ MXFP4", {"quant_cfg": {"weights": _w("mxfp4_e2m1", "group", 32)}, "algorithm": "gptq"}),
+             ("SMOOTHQUANT W4A8", {"quant_cfg": {"weights": _w("int4", "group", 32),
+                                                 "inputs": {"type": "int8", "strategy": "token"}},
+                                   "algorithm": {"smoothquant": {"smooth_strength": 0.5}}})]
+    return [(n, c) for n, c in rows if c is not None]
 
 
 def cnn_rows():
     full = lambda t: {"quant_cfg": {"weights": _w(t), "inputs": {"type": t, "strategy": "tensor"}}}  # noqa: E731
     return [("INT8 x INT8 MINMAX", full("int8")), ("HIFLOAT8 x HIFLOAT8 MINMAX", full("hifloat8")),
             ("FP8 x FP8 MINMAX", full("float8_e4m3fn")), ("HIFP8_OFMR_CFG", lowbit.HIFP8_OFMR_CFG),
-            ("FP8_OFMR_CFG", lowbit.FP8_OFMR_CFG)]
+            ("FP8_OFMR_CFG", lowbit.FP8_OFMR_CFG),
+            ("MINMAX W4 channel (RTN)", {"quant_cfg": {"weights": _w("int4")}}),
+            ("GPTQ W4 channel", {"quant_cfg": {"weights": _w("int4")}, "algorithm": "gptq"})]
 
 
 def _pending(cfg):

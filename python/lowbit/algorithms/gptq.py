@@ -28,7 +28,7 @@ class GPTQMixin(HessianMixin):
         opts = {**DEFAULTS, **(self.layer_cfg.get("params") or {})}
         scales, offsets = [], []
         for rows, w, h in self.group_weights():
-            q, s, o, _ = torch.ops.lowbit.gptq_quantize(
+            q, s, o = torch.ops.lowbit.gptq_quantize(
                 w, h, self.wspec.fmt, self.wspec.strategy, self.wspec.group_size, self.wspec.symmetric,
                 float(opts["damp"]), bool(opts["act_order"]), bool(opts["static_groups"]), int(opts["block_size"]))
             self.weight_q[rows] = q
