@@ -30,6 +30,7 @@ class AWQLinear(HessianMixin, CalibLinear):
         self.smooth.copy_(s)
         self.weight_src.copy_(src)
         self.recompute_weight_scales()
+        self.free_hessian()
         return False
 
     def weight_source(self):

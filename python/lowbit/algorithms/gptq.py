@@ -14,9 +14,9 @@ class GPTQMixin(HessianMixin):
 
     def init_algorithm(self):
         self.init_hessian()
-        n = self.weight_shape[0]
-        k = self.hessian.shape[-1]
-        self.register_buffer("weight_q", torch.zeros(n, k))
+        # GPTQ's result lies on the format grid: it is kept packed (unpack gives it back
+        # exactly), not as a second float copy of the weight
+        self.register_buffer("weight_q_packed", torch.zeros(0, dtype=torch.uint8))
         if self.wspec.strategy == "tensor" and self.groups > 1:
             raise NotImplementedError(f"layer '{self.layer_name}': GPTQ with one tensor scale on a grouped "
                                       f"convolution is not supported; use strategy 'channel' or 'group'")
@@ -26,22 +26,27 @@ class GPTQMixin(HessianMixin):
 
     def finalize_algorithm(self):
         opts = {**DEFAULTS, **(self.layer_cfg.get("params") or {})}
-        scales, offsets = [], []
+        qs, scales, offsets = [], [], []
         for rows, w, h in self.group_weights():
             q, s, o = torch.ops.lowbit.gptq_quantize(
                 w, h, self.wspec.fmt, self.wspec.strategy, self.wspec.group_size, self.wspec.symmetric,
                 float(opts["damp"]), bool(opts["act_order"]), bool(opts["static_groups"]), int(opts["block_size"]))
-            self.weight_q[rows] = q
+            qs.append(q)
             scales.append(s)
             offsets.append(o)
         self.w_scale.copy_(torch.cat(scales).reshape(self.w_scale.shape))
         self.w_offset.copy_(torch.cat(offsets).reshape(self.w_offset.shape))
+        self.weight_q_packed = self.wspec.weight_pack(torch.cat(qs), self.w_scale, self.w_offset)
+        self.free_hessian()
         return False
 
     def weight_source(self):
-        if not self.calibrated:
+        if self.weight_q_packed.numel() == 0:
             return super().weight_source()
-        return self.weight_q
+        k = 1
+        for d in self.weight_shape[1:]:
+            k *= d
+        return self.wspec.weight_unpack(self.weight_q_packed, self.w_scale, self.w_offset, k, torch.float32)
 
 
 class GPTQLinear(GPTQMixin, CalibLinear):

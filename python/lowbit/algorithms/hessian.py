@@ -11,13 +11,20 @@ MAX_ROWS = 32768
 
 class HessianMixin:
     def init_hessian(self):
-        n, k = self.weight_shape[0], 1
-        for d in self.weight_shape[1:]:
-            k *= d
-        self.register_buffer("hessian", torch.zeros(self.groups, k, k))
+        # allocated at the first calibration call and freed once the layer is finalized:
+        # with sequential calibration only one block's Hessians exist at a time
+        self.register_buffer("hessian", torch.zeros(0))
         self.register_buffer("hessian_rows", torch.zeros((), dtype=torch.int64))
 
+    def free_hessian(self):
+        self.hessian = torch.zeros(0)
+
     def observe_hessian(self, x):
+        if self.hessian.numel() == 0:
+            k = 1
+            for d in self.weight_shape[1:]:
+                k *= d
+            self.hessian = torch.zeros(self.groups, k, k)
         for g, rows in enumerate(self.input_rows(x, MAX_ROWS)):
             torch.ops.lowbit.hessian_accumulate(self.hessian[g], rows)
         self.hessian_rows += rows.shape[0]

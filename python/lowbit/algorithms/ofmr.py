@@ -63,6 +63,7 @@ class OFMRMixin(HessianMixin):
         scale = cand.gather(0, pick.reshape(1, -1)).reshape(-1)
         self.w_scale.copy_(scale.reshape(self.w_scale.shape))
         self.w_offset.zero_()
+        self.free_hessian()
         if self.aspec is None:
             return False
         pa = torch.ops.lowbit.ofmr_select(self.act_loss.reshape(-1, 1), preferred(), self.layer_name)
