@@ -3,7 +3,8 @@
 // weighted by the inverse Hessian of the layer's calibration inputs.
 //
 // What this version adds to the textbook algorithm:
-//  - any format and granule: the column QDQ is the kernels' own arithmetic (column_qdq),
+//  - any format and granule: a column is quantized with the kernels' own arithmetic
+//    (w / s, + o, the element codec, - o, * s), so the result lies on the packed grid;
 //    MX/FP4 groups use their real block scale;
 //  - group scales are taken when a group's first column is reached, from the up-to-date
 //    (error-compensated) values of the whole group, also under act-order (the group is
@@ -156,7 +157,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gptq_quantize(
       const ColumnScales& cs = gs[size_t(g)];
       const float* sc = cs.scale.data_ptr<float>();
       const float* off = cs.offset.data_ptr<float>();
-      // column QDQ with the kernels' arithmetic (see column_quant.h), on raw buffers
+      // column QDQ with the kernels' arithmetic, on raw buffers
       for (int64_t n = 0; n < N; ++n) {
         const float v = w1[n * count + i] / sc[n];
         colv[size_t(n)] = asym ? v + off[n] : v;
@@ -195,20 +196,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gptq_quantize(
   return {Q, scale_out, offset_out};
 }
 
-double relative_output_error(const at::Tensor& W2d, const at::Tensor& Q, const at::Tensor& H) {
-  at::Tensor Hd = H.to(at::kDouble), W = W2d.to(at::kDouble);
-  at::Tensor dW = W - Q.to(at::kDouble);
-  const double den = (W.mm(Hd) * W).sum().item<double>();
-  return den > 0 ? (dW.mm(Hd) * dW).sum().item<double>() / den : 0.0;
-}
-
 }  // namespace
 }  // namespace lowbit
 
 TORCH_LIBRARY_FRAGMENT(lowbit, m) {
   m.def("gptq_quantize(Tensor W2d, Tensor H, str fmt, str strategy, int group_size, bool symmetric, float damp, "
         "bool act_order, bool static_groups, int block_size) -> (Tensor, Tensor, Tensor)");
-  m.def("relative_output_error(Tensor W2d, Tensor Q, Tensor H) -> float");
   m.impl("gptq_quantize", c10::DispatchKey::CPU, TORCH_FN(lowbit::gptq_quantize));
-  m.impl("relative_output_error", c10::DispatchKey::CPU, TORCH_FN(lowbit::relative_output_error));
 }
