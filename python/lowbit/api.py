@@ -185,6 +185,11 @@ def quantize(model, config=None, target="generic", sequential=False):
         _replace(model, p.name, new)
     skipped = {p.name: p.skip_reason for p in plans if p.skip_reason}
     model._lowbit_skipped = skipped
+    calibrating = [m for _, m in built if getattr(m, "needs_calibration", False)]
+    if calibrating:
+        progress = CalibrationProgress(len(calibrating))
+        for m in calibrating:
+            m.progress = progress
     if sequential and any(m.needs_calibration for _, m in built):
         from lowbit.sequential import SequentialCalibrator
         model._lowbit_sequential = SequentialCalibrator(model, cfg["batch_num"])
@@ -192,6 +197,21 @@ def quantize(model, config=None, target="generic", sequential=False):
     for name, reason in skipped.items():
         log.info("lowbit.quantize: skipped %r: %s", name, reason)
     return model
+
+
+class CalibrationProgress:
+    """One progress bar per quantize() call: a step per layer that finishes calibrating,
+    showing the layer's name, its relative output error and its seconds."""
+
+    def __init__(self, total):
+        from tqdm import tqdm
+        self.bar = tqdm(total=total, desc="calibrated layers", unit="layer", leave=False, disable=None)
+
+    def layer_done(self, name, error, seconds):
+        self.bar.set_postfix_str(f"{name}: error {error:.3g}, {seconds:.2f} s")
+        self.bar.update(1)
+        if self.bar.n >= self.bar.total:
+            self.bar.close()
 
 
 def _calib_modules(model):

@@ -186,3 +186,16 @@ def test_summary_shows_the_reconstruction_error():
     row = lowbit.summary(model)[0]
     assert row.algorithm == "gptq" and 0 < row.error < 0.1
     assert "error" in str(lowbit.summary(model)).splitlines()[0]
+
+
+def test_progress_reports_each_calibrated_layer():
+    lin, xs, _ = layer_and_data()
+    model = nn.Sequential(copy.deepcopy(lin), nn.ReLU(), nn.Linear(96, 8))
+    seen = []
+    cfg = {"batch_num": 2, "quant_cfg": {"weights": W4G}, "algorithm": "gptq"}
+    lowbit.quantize(model, cfg)
+    model[0].progress.layer_done = lambda name, err, sec: seen.append((name, err, sec))
+    with torch.no_grad():
+        model(xs[0]), model(xs[1])
+    assert [s[0] for s in seen] == ["0", "2"]
+    assert all(0 < err < 1 and sec >= 0 for _, err, sec in seen)
