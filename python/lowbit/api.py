@@ -119,9 +119,6 @@ def _plan(model, cfg, target):
                 continue
         ops = registry.lookup(algorithm, module)
         if ops is None:
-            if algorithm in registry.PENDING:
-                raise NotImplementedError(f"algorithm '{algorithm}' passes validation but is not implemented yet "
-                                          f"(planned in {registry.PENDING[algorithm]}); use minmax for now")
             plan.skip_reason = f"no module registered for algorithm '{algorithm}' and nn.{ltype}"
             continue
         plan.layer_cfg = {"weights": w, "inputs": inputs, "algorithm": algorithm,

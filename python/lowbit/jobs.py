@@ -7,7 +7,6 @@ import torch
 from tqdm import tqdm
 
 import lowbit
-from lowbit import registry
 from lowbit.modules.deploy import DeployLayer
 
 
@@ -49,12 +48,6 @@ def cnn_rows():
             ("GPTQ W4 channel", {"quant_cfg": {"weights": _w("int4")}, "algorithm": "gptq"})]
 
 
-def _pending(cfg):
-    algs = cfg.get("algorithm", {"minmax"})
-    names = [algs] if isinstance(algs, str) else list(algs)
-    return [a for a in names if a in registry.PENDING]
-
-
 def _sizes(model):
     layers = [m for m in model.modules() if isinstance(m, DeployLayer)]
     float_bytes = sum(int(torch.tensor(m.weight_shape).prod()) * torch.finfo(m.weight_dtype).bits // 8 for m in layers)
@@ -63,9 +56,6 @@ def _sizes(model):
 
 def run_config(model, cfg, calib_batches, evaluate, calib_fn):
     """quantize -> calibrate -> convert -> evaluate; returns a row dict."""
-    pending = _pending(cfg)
-    if pending:
-        return {"status": f"needs {', '.join(pending)} ({registry.PENDING[pending[0]]})"}
     q = copy.deepcopy(model)
     t0 = time.perf_counter()
     lowbit.quantize(q, cfg)
@@ -83,9 +73,6 @@ def render(title, metric, float_score, results, higher_better):
                     f"{'vs float':>9} {'quant s':>8} {'eval s':>7}"]
     lines.append(f"{'float':<28} {'':>6} {'':>30} {float_score:>11.4f} {'':>9}")
     for name, r in results:
-        if "status" in r:
-            lines.append(f"{name:<28} {'-':>6} {'':>30} {'-':>11} {'':>9}  {r['status']}")
-            continue
         delta = r["score"] - float_score
         rel = f"{100 * delta / float_score:+.2f}%" if not higher_better else f"{delta:+.2f}"
         size = f"{r['float_bytes']:,} -> {r['packed_bytes']:,}"

@@ -5,8 +5,6 @@ from lowbit.modules import CalibConv2d, CalibLinear, DeployConv2d, DeployLinear
 
 # (algorithm, source layer type) -> (calibration module class, deploy module class)
 _REGISTRY = {}
-# algorithms whose config is accepted but whose implementation is still to come
-PENDING = {"gptq": "issue 4", "awq": "issue 4", "smoothquant": "issue 4", "ofmr": "issue 4"}
 BUILTIN = ("minmax", "cast", "quantile", "mxquant", "gptq", "awq", "smoothquant", "ofmr")
 _CUSTOM = {}  # name -> layer type names
 
