@@ -14,8 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lowbit import formats
-from lowbit.modules.common import Conv2dMath, LinearMath, QuantLayerBase
+from lowbit.modules.common import Conv2dMath, LinearMath, QuantLayerBase, fp8_row_scales, fp8_stage
 
 log = logging.getLogger("lowbit")
 
@@ -33,15 +32,9 @@ class CalibLayer(QuantLayerBase):
             raise ValueError(f"layer '{layer_name}': weight contains NaN or Inf; quantization would deploy "
                              f"non-finite scales")
         self.register_buffer("calib_calls", torch.zeros((), dtype=torch.int64))
-        w2d = w.reshape(w.shape[0], -1)
-        if self.two_level:
-            s1 = w2d.float().abs().amax(dim=1, keepdim=True) / 448.0
-            s1 = torch.where((s1 < 1.192092896e-7) | ~torch.isfinite(s1), torch.ones_like(s1), s1)
+        s1, scale, offset = self._weight_scales(w.reshape(w.shape[0], -1))
+        if s1 is not None:
             self.register_buffer("w_scale1", s1)
-            w8 = formats.decode(formats.encode(w2d.float() / s1, "float8_e4m3fn"), "float8_e4m3fn")
-            scale, offset = self.wspec.weight_scales(w8)
-        else:
-            scale, offset = self.wspec.weight_scales(w2d)
         self.register_buffer("w_scale", scale)
         self.register_buffer("w_offset", offset)
         self.needs_calibration = self.static_act or self.uses_data
@@ -76,15 +69,18 @@ class CalibLayer(QuantLayerBase):
         den = float(y.pow(2).sum())
         return float((y - yq).pow(2).sum()) / den if den > 0 else 0.0
 
+    def _weight_scales(self, w2d):
+        """(s1 or None, scale, offset) of a [N, K] weight; s1 only for FP8 x FP4."""
+        if not self.two_level:
+            return (None, *self.wspec.weight_scales(w2d))
+        s1 = fp8_row_scales(w2d)
+        return (s1, *self.wspec.weight_scales(fp8_stage(w2d, s1)))
+
     def recompute_weight_scales(self):
         """Weight scales from weight_source() (after an algorithm changed it)."""
-        w2d = self.weight_source()
-        if self.two_level:
-            s1 = w2d.float().abs().amax(dim=1, keepdim=True) / 448.0
-            s1 = torch.where((s1 < 1.192092896e-7) | ~torch.isfinite(s1), torch.ones_like(s1), s1)
+        s1, scale, offset = self._weight_scales(self.weight_source())
+        if s1 is not None:
             self.w_scale1.copy_(s1)
-            w2d = formats.decode(formats.encode(w2d.float() / s1, "float8_e4m3fn"), "float8_e4m3fn")
-        scale, offset = self.wspec.weight_scales(w2d)
         self.w_scale.copy_(scale)
         self.w_offset.copy_(offset)
 
@@ -122,8 +118,7 @@ class CalibLayer(QuantLayerBase):
     def weight_fake_quant(self):
         w2d = self.weight_source()
         if self.two_level:
-            w8 = formats.decode(formats.encode(w2d.float() / self.w_scale1, "float8_e4m3fn"), "float8_e4m3fn")
-            w8q = self.wspec.weight_qdq(w8, self.w_scale, self.w_offset)  # noqa: E501
+            w8q = self.wspec.weight_qdq(fp8_stage(w2d, self.w_scale1), self.w_scale, self.w_offset)
             return self.two_level_weight(w8q, self.weight_dtype).reshape(self.weight_shape)
         return self.wspec.weight_qdq(w2d, self.w_scale, self.w_offset).to(self.weight_dtype).reshape(self.weight_shape)
 

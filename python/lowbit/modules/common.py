@@ -12,6 +12,17 @@ from lowbit.modules.qspec import QSpec
 INT32_MAX = 2 ** 31 - 1
 
 
+def fp8_row_scales(w2d):
+    """FP8 x FP4 first level: s1[n] = rowabsmax / 448, guarded like every scale."""
+    s1 = w2d.float().abs().amax(dim=1, keepdim=True) / 448.0
+    return torch.where((s1 < 1.192092896e-7) | ~torch.isfinite(s1), torch.ones_like(s1), s1)
+
+
+def fp8_stage(w2d, s1):
+    """W8 = fp8(W / s1), the values the FP4 second level quantizes."""
+    return formats.decode(formats.encode(w2d.float() / s1, "float8_e4m3fn"), "float8_e4m3fn")
+
+
 class QuantLayerBase(nn.Module):
     """Common state: layer name, specs, activation quantization parameters."""
 
@@ -52,7 +63,7 @@ class QuantLayerBase(nn.Module):
         """Float bias, or for INT8 x INT8 with a static per-tensor activation scale the
         bias quantized to int32 with scale s_x * s_w (what an integer kernel adds)."""
         if bias is None or not self.int32_bias:
-            return None if bias is None else bias
+            return bias
         s = self.act_scale.reshape(()) * self.w_scale.reshape(-1)
         q = torch.clamp(torch.round(bias.float() / s), -INT32_MAX - 1, INT32_MAX)
         return (q * s).to(dtype)

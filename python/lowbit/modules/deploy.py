@@ -3,7 +3,7 @@ low-bit weights (uint8 codes, scales, offsets; E8M0 bytes for MX) and compute th
 the C++ ops; their output equals the calibrated fake-quant output exactly."""
 import torch
 
-from lowbit.modules.common import Conv2dMath, LinearMath, QuantLayerBase
+from lowbit.modules.common import Conv2dMath, LinearMath, QuantLayerBase, fp8_stage
 
 
 class DeployLayer(QuantLayerBase):
@@ -17,9 +17,7 @@ class DeployLayer(QuantLayerBase):
         w2d = calib.weight_source()
         self.cols = w2d.shape[1]
         if self.two_level:
-            from lowbit import formats
-            w8 = formats.decode(formats.encode(w2d.float() / calib.w_scale1, "float8_e4m3fn"), "float8_e4m3fn")
-            packed = self.wspec.weight_pack(w8, calib.w_scale, calib.w_offset)
+            packed = self.wspec.weight_pack(fp8_stage(w2d, calib.w_scale1), calib.w_scale, calib.w_offset)
             self.register_buffer("w_scale1", calib.w_scale1.clone())
         else:
             packed = self.wspec.weight_pack(w2d, calib.w_scale, calib.w_offset)
