@@ -155,4 +155,11 @@ PYBIND11_MODULE(_C, m) {
       py::arg("custom_algorithms") = std::vector<std::pair<std::string, std::vector<std::string>>>{},
       "Checks one layer's effective (normalized) settings.");
   m.def("did_you_mean", &did_you_mean);
+  m.def(
+      "algorithm_layer_types",
+      [](const std::string& name, std::vector<std::pair<std::string, std::vector<std::string>>> custom) {
+        return algorithm_layer_types(name, to_custom(custom));
+      },
+      py::arg("name"), py::arg("custom_algorithms") = std::vector<std::pair<std::string, std::vector<std::string>>>{},
+      "Layer types ('Linear', 'Conv2d') an algorithm handles.");
 }

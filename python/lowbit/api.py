@@ -99,7 +99,7 @@ def _plan(model, cfg, target):
         inputs = inputs if has_in else cfg["inputs"]
         ltype = _layer_type(module)
         _C.check_layer(f"layer '{name}': ", w, inputs, algorithms, custom)
-        names = [a for a in algorithms if ltype in _claimed_types(a, custom)]
+        names = [a for a in algorithms if ltype in _C.algorithm_layer_types(a, custom)]
         if not names:
             plan.skip_reason = f"no configured algorithm handles nn.{ltype} ({', '.join(algorithms)})"
             continue
@@ -124,14 +124,6 @@ def _plan(model, cfg, target):
         plan.layer_cfg = {"weights": w, "inputs": inputs, "algorithm": algorithm,
                           "params": algorithms[algorithm], "batch_num": cfg["batch_num"], "ops": ops}
     return plans
-
-
-def _claimed_types(name, custom):
-    for n, types in custom:
-        if n == name:
-            return types
-    return {"awq": ["Linear"], "smoothquant": ["Linear"], "mxquant": ["Linear"], "quantile": ["Linear"],
-            "cast": ["Linear"]}.get(name, ["Linear", "Conv2d"])
 
 
 def _replace(model, name, new):
