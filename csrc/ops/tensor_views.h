@@ -69,6 +69,37 @@ inline MutMatrix as_mut(const at::Tensor& m) {
 }
 
 
+// Checks and adapts stored scales/offsets to a ScaleView.
+struct ScaleArgs {
+  at::Tensor scale, offset;
+  ScaleView view;
+};
+inline ScaleArgs scale_args(const QuantSpec& spec, const at::Tensor& scale, const at::Tensor& offset, int64_t rows,
+                     int64_t cols) {
+  const int64_t n = scale_count(spec, rows, cols);
+  ScaleArgs a;
+  const bool mx = format_info(spec.format).is_mx;
+  TORCH_CHECK_TYPE(scale.scalar_type() == (mx ? at::kByte : at::kFloat), "scale: dtype ", scale.scalar_type(),
+                   " is not allowed for ", format_info(spec.format).name, "; expected ",
+                   mx ? "uint8 (E8M0 bytes)" : "float32");
+  TORCH_CHECK_VALUE(scale.numel() == n, "scale: expected ", n, " entries for this shape and granularity, got ",
+                    scale.numel());
+  a.scale = scale.contiguous();
+  if (mx) {
+    a.view.e8m0 = a.scale.data_ptr<uint8_t>();
+  } else {
+    a.view.scale = a.scale.data_ptr<float>();
+  }
+  if (offset.defined() && offset.numel() > 0) {
+    TORCH_CHECK_TYPE(offset.scalar_type() == at::kInt, "offset: dtype ", offset.scalar_type(),
+                     " is not allowed; expected int32");
+    TORCH_CHECK_VALUE(offset.numel() == n, "offset: expected ", n, " entries, got ", offset.numel());
+    a.offset = offset.contiguous();
+    a.view.offset = a.offset.data_ptr<int32_t>();
+  }
+  return a;
+}
+
 // QDQ of a 2-D float32 tensor with one scale for all of it (scale > 0).
 inline at::Tensor qdq_with_scale(const at::Tensor& x2d, Format fmt, float scale) {
   QuantSpec spec;

@@ -44,6 +44,7 @@ struct VecAvx512 {
   static F add(F a, F b) { return _mm512_add_ps(a, b); }
   static F sub(F a, F b) { return _mm512_sub_ps(a, b); }
   static F mul(F a, F b) { return _mm512_mul_ps(a, b); }
+  static F fmadd(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }  // a * b + c
   static F div(F a, F b) { return _mm512_div_ps(a, b); }
   static F min(F a, F b) { return _mm512_min_ps(a, b); }
   static F max(F a, F b) { return _mm512_max_ps(a, b); }
@@ -111,6 +112,7 @@ struct VecAvx512 {
   }
   static F reduce_batch_max(const F* v) { return reduce_batch(v, [](F a, F b) { return _mm512_max_ps(a, b); }); }
   static F reduce_batch_min(const F* v) { return reduce_batch(v, [](F a, F b) { return _mm512_min_ps(a, b); }); }
+  static float reduce_add(F v) { return _mm512_reduce_add_ps(v); }
   static float reduce_max(F v) {
     __m256 m = _mm256_max_ps(_mm512_castps512_ps256(v),
                              _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));

@@ -30,6 +30,7 @@ struct VecScalar {
   static F add(F a, F b) { return a + b; }
   static F sub(F a, F b) { return a - b; }
   static F mul(F a, F b) { return a * b; }
+  static F fmadd(F a, F b, F c) { return a * b + c; }  // a * b + c
   static F div(F a, F b) { return a / b; }
   static F min(F a, F b) { return a < b ? a : b; }
   static F max(F a, F b) { return a > b ? a : b; }
@@ -68,6 +69,7 @@ struct VecScalar {
   static F gather(const float* table, I idx) { return table[idx]; }
   static F reduce_batch_max(const F* v) { return v[0]; }
   static F reduce_batch_min(const F* v) { return v[0]; }
+  static float reduce_add(F v) { return v; }
   static float reduce_max(F v) { return v; }
   static float reduce_min(F v) { return v; }
 };

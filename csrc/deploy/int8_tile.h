@@ -1,0 +1,35 @@
+// Inner loops of the INT8 x INT8 product, accumulated over the whole K in int32.
+//
+// Tile (many activation rows): kInt8TileN weight rows x kInt8TileM activation rows.
+//   w:  kInt8TileN rows of int8, `ldw` bytes apart, K padded with zeros to whole quads
+//   xq: unsigned activation codes in quads: xq[(q * kInt8TileM + j) * 4 + t] = u[j, 4q + t]
+//   acc: [kInt8TileN][kInt8TileM] int32, overwritten
+// Rows (few activation rows, GEMV): every weight row against M <= 4 activation rows.
+//   w: `rows` rows of `k` int8 values, `ldw` bytes apart (no padding needed)
+//   xu: M rows of unsigned codes, `kpad` (k rounded up to 64) bytes each, zero padded
+//   acc: [rows][M] int32
+#pragma once
+#include <cstdint>
+
+namespace lowbit {
+
+constexpr int64_t kInt8TileN = 8;
+constexpr int64_t kInt8TileM = 32;
+
+using Int8TileFn = void (*)(const int8_t* w, int64_t ldw, const uint8_t* xq, int64_t k4, int32_t* acc);
+using Int8RowsFn = void (*)(const int8_t* w, int64_t ldw, int64_t rows, int64_t k, const uint8_t* xu, int64_t M,
+                            int64_t kpad, int32_t* acc);
+
+using Int8RowSumFn = int32_t (*)(const int8_t* w, int64_t k);  // sum of k int8 values
+
+int32_t int8_row_sum_scalar(const int8_t* w, int64_t k);
+int32_t int8_row_sum_vnni(const int8_t* w, int64_t k);
+void int8_tile_scalar(const int8_t* w, int64_t ldw, const uint8_t* xq, int64_t k4, int32_t* acc);
+void int8_rows_scalar(const int8_t* w, int64_t ldw, int64_t rows, int64_t k, const uint8_t* xu, int64_t M,
+                      int64_t kpad, int32_t* acc);
+// AVX512-VNNI versions: call only when the CPU has it.
+void int8_tile_vnni(const int8_t* w, int64_t ldw, const uint8_t* xq, int64_t k4, int32_t* acc);
+void int8_rows_vnni(const int8_t* w, int64_t ldw, int64_t rows, int64_t k, const uint8_t* xu, int64_t M,
+                    int64_t kpad, int32_t* acc);
+
+}  // namespace lowbit

@@ -1,0 +1,69 @@
+// AVX512-VNNI int8 tile: vpdpbusd multiplies 4 unsigned activation bytes with 4 signed
+// weight bytes and adds the sum to an int32 lane. 8 weight rows (broadcast) x 2 vectors
+// of 16 activation rows = 16 accumulators. Compiled with -mavx512vnni; called only when
+// the CPU has it.
+#include <immintrin.h>
+
+#include <cstring>
+
+#include "deploy/int8_tile.h"
+
+namespace lowbit {
+
+void int8_tile_vnni(const int8_t* w, int64_t ldw, const uint8_t* xq, int64_t k4, int32_t* acc) {
+  static_assert(kInt8TileN == 8 && kInt8TileM == 32, "tile shape");
+  __m512i c[8][2];  // fully unrolled loops keep the accumulators in registers
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i) c[i][0] = c[i][1] = _mm512_setzero_si512();
+  for (int64_t q = 0; q < k4; ++q) {
+    const __m512i a0 = _mm512_loadu_si512(xq + q * 128);
+    const __m512i a1 = _mm512_loadu_si512(xq + q * 128 + 64);
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) {
+      int32_t quad;
+      std::memcpy(&quad, w + i * ldw + 4 * q, 4);
+      const __m512i b = _mm512_set1_epi32(quad);
+      c[i][0] = _mm512_dpbusd_epi32(c[i][0], a0, b);
+      c[i][1] = _mm512_dpbusd_epi32(c[i][1], a1, b);
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i) {
+    _mm512_storeu_si512(acc + i * 32, c[i][0]);
+    _mm512_storeu_si512(acc + i * 32 + 16, c[i][1]);
+  }
+}
+
+}  // namespace lowbit
+
+namespace lowbit {
+
+int32_t int8_row_sum_vnni(const int8_t* w, int64_t k) {
+  const __m512i ones = _mm512_set1_epi8(1);
+  __m512i c = _mm512_setzero_si512();
+  for (int64_t i = 0; i < k; i += 64) {
+    const int64_t left = k - i;
+    const __m512i b = left >= 64 ? _mm512_loadu_si512(w + i)
+                                 : _mm512_maskz_loadu_epi8(__mmask64((~0ull) >> (64 - left)), w + i);
+    c = _mm512_dpbusd_epi32(c, ones, b);
+  }
+  return _mm512_reduce_add_epi32(c);
+}
+
+void int8_rows_vnni(const int8_t* w, int64_t ldw, int64_t rows, int64_t k, const uint8_t* xu, int64_t M,
+                    int64_t kpad, int32_t* acc) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const int8_t* wr = w + r * ldw;
+    __m512i c[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
+    for (int64_t i = 0; i < k; i += 64) {
+      const int64_t left = k - i;
+      const __m512i b = left >= 64 ? _mm512_loadu_si512(wr + i)
+                                   : _mm512_maskz_loadu_epi8(__mmask64((~0ull) >> (64 - left)), wr + i);
+#pragma GCC unroll 4
+      for (int64_t m = 0; m < M; ++m) c[m] = _mm512_dpbusd_epi32(c[m], _mm512_loadu_si512(xu + m * kpad + i), b);
+    }
+    for (int64_t m = 0; m < M; ++m) acc[r * M + m] = _mm512_reduce_add_epi32(c[m]);
+  }
+}
+
+}  // namespace lowbit

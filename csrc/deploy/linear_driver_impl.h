@@ -1,0 +1,271 @@
+// GEMV and blocked GEMM over packed weights, written once over the vector interface and
+// instantiated per instruction set (linear_<isa>.cpp). Internal linkage and no std::
+// templates, like kernels/quant_driver_impl.h (whose codecs the generic weight decoder
+// reuses): an inline symbol compiled with AVX-512 flags must never be shared with the
+// scalar unit.
+#pragma once
+#include <omp.h>
+
+#include <cstring>
+
+#include "deploy/linear_isa_table.h"
+#include "deploy/weight_decoder.h"
+#include "kernels/quant_driver_impl.h"
+
+namespace lowbit {
+namespace {
+namespace deploy {
+
+using driver::min64;
+inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+
+// Grow-only fp32 scratch owned by the calling thread (no page faults per call).
+struct GrowBuffer {
+  float* p = nullptr;
+  int64_t n = 0;
+  ~GrowBuffer() { delete[] p; }
+  float* get(int64_t need) {
+    if (need > n) {
+      delete[] p;
+      p = new float[size_t(need)];
+      n = need;
+    }
+    return p;
+  }
+};
+
+template <class V>
+struct LinearKernels {
+  using F = typename V::F;
+  using K = driver::Kernels<V>;
+  static constexpr int L = V::kLanes;
+
+  // ---- generic weight decoder: the quantization codecs (exactly unpack's values) ----
+  static void generic_decode(const WeightDecoder& d, int64_t r0, int64_t r1, int64_t k0, int64_t k1, float* out,
+                             int64_t ld, uint8_t* scratch) {
+    const PackedWeight& w = *d.w;
+    const typename K::Call c(w.spec, w.cols);
+    const bool four_bit = format_info(w.spec.format).bits == 4;
+    const int64_t kend = min64(k1, w.cols);
+    driver::with_codec<V>(w.spec, [&](auto codec) {
+      using C = typename decltype(codec)::type;
+      for (int64_t r = r0; r < r1; ++r) {
+        float* dst = out + (r - r0) * ld;
+        const uint8_t* row = w.codes + r * w.row_bytes;
+        const uint8_t* codes = row + k0;
+        if (four_bit) {  // k0 is even: byte k0 / 2 starts with column k0
+          unpack_nibbles(row + k0 / 2, scratch, (kend - k0 + 1) / 2);
+          codes = scratch;
+        }
+        for (int64_t a = k0; a < kend;) {
+          const int64_t g = a / c.glen, b = min64(kend, (g + 1) * c.glen);
+          K::template decode_span<C, DType::kF32>(codes, dst, a - k0, b - k0, c.granule(c.load(w.scales, c.index(r, g))));
+          a = b;
+        }
+        for (int64_t k = max64(kend, k0); k < k1; ++k) dst[k - k0] = 0.0f;
+        finish_row(w, r, dst, max64(0, kend - k0));
+      }
+    });
+  }
+
+  // ---- activations in the decoder's column order, fp32, zero padded ----
+  // GEMV layout: xp[m * kpad + p]. GEMM layout: blocks of MB rows, xt[(mb * kpad + p) * MB + i].
+  template <DType D>
+  static float load_x(const void* row, int64_t k) {
+    if constexpr (D == DType::kF32) return static_cast<const float*>(row)[k];
+    else if constexpr (D == DType::kF16) return fp16_to_float(static_cast<const uint16_t*>(row)[k]);
+    else return bf16_to_float(static_cast<const uint16_t*>(row)[k]);
+  }
+  // dst[pos[k] * stride] = x[m, k] for k < cols, 0 up to kpad (pos: decoder order, or null).
+  static void gather_x(const ConstMatrix& x, int64_t m, const int32_t* pos, int64_t kpad, float* dst, int64_t stride) {
+    const void* row = K::row_ptr(x, m);
+    driver::with_dtype(x.dtype, [&](auto dt) {
+      constexpr DType D = decltype(dt)::value;
+      if (pos) {
+        for (int64_t k = 0; k < x.cols; ++k) dst[pos[k] * stride] = load_x<D>(row, k);
+        for (int64_t k = x.cols; k < kpad; ++k) dst[pos[k] * stride] = 0.0f;
+      } else {
+        for (int64_t k = 0; k < x.cols; ++k) dst[k * stride] = load_x<D>(row, k);
+        for (int64_t k = x.cols; k < kpad; ++k) dst[k * stride] = 0.0f;
+      }
+    });
+  }
+  // Column positions in the decoder's order (null when it keeps the natural order).
+  static const int32_t* column_positions(const WeightDecoder& d, int64_t kpad, GrowBuffer& buf) {
+    if (!d.permuted) return nullptr;
+    int32_t* pos = reinterpret_cast<int32_t*>(buf.get(kpad));
+    for (int64_t k = 0; k < kpad; ++k) pos[k] = int32_t(permuted_column(k, true));
+    return pos;
+  }
+
+  static void store_y(const MutMatrix& y, int64_t m, int64_t n, float v) {
+    char* row = static_cast<char*>(y.data) + m * y.ld * int64_t(y.dtype == DType::kF32 ? 4 : 2);
+    if (y.dtype == DType::kF32) reinterpret_cast<float*>(row)[n] = v;
+    else if (y.dtype == DType::kF16) reinterpret_cast<uint16_t*>(row)[n] = float_to_fp16(v);
+    else reinterpret_cast<uint16_t*>(row)[n] = float_to_bf16(v);
+  }
+
+  // ---- GEMV: up to kGemvRows activation rows, each weight row read once ----
+  static constexpr int kGemvRows = 4;
+  static constexpr int64_t kGemvSpan = 4096;  // columns decoded at a time (16 KiB, L1)
+
+  template <int MR>
+  static void gemv_rows(const ConstMatrix& x, const WeightDecoder& d, const float* bias, const MutMatrix& y) {
+    const PackedWeight& w = *d.w;
+    const int64_t N = w.rows, kpad = round_up(w.cols, kChunk);
+    thread_local GrowBuffer xs, ps;
+    float* xp = xs.get(MR * kpad);
+    const int32_t* pos = column_positions(d, kpad, ps);
+    for (int m = 0; m < MR; ++m) gather_x(x, m, pos, kpad, xp + m * kpad, 1);
+    if (d.dot_rows) {  // fused decode + multiply
+      constexpr int64_t kRows = 16;
+#pragma omp parallel for schedule(static) if (N * kpad >= (1 << 16))
+      for (int64_t n0 = 0; n0 < N; n0 += kRows) {
+        float dots[kRows * MR];
+        const int64_t n1 = min64(N, n0 + kRows);
+        d.dot_rows(d, n0, n1, xp, MR, kpad, dots);
+        for (int64_t n = n0; n < n1; ++n)
+          for (int m = 0; m < MR; ++m) store_y(y, m, n, dots[(n - n0) * MR + m] + (bias ? bias[n] : 0.0f));
+      }
+      return;
+    }
+#pragma omp parallel if (N * kpad >= (1 << 16))
+    {
+      driver::Scratch buf_bytes(kGemvSpan * 4 + 64);
+      float* buf = reinterpret_cast<float*>(buf_bytes.p);
+      driver::Scratch scratch(decode_scratch_bytes(kGemvSpan));
+#pragma omp for schedule(static)
+      for (int64_t n = 0; n < N; ++n) {
+        F acc[MR][2];
+#pragma GCC unroll 16
+        for (int m = 0; m < MR; ++m) acc[m][0] = acc[m][1] = V::set1(0.0f);
+        for (int64_t k0 = 0; k0 < kpad; k0 += kGemvSpan) {
+          const int64_t span = min64(kGemvSpan, kpad - k0);
+          d.run(n, n + 1, k0, k0 + span, buf, span, scratch.p);
+          for (int64_t k = 0; k < span; k += 2 * L) {  // span is a multiple of 32
+            const F w0 = V::load(buf + k), w1 = V::load(buf + k + L);
+#pragma GCC unroll 16
+            for (int m = 0; m < MR; ++m) {
+              acc[m][0] = V::fmadd(w0, V::load(xp + m * kpad + k0 + k), acc[m][0]);
+              acc[m][1] = V::fmadd(w1, V::load(xp + m * kpad + k0 + k + L), acc[m][1]);
+            }
+          }
+        }
+#pragma GCC unroll 16
+        for (int m = 0; m < MR; ++m)
+          store_y(y, m, n, V::reduce_add(V::add(acc[m][0], acc[m][1])) + (bias ? bias[n] : 0.0f));
+      }
+    }
+  }
+
+  static void gemv(const ConstMatrix& x, const WeightDecoder& d, const float* bias, const MutMatrix& y) {
+    switch (x.rows) {
+      case 1: return gemv_rows<1>(x, d, bias, y);
+      case 2: return gemv_rows<2>(x, d, bias, y);
+      case 3: return gemv_rows<3>(x, d, bias, y);
+      default: return gemv_rows<4>(x, d, bias, y);
+    }
+  }
+
+  // ---- blocked GEMM ----
+  // Register tile: TN weight rows (broadcast) x MV vectors of activation rows.
+  static constexpr int64_t kBlockK = 256;  // columns per panel (the x block, 256 x 32 fp32, stays in L1)
+  static constexpr int64_t kBlockN = 48;   // weight rows per panel: 48 x 256 fp32 = 48 KiB (L2)
+
+  template <int TN, int MV>
+  static void micro(const float* wd, int64_t ldw, const float* xt, int64_t kc, float* c, int64_t ldc, bool first) {
+    F acc[TN][MV];  // fully unrolled: the accumulators live in registers
+#pragma GCC unroll 16
+    for (int i = 0; i < TN; ++i)
+#pragma GCC unroll 16
+      for (int v = 0; v < MV; ++v) acc[i][v] = first ? V::set1(0.0f) : V::load(c + i * ldc + v * L);
+    for (int64_t k = 0; k < kc; ++k) {
+      F a[MV];
+#pragma GCC unroll 16
+      for (int v = 0; v < MV; ++v) a[v] = V::load(xt + k * MV * L + v * L);
+#pragma GCC unroll 16
+      for (int i = 0; i < TN; ++i) {
+        const F b = V::set1(wd[i * ldw + k]);
+#pragma GCC unroll 16
+        for (int v = 0; v < MV; ++v) acc[i][v] = V::fmadd(b, a[v], acc[i][v]);
+      }
+    }
+#pragma GCC unroll 16
+    for (int i = 0; i < TN; ++i)
+#pragma GCC unroll 16
+      for (int v = 0; v < MV; ++v) V::store(c + i * ldc + v * L, acc[i][v]);
+  }
+
+  template <int TN, int MV>
+  static void gemm_mv(const ConstMatrix& x, const WeightDecoder& d, const float* bias, const MutMatrix& y) {
+    constexpr int64_t MB = MV * L;
+    const PackedWeight& w = *d.w;
+    const int64_t M = x.rows, N = w.rows, kpad = round_up(w.cols, kChunk);
+    const int64_t mblocks = (M + MB - 1) / MB, mpad = mblocks * MB;
+    const int64_t nblocks = (N + kBlockN - 1) / kBlockN, npad = nblocks * kBlockN;
+    thread_local GrowBuffer xs, cs, ps;
+    float* xt = xs.get(mpad * kpad);
+    float* ct = cs.get(npad * mpad);  // C transposed: [n][m]
+    const int32_t* pos = column_positions(d, kpad, ps);
+#pragma omp parallel
+    {
+#pragma omp for schedule(static)
+      for (int64_t m = 0; m < mpad; ++m) {
+        float* dst = xt + (m / MB) * kpad * MB + m % MB;
+        if (m < M) {
+          gather_x(x, m, pos, kpad, dst, MB);
+        } else {
+          for (int64_t p = 0; p < kpad; ++p) dst[p * MB] = 0.0f;
+        }
+      }
+      driver::Scratch panel_bytes(kBlockN * kBlockK * 4 + 64);
+      float* panel = reinterpret_cast<float*>(panel_bytes.p);
+      driver::Scratch scratch(decode_scratch_bytes(kBlockK));
+      for (int64_t k0 = 0; k0 < kpad; k0 += kBlockK) {
+        const int64_t kc = min64(kBlockK, kpad - k0);
+#pragma omp for schedule(static)
+        for (int64_t nb = 0; nb < nblocks; ++nb) {
+          const int64_t n0 = nb * kBlockN, n1 = min64(N, n0 + kBlockN);
+          d.run(n0, n1, k0, k0 + kc, panel, kc, scratch.p);
+          for (int64_t i = (n1 - n0) * kc; i < kBlockN * kc; ++i) panel[i] = 0.0f;
+          for (int64_t mb = 0; mb < mblocks; ++mb)
+            for (int64_t i = 0; i < kBlockN; i += TN)
+              micro<TN, MV>(panel + i * kc, kc, xt + (mb * kpad + k0) * MB, kc, ct + (n0 + i) * mpad + mb * MB,
+                        mpad, k0 == 0);
+        }
+      }
+      // y = C^T transposed back, in 32 x 32 tiles (both sides stay in L1)
+      const int64_t mt = (M + 31) / 32, nt = (N + 31) / 32;
+#pragma omp for schedule(static)
+      for (int64_t t = 0; t < mt * nt; ++t) {
+        const int64_t m0 = (t / nt) * 32, n0 = (t % nt) * 32;
+        const int64_t m1 = min64(M, m0 + 32), n1 = min64(N, n0 + 32);
+        for (int64_t m = m0; m < m1; ++m)
+          for (int64_t n = n0; n < n1; ++n) store_y(y, m, n, ct[n * mpad + m] + (bias ? bias[n] : 0.0f));
+      }
+    }
+  }
+
+  static void linear(const ConstMatrix& x, const WeightDecoder& d, const float* bias, const MutMatrix& y) {
+    if (x.rows <= kGemvRows) return gemv(x, d, bias, y);
+    if (L == 1) return gemm_mv<4, 1>(x, d, bias, y);
+    if (L == 8) return x.rows <= L ? gemm_mv<4, 1>(x, d, bias, y) : gemm_mv<4, 2>(x, d, bias, y);
+    if (x.rows <= L) return gemm_mv<8, 1>(x, d, bias, y);
+    if (x.rows <= 2 * L) return gemm_mv<8, 2>(x, d, bias, y);
+    return gemm_mv<12, 2>(x, d, bias, y);
+  }
+
+  static WeightDecoder generic_decoder(const PackedWeight& w) {
+    WeightDecoder d;
+    d.w = &w;
+    d.decode = &generic_decode;
+    return d;
+  }
+  static LinearIsaTable table(WeightDecoder (*decoder)(const PackedWeight&) = &generic_decoder) {
+    return {V::kName, decoder, &linear};
+  }
+};
+
+}  // namespace deploy
+}  // namespace
+}  // namespace lowbit

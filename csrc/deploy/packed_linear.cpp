@@ -1,0 +1,81 @@
+// Argument checks, the shared row post-processing, and the choice of instruction set for
+// the weight-only (and float-activation) deploy products.
+#include "deploy/packed_linear.h"
+
+#include <stdexcept>
+#include <string>
+
+#include "deploy/linear_isa_table.h"
+#include "deploy/weight_decoder.h"
+#include "formats/half.h"
+
+namespace lowbit {
+
+void finish_row(const PackedWeight& w, int64_t r, float* row, int64_t n) {
+  if (w.row_scale1) {
+    const float s1 = w.row_scale1[r];
+    for (int64_t k = 0; k < n; ++k) row[k] = row[k] * s1;
+  }
+  if (w.value_dtype == DType::kBF16) {
+    for (int64_t k = 0; k < n; ++k) row[k] = bf16_to_float(float_to_bf16(row[k]));
+  } else if (w.value_dtype == DType::kF16) {
+    for (int64_t k = 0; k < n; ++k) row[k] = fp16_to_float(float_to_fp16(row[k]));
+  }
+}
+
+namespace {
+
+LinearIsaTable linear_table() {
+  const std::string isa = current_isa();  // follows set_isa / LOWBIT_ISA like every kernel
+  if (isa == "avx512") return linear_table_avx512();
+  if (isa == "avx2") return linear_table_avx2();
+  return linear_table_scalar();
+}
+
+void check_weight(const PackedWeight& w) {
+  validate_spec(w.spec);
+  if (w.rows <= 0 || w.cols <= 0)
+    throw std::invalid_argument("weight: shape [" + std::to_string(w.rows) + ", " + std::to_string(w.cols) +
+                                "] must be positive");
+  if (w.row_bytes != packed_row_bytes(w.spec, w.cols))
+    throw std::invalid_argument("weight: " + std::to_string(w.row_bytes) + " bytes per row do not match " +
+                                std::to_string(packed_row_bytes(w.spec, w.cols)) + " for " +
+                                std::to_string(w.cols) + " columns of " + format_info(w.spec.format).name);
+  if (w.spec.granularity == Granularity::kToken)
+    throw std::invalid_argument("weight: granularity 'token' is for activations only");
+}
+
+}  // namespace
+
+void linear_packed(const ConstMatrix& x, const PackedWeight& w, const float* bias, const MutMatrix& y) {
+  check_weight(w);
+  if (x.cols != w.cols)
+    throw std::invalid_argument("x: " + std::to_string(x.cols) + " columns, but the weight has " +
+                                std::to_string(w.cols));
+  if (y.rows != x.rows || y.cols != w.rows)
+    throw std::invalid_argument("y: shape [" + std::to_string(y.rows) + ", " + std::to_string(y.cols) +
+                                "] does not match [" + std::to_string(x.rows) + ", " + std::to_string(w.rows) + "]");
+  if (x.rows == 0) return;
+  const LinearIsaTable t = linear_table();
+  const WeightDecoder d = t.decoder(w);
+  t.linear(x, d, bias, y);
+}
+
+void dequant_rows(const PackedWeight& w, int64_t r0, int64_t r1, float* out, int64_t ld) {
+  check_weight(w);
+  if (r0 < 0 || r1 > w.rows || r0 > r1) throw std::invalid_argument("dequant_rows: bad row range");
+  const WeightDecoder d = linear_table().decoder(w);
+  const int64_t kpad = (w.cols + 31) / 32 * 32;
+  float* tmp = new float[size_t(kpad)];
+  uint8_t* scratch = new uint8_t[size_t(kpad + 64)];
+  for (int64_t r = r0; r < r1; ++r) {
+    d.run(r, r + 1, 0, kpad, tmp, kpad, scratch);
+    for (int64_t k = 0; k < w.cols; ++k) {
+      out[(r - r0) * ld + k] = tmp[permuted_column(k, d.permuted)];
+    }
+  }
+  delete[] tmp;
+  delete[] scratch;
+}
+
+}  // namespace lowbit

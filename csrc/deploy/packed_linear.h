@@ -1,0 +1,66 @@
+// Matrix products of deploy layers, computed straight from packed low-bit weights (no
+// float copy of the whole weight): y[m, n] = sum_k x[m, k] * w(n, k) + bias[n].
+//
+// Numerical contract: w(n, k) is exactly the value unpack() gives (code value times its
+// scale, then the FP8 x FP4 row scale, then rounded to the model's weight dtype), x is
+// used as given (activation fake-quantization happens before, in the same C++ op), and
+// the sum is accumulated in fp32. Results therefore equal `F.linear(x, unpack(w))` up to
+// the order of the fp32 summation. The integer path (INT8 x INT8) is exact in int32 and
+// applies s_x * s_w once per output.
+//
+// Paths: few activation rows (<= 4) run a GEMV that streams each weight row once; more
+// rows run a blocked GEMM whose weight panels are decoded into L2-sized fp32 tiles.
+// AVX-512 has dedicated decoders for every format (16-entry permute tables for 4-bit
+// codes, an fp16 reinterpretation for E4M3); AVX2 and scalar decode through the
+// quantization codecs. All paths use OpenMP over output channels.
+#pragma once
+#include <cstdint>
+
+#include "kernels/quant_kernels.h"
+
+namespace lowbit {
+
+// A weight as pack() wrote it: `rows` output channels of `row_bytes` bytes each.
+struct PackedWeight {
+  const uint8_t* codes = nullptr;
+  int64_t row_bytes = 0;
+  int64_t rows = 0, cols = 0;
+  QuantSpec spec;
+  ScaleView scales;                   // as for unpack()
+  const float* row_scale1 = nullptr;  // FP8 x FP4: per-row first-level scale, else null
+  DType value_dtype = DType::kF32;    // dequantized values are rounded to this dtype
+};
+
+// x: [M, K] (fp32/fp16/bf16), y: [M, N] (any float dtype), bias: N floats or null.
+// Throws std::invalid_argument on shape mismatches.
+void linear_packed(const ConstMatrix& x, const PackedWeight& w, const float* bias, const MutMatrix& y);
+
+// Dequantized rows [r0, r1) of w into out (fp32, `ld` floats between rows), exactly the
+// values linear_packed multiplies with (natural column order). For tests and tools.
+void dequant_rows(const PackedWeight& w, int64_t r0, int64_t r1, float* out, int64_t ld);
+
+// INT8 x INT8: activations quantized inside the call, per tensor (static scale and
+// offset) or per token (dynamic, symmetric, absmax / 127); weights are int8 codes (one per
+// byte) or int4 codes (two per byte) with one scale per output channel (or one per tensor).
+struct Int8Activation {
+  bool per_token = false;
+  float scale = 1.0f;  // per tensor only
+  int32_t offset = 0;  // per tensor only (asymmetric)
+};
+struct IntWeight {
+  const uint8_t* codes = nullptr;  // as pack() wrote them
+  int64_t row_bytes = 0;
+  int64_t rows = 0, cols = 0;
+  int bits = 8;                     // 8 or 4
+  const float* scale = nullptr;     // rows entries, or 1 when per_tensor
+  bool per_tensor = false;
+};
+// bias: float bias added after dequantization (the caller passes the int32-rounded
+// bias times s_x * s_w when the model uses one).
+void linear_int8(const ConstMatrix& x, const Int8Activation& act, const IntWeight& w, const float* bias,
+                 const MutMatrix& y);
+
+// Which integer kernel linear_int8 uses on this CPU: "avx512_vnni", "avx512", "avx2" or "scalar".
+std::string int8_kernel_name();
+
+}  // namespace lowbit

@@ -1,0 +1,49 @@
+// Decoding packed weights into fp32 tiles for the deploy matrix products.
+//
+// A decoder writes rows [r0, r1) x columns [k0, k1) of the dequantized weight into an
+// fp32 tile. Columns are visited in chunks of 32 (kChunk); k0 is a multiple of 32 and
+// columns at or beyond `cols` hold finite filler values (the activations there are 0). A decoder may store the 32 columns of a
+// chunk in a permuted order (`permuted`: even columns first, then odd ones, which is
+// what splitting bytes into low and high nibbles gives); the activations are then
+// permuted the same way, so the dot products are unchanged.
+#pragma once
+#include <cstdint>
+
+#include "deploy/packed_linear.h"
+
+namespace lowbit {
+
+constexpr int64_t kChunk = 32;
+
+static inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+// (static inline helpers: this header is compiled into every instruction-set unit.)
+struct WeightDecoder {
+  const PackedWeight* w = nullptr;
+  bool permuted = false;
+  // scratch: at least decode_scratch_bytes(k1 - k0) bytes, private to the calling thread
+  void (*decode)(const WeightDecoder& self, int64_t r0, int64_t r1, int64_t k0, int64_t k1, float* out,
+                 int64_t ld, uint8_t* scratch) = nullptr;
+  // Optional fused GEMV (decode and multiply without a tile): for rows [r0, r1),
+  // out[(r - r0) * M + m] = sum_k w(r, k) * xp[m * kpad + k], with xp in decoder order.
+  void (*dot_rows)(const WeightDecoder& self, int64_t r0, int64_t r1, const float* xp, int64_t M, int64_t kpad,
+                   float* out) = nullptr;
+  void run(int64_t r0, int64_t r1, int64_t k0, int64_t k1, float* out, int64_t ld, uint8_t* scratch) const {
+    decode(*this, r0, r1, k0, k1, out, ld, scratch);
+  }
+};
+
+static inline int64_t decode_scratch_bytes(int64_t span) { return span + 64; }
+
+// Position of column k inside the decoder's order (identity unless permuted).
+static inline int64_t permuted_column(int64_t k, bool permuted) {
+  if (!permuted) return k;
+  const int64_t base = k - k % kChunk, j = k % kChunk;
+  return base + (j % 2 == 0 ? j / 2 : 16 + j / 2);
+}
+
+// Post-processing every decoder applies to a decoded row: FP8 x FP4 row scale, then
+// rounding to the weight dtype (both exactly as unpack + two_level_weight do).
+void finish_row(const PackedWeight& w, int64_t r, float* row, int64_t n);
+
+}  // namespace lowbit

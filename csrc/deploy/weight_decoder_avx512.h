@@ -1,0 +1,244 @@
+// AVX-512 weight decoders, one per code width, producing exactly unpack()'s values:
+//   4-bit codes (int4, FP4 E2M1/E1M2, MXFP4, FP8 x FP4): a 16-entry table of the group's
+//     final values (code value x scale [x row scale], rounded to the weight dtype) indexed
+//     with vpermps; low nibbles give the even columns, high nibbles the odd ones, so the
+//     chunk comes out permuted (even columns first).
+//   int8: sign extension, (q - offset) * scale.
+//   E4M3 (FP8, MXFP8): the 7 magnitude bits shifted into an fp16 are the value / 2^8
+//     exactly (subnormals included), so one vcvtph2ps and a multiply by scale * 2^8.
+//   HiFloat8: a gather from the 256-entry decode table.
+#pragma once
+#include <immintrin.h>
+
+#include "deploy/weight_decoder.h"
+#include "kernels/codec_luts.h"
+#include "scales/granule_rule.h"
+
+namespace lowbit {
+namespace {
+namespace deploy {
+
+struct Avx512Decoder {
+  static __m512 round_value(__m512 v, DType d) {
+    if (d == DType::kBF16) {  // RNE to bf16, kept in fp32 (values are finite)
+      __m512i b = _mm512_castps_si512(v);
+      __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(1));
+      b = _mm512_add_epi32(b, _mm512_add_epi32(_mm512_set1_epi32(0x7FFF), lsb));
+      return _mm512_castsi512_ps(_mm512_and_si512(b, _mm512_set1_epi32(int32_t(0xFFFF0000u))));
+    }
+    if (d == DType::kF16) return _mm512_cvtph_ps(_mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    return v;
+  }
+  static float round_value(float v, DType d) {
+    if (d == DType::kBF16) return bf16_to_float(float_to_bf16(v));
+    if (d == DType::kF16) return fp16_to_float(float_to_fp16(v));
+    return v;
+  }
+
+  static const float* e8m0_table() {
+    static const struct Table {
+      float v[256];
+      Table() {
+        for (int b = 0; b < 256; ++b) v[b] = e8m0_value(uint8_t(b));
+      }
+    } table;
+    return table.v;
+  }
+
+  struct Params {  // one granule
+    float scale;
+    int32_t offset;
+  };
+  enum Kind { kNibbles, kInt8, kE4M3, kHiF8 };
+
+  // The 32 values of one chunk of codes in two vectors; `mask` selects the valid bytes.
+  template <Kind kKind>
+  static inline void chunk(const uint8_t* codes, uint32_t mask, bool full, const __m512& table,
+                           const __m512& scale, const __m512& offset, bool asym, const float* lut, DType vd,
+                           __m512& v0, __m512& v1) {
+    if constexpr (kKind == kNibbles) {
+      const __m128i b = full ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes))
+                             : _mm_maskz_loadu_epi8(__mmask16(mask), codes);
+      const __m512i idx = _mm512_cvtepu8_epi32(b);
+      v0 = _mm512_permutexvar_ps(idx, table);
+      v1 = _mm512_permutexvar_ps(_mm512_srli_epi32(idx, 4), table);
+    } else {
+      const __m256i b = full ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes))
+                             : _mm256_maskz_loadu_epi8(__mmask32(mask), codes);
+      v0 = round_value(byte_values<kKind>(_mm256_castsi256_si128(b), scale, offset, asym, lut), vd);
+      v1 = round_value(byte_values<kKind>(_mm256_extracti128_si256(b, 1), scale, offset, asym, lut), vd);
+    }
+  }
+  template <Kind kKind>
+  static inline __m512 byte_values(__m128i b16, const __m512& scale, const __m512& offset, bool asym,
+                                   const float* lut) {
+    if constexpr (kKind == kInt8) {
+      __m512 v = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b16));
+      if (asym) v = _mm512_sub_ps(v, offset);
+      return _mm512_mul_ps(v, scale);
+    } else if constexpr (kKind == kHiF8) {
+      return _mm512_mul_ps(_mm512_i32gather_ps(_mm512_cvtepu8_epi32(b16), lut, 4), scale);
+    } else {  // E4M3 through fp16: sign to bit 15, exponent and mantissa to bits 7..13
+      const __m256i x = _mm256_cvtepu8_epi16(b16);
+      const __m256i h16 = _mm256_or_si256(_mm256_and_si256(_mm256_slli_epi16(x, 8), _mm256_set1_epi16(-32768)),
+                                          _mm256_and_si256(_mm256_slli_epi16(x, 7), _mm256_set1_epi16(0x3F80)));
+      return _mm512_mul_ps(_mm512_cvtph_ps(h16), scale);
+    }
+  }
+
+  // Everything about a weight that does not change from row to row.
+  struct Layout {
+    bool mx, tensor, asym, simple;
+    int64_t glen, groups;
+    const float* lut;
+    DType vd;
+    __m512 base;  // 4-bit codes: value of each code before scaling
+    const float* e8m0;  // value of every E8M0 byte
+    explicit Layout(const PackedWeight& w) : e8m0(e8m0_table()) {
+      const Format f = w.spec.format;
+      mx = format_info(f).is_mx;
+      tensor = w.spec.granularity == Granularity::kTensor && !mx;
+      asym = !w.spec.symmetric;
+      glen = mx ? kMxBlock : (w.spec.granularity == Granularity::kGroup ? w.spec.group_size : w.cols);
+      groups = groups_per_row(w.spec, w.cols);
+      lut = decode_lut(f);
+      vd = w.value_dtype;
+      alignas(64) float b[16];
+      for (int c = 0; c < 16; ++c) b[c] = lut ? lut[c] : float(c < 8 ? c : c - 16);
+      base = _mm512_load_ps(b);
+      simple = (!asym || lut) && vd == DType::kF32 && !w.row_scale1 && (mx ? w.scales.e8m0 != nullptr : w.scales.scale != nullptr);
+    }
+  };
+
+  // Walks row r over columns [k0, kend) chunk by chunk: fn(k, v0, v1) for each chunk.
+  // kMx: scales are E8M0 bytes. kSimple: symmetric (or float) codes, fp32 weights, no
+  // row scale, scales present: the per-granule work is one load and one multiply.
+  template <Kind kKind, bool kMx, bool kSimple, class Fn>
+  static inline void walk_row(const PackedWeight& w, const Layout& t, int64_t r, int64_t k0, int64_t kend, Fn&& fn) {
+    const uint8_t* row = w.codes + r * w.row_bytes;
+    const bool asym = kSimple ? false : t.asym;
+    const DType vd = kSimple ? DType::kF32 : t.vd;
+    const float* s1 = kSimple ? nullptr : w.row_scale1;
+    // this row's granule parameters (a tensor scale repeats with stride 0)
+    const int64_t first = t.tensor ? 0 : r * t.groups, stride = t.tensor ? 0 : 1;
+    const float* srow = kMx || !w.scales.scale ? nullptr : w.scales.scale + first;
+    const int32_t* orow = asym && w.scales.offset ? w.scales.offset + first : nullptr;
+    const uint8_t* erow = kMx && w.scales.e8m0 ? w.scales.e8m0 + first : nullptr;
+    int64_t k = k0;
+    for (int64_t g = k0 / t.glen; k < kend; ++g) {  // chunks never straddle granules (glen % 32 == 0)
+      const int64_t gend = driver::min64(kend, (g + 1) * t.glen);
+      float sc;
+      if constexpr (kSimple) sc = kMx ? t.e8m0[erow[g]] : srow[g * stride];
+      else sc = kMx ? t.e8m0[erow ? erow[g] : 127] : (srow ? srow[g * stride] : 1.0f);
+      const __m512 scale = _mm512_set1_ps(kKind == kE4M3 ? sc * 256.0f : sc);
+      const __m512 offset = _mm512_set1_ps(orow ? float(orow[g * stride]) : 0.0f);
+      __m512 table = t.base;
+      if constexpr (kKind == kNibbles) {
+        if (asym && !t.lut) table = _mm512_sub_ps(table, offset);
+        table = _mm512_mul_ps(table, _mm512_set1_ps(sc));
+        if (s1) table = _mm512_mul_ps(table, _mm512_set1_ps(s1[r]));
+        table = round_value(table, vd);
+      }
+      __m512 v0, v1;
+      for (; k + kChunk <= gend; k += kChunk) {
+        chunk<kKind>(row + (kKind == kNibbles ? k / 2 : k), 0, true, table, scale, offset, asym, t.lut, vd, v0, v1);
+        fn(k, v0, v1);
+      }
+      if (k < gend) {  // the ragged end of the row
+        const int64_t valid = gend - k, bytes = kKind == kNibbles ? (valid + 1) / 2 : valid;
+        chunk<kKind>(row + (kKind == kNibbles ? k / 2 : k), uint32_t((uint64_t(1) << bytes) - 1), false, table,
+                     scale, offset, asym, t.lut, vd, v0, v1);
+        fn(k, v0, v1);
+        k += kChunk;
+      }
+    }
+  }
+
+  template <Kind kKind, bool kMx, bool kSimple>
+  static void decode_kind(const PackedWeight& w, int64_t r0, int64_t r1, int64_t k0, int64_t k1, float* out,
+                          int64_t ld) {
+    const Layout t(w);
+    const int64_t kend = driver::min64(k1, w.cols);
+    for (int64_t r = r0; r < r1; ++r) {
+      float* dst = out + (r - r0) * ld - k0;
+      walk_row<kKind, kMx, kSimple>(w, t, r, k0, kend, [&](int64_t k, __m512 v0, __m512 v1) {
+        _mm512_storeu_ps(dst + k, v0);
+        _mm512_storeu_ps(dst + k + 16, v1);
+      });
+      for (int64_t k = round_up(max64(kend, k0), kChunk); k < k1; k += kChunk) {
+        _mm512_storeu_ps(dst + k, _mm512_setzero_ps());
+        _mm512_storeu_ps(dst + k + 16, _mm512_setzero_ps());
+      }
+    }
+  }
+
+  // GEMV without a tile: out[(r - r0) * MR + m] = sum_k w(r, k) x[m, k] (x in decoder order).
+  template <Kind kKind, bool kMx, bool kSimple, int MR>
+  static void dot_kind(const PackedWeight& w, int64_t r0, int64_t r1, const float* xp, int64_t kpad, float* out) {
+    const Layout t(w);
+    for (int64_t r = r0; r < r1; ++r) {
+      __m512 acc[MR][2];
+#pragma GCC unroll 4
+      for (int m = 0; m < MR; ++m) acc[m][0] = acc[m][1] = _mm512_setzero_ps();
+      walk_row<kKind, kMx, kSimple>(w, t, r, 0, w.cols, [&](int64_t k, __m512 v0, __m512 v1) {
+#pragma GCC unroll 4
+        for (int m = 0; m < MR; ++m) {
+          acc[m][0] = _mm512_fmadd_ps(v0, _mm512_loadu_ps(xp + m * kpad + k), acc[m][0]);
+          acc[m][1] = _mm512_fmadd_ps(v1, _mm512_loadu_ps(xp + m * kpad + k + 16), acc[m][1]);
+        }
+      });
+#pragma GCC unroll 4
+      for (int m = 0; m < MR; ++m) out[(r - r0) * MR + m] = _mm512_reduce_add_ps(_mm512_add_ps(acc[m][0], acc[m][1]));
+    }
+  }
+  template <Kind kKind, bool kMx, bool kSimple>
+  static void dot_fn(const WeightDecoder& d, int64_t r0, int64_t r1, const float* xp, int64_t M, int64_t kpad,
+                     float* out) {
+    switch (M) {
+      case 1: return dot_kind<kKind, kMx, kSimple, 1>(*d.w, r0, r1, xp, kpad, out);
+      case 2: return dot_kind<kKind, kMx, kSimple, 2>(*d.w, r0, r1, xp, kpad, out);
+      case 3: return dot_kind<kKind, kMx, kSimple, 3>(*d.w, r0, r1, xp, kpad, out);
+      default: return dot_kind<kKind, kMx, kSimple, 4>(*d.w, r0, r1, xp, kpad, out);
+    }
+  }
+  template <Kind kKind, bool kMx, bool kSimple>
+  static void decode_fn(const WeightDecoder& d, int64_t r0, int64_t r1, int64_t k0, int64_t k1, float* out,
+                        int64_t ld, uint8_t*) {
+    decode_kind<kKind, kMx, kSimple>(*d.w, r0, r1, k0, k1, out, ld);
+  }
+  template <Kind kKind, bool kMx, bool kSimple>
+  static WeightDecoder make_mode(const PackedWeight& w) {
+    WeightDecoder d;
+    d.w = &w;
+    d.permuted = kKind == kNibbles;
+    d.decode = &decode_fn<kKind, kMx, kSimple>;
+    d.dot_rows = &dot_fn<kKind, kMx, kSimple>;
+    return d;
+  }
+  template <Kind kKind>
+  static WeightDecoder make_kind(const PackedWeight& w) {
+    const Layout t(w);
+    if constexpr (kKind == kNibbles || kKind == kE4M3) {
+      if (t.mx) return t.simple ? make_mode<kKind, true, true>(w) : make_mode<kKind, true, false>(w);
+    }
+    return t.simple ? make_mode<kKind, false, true>(w) : make_mode<kKind, false, false>(w);
+  }
+
+  static WeightDecoder make(const PackedWeight& w) {
+    switch (w.spec.format) {
+      case Format::kInt4:
+      case Format::kFloat4E2M1:
+      case Format::kFloat4E1M2:
+      case Format::kMxFp4E2M1: return make_kind<kNibbles>(w);
+      case Format::kInt8: return make_kind<kInt8>(w);
+      case Format::kHiFloat8: return make_kind<kHiF8>(w);
+      case Format::kFloat8E4M3FN:
+      case Format::kMxFp8E4M3FN: break;
+    }
+    return make_kind<kE4M3>(w);
+  }
+};
+
+}  // namespace deploy
+}  // namespace
+}  // namespace lowbit
