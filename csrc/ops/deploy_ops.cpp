@@ -54,6 +54,9 @@ at::Tensor linear_packed_op(const at::Tensor& x, const at::Tensor& packed, const
   const QuantSpec spec = make_spec(format, granularity, group_size, symmetric, "auto");
   const int64_t n = packed.size(0);
   Operands o = operands(x, cols, n);
+  TORCH_CHECK_VALUE(packed.size(1) == packed_row_bytes(spec, cols), "packed: ", packed.size(1),
+                    " bytes per row do not match ", packed_row_bytes(spec, cols), " for ", cols, " columns of ",
+                    format);
   at::Tensor codes = packed.contiguous();
   ScaleArgs sa = scale_args(spec, scale, offset, n, cols);
   at::Tensor s1, b = float_bias(bias, n);

@@ -16,3 +16,40 @@ def shared_data():
     if not (d / "models" / "stories260K.bin").exists():
         pytest.skip(f"shared data folder not found at {d} (set LOWBIT_DATA); real-model test skipped")
     return d
+
+
+_OUT_EPS = {"torch.float32": 2.0 ** -24, "torch.bfloat16": 2.0 ** -8, "torch.float16": 2.0 ** -11}
+
+
+def assert_close_to_reference(got, want, k, what="output"):
+    """The deploy kernels' contract: equal to the fake-quant reference up to the order of
+    the fp32 summation, i.e. within k fp32 roundings (plus one rounding to the output
+    dtype on each side) of the largest output magnitude."""
+    import torch
+    assert got.shape == want.shape and got.dtype == want.dtype, (got.shape, want.shape, got.dtype, want.dtype)
+    scale = float(want.float().abs().max()) or 1e-30
+    bound = (k * 2.0 ** -23 + 2 * _OUT_EPS[str(want.dtype)]) * scale
+    err = float((got.float() - want.float()).abs().max())
+    assert err <= bound, f"{what}: max |deploy - reference| = {err:.3g} > {bound:.3g} (k={k}, dtype={want.dtype})"
+    return err
+
+
+def assert_deploy_layers_match(model, *inputs):
+    """Runs the converted model once and checks every deploy layer's output against its
+    fake-quant reference on the very input it received. Returns the number of layers."""
+    import torch
+    from lowbit.modules.deploy import DeployLayer
+    seen = []
+    hooks = [m.register_forward_hook(lambda mod, args, out: seen.append((mod, args[0].detach(), out.detach())))
+             for m in model.modules() if isinstance(m, DeployLayer)]
+    try:
+        with torch.no_grad():
+            model(*inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert seen, "no deploy layer ran"
+    for mod, x, y in seen:
+        with torch.no_grad():
+            assert_close_to_reference(y, mod.reference_forward(x), mod.cols, what=mod.layer_name)
+    return len(seen)

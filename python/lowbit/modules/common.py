@@ -46,10 +46,13 @@ class QuantLayerBase(nn.Module):
         return f"{self.layer_name!r}, weights={self.wspec.label()}, inputs={a}, algorithm={self.algorithm}"
 
     # ---- activations ----
-    def act_qdq(self, x):
+    def smoothed(self, x):
+        """AWQ / SmoothQuant: x / s (the weight holds W * s)."""
         smooth = getattr(self, "smooth", None)
-        if smooth is not None:  # AWQ / SmoothQuant: x / s (the weight holds W * s)
-            x = x / smooth.to(x.dtype)
+        return x if smooth is None else x / smooth.to(x.dtype)
+
+    def act_only(self, x):
+        """Activation fake quantization (static per tensor, dynamic per token or MX, or cast)."""
         if self.aspec is None:
             return x
         if self.static_act:
@@ -57,6 +60,9 @@ class QuantLayerBase(nn.Module):
         if self.algorithm == "cast":  # HiF8 cast: no scale
             return formats.fake_quant(x, self.aspec.fmt, "tensor", 0, True, scale=torch.ones(1, 1))
         return self.aspec.act_qdq(x)  # dynamic: per token, or MX blocks
+
+    def act_qdq(self, x):
+        return self.act_only(self.smoothed(x))
 
     # ---- bias ----
     def effective_bias(self, bias, dtype):

@@ -1,9 +1,18 @@
 """Deploy modules: convert() turns calibration modules into these. They hold packed
-low-bit weights (uint8 codes, scales, offsets; E8M0 bytes for MX) and compute through
-the C++ ops; their output equals the calibrated fake-quant output exactly."""
+low-bit weights (uint8 codes, scales, offsets; E8M0 bytes for MX) and multiply with them
+directly in C++ (torch.ops.lowbit.linear_packed, or linear_int8 for INT8 x INT8): no float
+copy of the weight is made. Their output equals the calibrated fake-quant output up to
+the order of the fp32 summation (``reference_forward`` computes the latter, for tests).
+
+Convolutions go through an im2col (F.unfold) and the same products, one per group.
+Everything in ``forward`` is a torch op, so deploy models can be traced and run from C++.
+"""
 import torch
+import torch.nn.functional as F
 
 from lowbit.modules.common import Conv2dMath, LinearMath, QuantLayerBase, fp8_stage
+
+_OPS = torch.ops.lowbit
 
 
 class DeployLayer(QuantLayerBase):
@@ -12,8 +21,7 @@ class DeployLayer(QuantLayerBase):
         if not calib.calibrated:
             raise ValueError(f"convert: layer '{calib.layer_name}' has seen {int(calib.calib_calls)} of "
                              f"{calib.batch_num} calibration batches")
-        ori = calib  # has weight, bias and the metadata
-        self._init_common(ori, calib.layer_name, calib.layer_cfg)
+        self._init_common(calib, calib.layer_name, calib.layer_cfg)
         w2d = calib.weight_source()
         self.cols = w2d.shape[1]
         if self.two_level:
@@ -32,6 +40,12 @@ class DeployLayer(QuantLayerBase):
         if calib.static_act:
             self.register_buffer("act_scale", calib.act_scale.clone())
             self.register_buffer("act_offset", calib.act_offset.clone())
+        a, w = self.aspec, self.wspec
+        # INT8 x INT8 runs as an integer product when every output channel has one weight
+        # scale and the activation rows are the kernel's rows (per token only on a Linear).
+        self.integer_kernel = (a is not None and a.fmt == "int8" and w.fmt in ("int8", "int4") and w.symmetric
+                               and w.strategy in ("tensor", "channel")
+                               and (self.static_act or (a.strategy == "token" and not hasattr(calib, "kernel_size"))))
 
     def weight_dequant(self):
         if self.two_level:
@@ -40,8 +54,39 @@ class DeployLayer(QuantLayerBase):
         w = self.wspec.weight_unpack(self.weight_packed, self.w_scale, self.w_offset, self.cols, self.weight_dtype)
         return w.reshape(self.weight_shape)
 
-    def forward(self, x):
+    def reference_forward(self, x):
+        """The fake-quant computation with a dequantized weight (what calibration returns),
+        which forward() equals up to the order of the fp32 summation. One exception: the
+        integer kernel dequantizes 16-bit activations in fp32 (exact int32 sums, one scale
+        per output), so its reference keeps the activation QDQ in fp32 instead of rounding
+        every dequantized activation to bf16/fp16 as the 16-bit fake-quant does."""
+        if self.integer_kernel and x.dtype != torch.float32:
+            b = self.effective_bias(self.bias, torch.float32)
+            y = self.compute(self.act_qdq(x.float()), self.weight_dequant().float(), None if b is None else b.float())
+            return y.to(x.dtype)
         return self.compute(self.act_qdq(x), self.weight_dequant(), self.effective_bias(self.bias, x.dtype))
+
+    def kernel_input(self, x):
+        """What the product kernel takes: smoothed activations, fake-quantized unless the
+        integer kernel quantizes them itself (with the same rule)."""
+        x = self.smoothed(x)
+        return x if self.integer_kernel else self.act_only(x)
+
+    def rows_product(self, x2, lo: int, hi: int, bias):
+        """[..., K] activations times weight rows [lo, hi) -> [..., hi - lo]."""
+        w = self.wspec
+        if self.integer_kernel:
+            scale = self.w_scale if self.w_scale.numel() == 1 else self.w_scale[lo:hi]
+            act_scale = self.act_scale if self.static_act else self.w_scale.new_ones(1)
+            act_offset = self.act_offset if self.static_act else self.w_offset.new_zeros(1)
+            return _OPS.linear_int8(x2, self.weight_packed[lo:hi], scale, 8 if w.fmt == "int8" else 4, self.cols,
+                                    not self.static_act, act_scale, act_offset, bias)
+        per_row = w.strategy != "tensor" or w.is_mx
+        scale = self.w_scale[lo:hi] if per_row else self.w_scale
+        offset = self.w_offset[lo:hi] if per_row and self.w_offset.numel() > 1 else self.w_offset
+        scale1 = self.w_scale1[lo:hi] if self.two_level else None
+        return _OPS.linear_packed(x2, self.weight_packed[lo:hi], scale, offset, scale1, bias, w.fmt, w.strategy,
+                                  w.gs, w.symmetric, self.cols, self.weight_dtype)
 
     def packed_bytes(self):
         n = sum(b.numel() * b.element_size() for k, b in self.named_buffers()
@@ -56,8 +101,35 @@ class DeployLinear(LinearMath, DeployLayer):
         DeployLayer.__init__(self, calib)
         self.in_features, self.out_features = calib.in_features, calib.out_features
 
+    def forward(self, x):
+        return self.rows_product(self.kernel_input(x), 0, self.out_features,
+                                 self.effective_bias(self.bias, x.dtype))
+
 
 class DeployConv2d(Conv2dMath, DeployLayer):
     def __init__(self, calib):
         DeployLayer.__init__(self, calib)
         self._copy_conv_attrs(calib)
+
+    def forward(self, x):
+        x = self.kernel_input(x)
+        pad = self.padding
+        if self.padding_mode != "zeros" or isinstance(pad, str):
+            mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
+            x = F.pad(x, self._reversed_padding_repeated_twice, mode=mode)
+            pad = 0
+        n, h, w = x.shape[0], x.shape[-2], x.shape[-1]
+        kh, kw = self.kernel_size
+        ph, pw = (pad, pad) if isinstance(pad, int) else pad
+        h_out = (h + 2 * ph - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
+        w_out = (w + 2 * pw - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
+        cols = F.unfold(x, self.kernel_size, self.dilation, pad, self.stride)  # [N, C*kh*kw, L]
+        rows = cols.transpose(1, 2)                                              # [N, L, C*kh*kw]
+        bias = self.effective_bias(self.bias, x.dtype)
+        og, kg = self.out_channels // self.groups, rows.shape[-1] // self.groups
+        outs = []
+        for g in range(self.groups):
+            b = None if bias is None else bias[g * og:(g + 1) * og]
+            outs.append(self.rows_product(rows[..., g * kg:(g + 1) * kg], g * og, (g + 1) * og, b))
+        y = outs[0] if self.groups == 1 else torch.cat(outs, dim=-1)            # [N, L, Cout]
+        return y.transpose(1, 2).reshape(n, self.out_channels, h_out, w_out)

@@ -1,0 +1,195 @@
+// The deploy decoders and products, torch-free: every instruction set's dequantized
+// weight equals unpack() bit for bit (every format, every weight dtype, ragged widths),
+// linear_packed equals a double-precision product of those values within fp32 summation
+// error, and the VNNI int8 tile equals the portable one exactly.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "deploy/int8_tile.h"
+#include "deploy/packed_linear.h"
+#include "formats/half.h"
+
+using namespace lowbit;
+
+namespace {
+
+std::vector<std::string> isas() {
+  std::vector<std::string> v{"scalar"};
+  if (best_isa() != "scalar") v.push_back("avx2");
+  if (best_isa() == "avx512") v.push_back("avx512");
+  return v;
+}
+
+struct Case {
+  Format f;
+  Granularity g;
+  int64_t gs;
+  bool sym;
+};
+
+const Case kCases[] = {
+    {Format::kInt4, Granularity::kGroup, 32, true},      {Format::kInt4, Granularity::kGroup, 64, false},
+    {Format::kInt4, Granularity::kChannel, 0, true},     {Format::kInt4, Granularity::kTensor, 0, false},
+    {Format::kInt8, Granularity::kChannel, 0, false},    {Format::kInt8, Granularity::kGroup, 96, true},
+    {Format::kFloat8E4M3FN, Granularity::kChannel, 0, true}, {Format::kHiFloat8, Granularity::kTensor, 0, true},
+    {Format::kFloat4E2M1, Granularity::kGroup, 32, true}, {Format::kFloat4E1M2, Granularity::kGroup, 64, true},
+    {Format::kMxFp4E2M1, Granularity::kGroup, 32, true},  {Format::kMxFp8E4M3FN, Granularity::kGroup, 32, true}};
+
+struct Packed {
+  QuantSpec spec;
+  std::vector<float> scale;
+  std::vector<int32_t> offset;
+  std::vector<uint8_t> e8m0, codes;
+  int64_t row_bytes;
+  PackedWeight view(int64_t n, int64_t k, DType vd, const float* s1 = nullptr) {
+    PackedWeight w;
+    w.codes = codes.data();
+    w.row_bytes = row_bytes;
+    w.rows = n;
+    w.cols = k;
+    w.spec = spec;
+    w.scales = ScaleView{scale.data(), spec.symmetric ? nullptr : offset.data(), e8m0.data()};
+    w.row_scale1 = s1;
+    w.value_dtype = vd;
+    return w;
+  }
+};
+
+Packed make(const Case& c, int64_t n, int64_t k, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> nd(0.0f, 2.0f);
+  std::vector<float> w(size_t(n * k));
+  for (auto& v : w) v = nd(rng);
+  Packed p;
+  p.spec.format = c.f;
+  p.spec.granularity = c.g;
+  p.spec.group_size = c.gs;
+  p.spec.symmetric = c.sym;
+  const int64_t count = scale_count(p.spec, n, k);
+  p.scale.resize(size_t(count));
+  p.offset.resize(size_t(count));
+  p.e8m0.resize(size_t(count));
+  ScaleView sv{p.scale.data(), p.offset.data(), p.e8m0.data()};
+  ConstMatrix x{w.data(), DType::kF32, n, k, k};
+  compute_scales(x, p.spec, sv);
+  p.row_bytes = packed_row_bytes(p.spec, k);
+  p.codes.resize(size_t(n * p.row_bytes));
+  pack(x, p.spec, sv, p.codes.data(), p.row_bytes);
+  return p;
+}
+
+struct IsaGuard {
+  explicit IsaGuard(const std::string& isa) { set_isa(isa); }
+  ~IsaGuard() { set_isa("auto"); }
+};
+
+TEST(DeployKernels, DequantRowsEqualUnpackOnEveryIsa) {
+  for (const Case& c : kCases) {
+    for (int64_t k : {33, 172, 256}) {
+      if (c.g == Granularity::kGroup && c.gs > k && c.f != Format::kMxFp4E2M1 && c.f != Format::kMxFp8E4M3FN) continue;
+      const int64_t n = 5;
+      Packed p = make(c, n, k, uint32_t(k));
+      for (DType vd : {DType::kF32, DType::kBF16, DType::kF16}) {
+        PackedWeight w = p.view(n, k, vd);
+        // unpack (scalar) into the weight dtype, then widened: the values every path must give
+        std::vector<uint16_t> half(size_t(n * k));
+        std::vector<float> want(size_t(n * k));
+        {
+          IsaGuard g("scalar");
+          if (vd == DType::kF32) {
+            unpack(p.codes.data(), p.row_bytes, p.spec, w.scales, MutMatrix{want.data(), vd, n, k, k});
+          } else {
+            unpack(p.codes.data(), p.row_bytes, p.spec, w.scales, MutMatrix{half.data(), vd, n, k, k});
+            for (size_t i = 0; i < half.size(); ++i)
+              want[i] = vd == DType::kBF16 ? bf16_to_float(half[i]) : fp16_to_float(half[i]);
+          }
+        }
+        for (const std::string& isa : isas()) {
+          IsaGuard g(isa);
+          std::vector<float> got(size_t(n * k));
+          dequant_rows(w, 0, n, got.data(), k);
+          ASSERT_EQ(0, std::memcmp(got.data(), want.data(), got.size() * 4))
+              << isa << " format " << int(c.f) << " k=" << k << " dtype " << int(vd);
+        }
+      }
+    }
+  }
+}
+
+TEST(DeployKernels, LinearPackedWithinFp32SummationError) {
+  for (const Case& c : kCases) {
+    for (int64_t m : {1, 3, 9, 40}) {
+      const int64_t n = 13, k = 172;
+      if (c.g == Granularity::kGroup && c.gs > k && c.f != Format::kMxFp4E2M1 && c.f != Format::kMxFp8E4M3FN) continue;
+      Packed p = make(c, n, k, uint32_t(m));
+      PackedWeight w = p.view(n, k, DType::kF32);
+      std::vector<float> wd(size_t(n * k)), x(size_t(m * k)), bias(static_cast<size_t>(n));
+      dequant_rows(w, 0, n, wd.data(), k);
+      std::mt19937 rng(7);
+      std::normal_distribution<float> nd;
+      for (auto& v : x) v = nd(rng);
+      for (auto& v : bias) v = nd(rng);
+      for (const std::string& isa : isas()) {
+        IsaGuard g(isa);
+        std::vector<float> y(size_t(m * n));
+        linear_packed(ConstMatrix{x.data(), DType::kF32, m, k, k}, w, bias.data(), MutMatrix{y.data(), DType::kF32, m, n, n});
+        for (int64_t i = 0; i < m; ++i)
+          for (int64_t j = 0; j < n; ++j) {
+            double ref = bias[size_t(j)], mag = std::fabs(bias[size_t(j)]);
+            for (int64_t t = 0; t < k; ++t) {
+              ref += double(x[size_t(i * k + t)]) * wd[size_t(j * k + t)];
+              mag += std::fabs(double(x[size_t(i * k + t)]) * wd[size_t(j * k + t)]);
+            }
+            ASSERT_NEAR(y[size_t(i * n + j)], ref, (k + 2) * 6e-8 * mag) << isa << " format " << int(c.f) << " m=" << m;
+          }
+      }
+    }
+  }
+}
+
+TEST(DeployKernels, ShapeErrorsNameTheArgument) {
+  Packed p = make(kCases[0], 4, 64, 1);
+  PackedWeight w = p.view(4, 64, DType::kF32);
+  std::vector<float> x(3 * 63), y(3 * 4);
+  try {
+    linear_packed(ConstMatrix{x.data(), DType::kF32, 3, 63, 63}, w, nullptr, MutMatrix{y.data(), DType::kF32, 3, 4, 4});
+    FAIL() << "expected an error";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("x: 63 columns, but the weight has 64"), std::string::npos) << e.what();
+  }
+}
+
+TEST(DeployKernels, Int8TileVnniEqualsPortableTile) {
+  if (best_isa() != "avx512" || int8_kernel_name() != "avx512_vnni") GTEST_SKIP() << "no AVX512-VNNI on this CPU";
+  std::mt19937 rng(3);
+  std::uniform_int_distribution<int> s8(-128, 127), u8(0, 255);
+  for (int64_t k4 : {1, 9, 43}) {
+    const int64_t ldw = 4 * k4 + 4;
+    std::vector<int8_t> w(size_t(kInt8TileN * ldw));
+    std::vector<uint8_t> xq(size_t(k4 * kInt8TileM * 4));
+    for (auto& v : w) v = int8_t(s8(rng));
+    for (auto& v : xq) v = uint8_t(u8(rng));
+    std::vector<int32_t> a(size_t(kInt8TileN * kInt8TileM)), b(a.size());
+    int8_tile_scalar(w.data(), ldw, xq.data(), k4, a.data());
+    int8_tile_vnni(w.data(), ldw, xq.data(), k4, b.data());
+    EXPECT_EQ(a, b) << "k4=" << k4;
+    // the GEMV form, against the same sums, ragged k
+    const int64_t k = 4 * k4 - 1, kpad = (k + 63) / 64 * 64;
+    std::vector<uint8_t> xu(size_t(3 * kpad), 0);
+    for (int64_t m = 0; m < 3; ++m)
+      for (int64_t i = 0; i < k; ++i) xu[size_t(m * kpad + i)] = uint8_t(u8(rng));
+    std::vector<int32_t> r1(size_t(kInt8TileN * 3)), r2(r1.size());
+    int8_rows_scalar(w.data(), ldw, kInt8TileN, k, xu.data(), 3, kpad, r1.data());
+    int8_rows_vnni(w.data(), ldw, kInt8TileN, k, xu.data(), 3, kpad, r2.data());
+    EXPECT_EQ(r1, r2) << "k=" << k;
+    for (int64_t r = 0; r < kInt8TileN; ++r)
+      EXPECT_EQ(int8_row_sum_scalar(w.data() + r * ldw, k), int8_row_sum_vnni(w.data() + r * ldw, k));
+  }
+}
+
+}  // namespace

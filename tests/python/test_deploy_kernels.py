@@ -1,0 +1,162 @@
+"""The deploy products (torch.ops.lowbit.linear_packed / linear_int8) against the
+fake-quant reference: every format, every activation dtype, every instruction set, odd
+shapes (M = 1, 3, 64; K = 33, 172, 4096; N = 1, 7, and 4096 for the big case)."""
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import assert_close_to_reference
+from lowbit import formats
+
+OPS = torch.ops.lowbit
+
+
+def _available_isas():
+    out = []
+    for isa in ("scalar", "avx2", "avx512"):
+        try:
+            OPS.set_isa(isa)
+            out.append(isa)
+        except RuntimeError:
+            pass
+    OPS.set_isa("auto")
+    return out
+
+
+ISAS = _available_isas()
+WEIGHTS = [  # (format, granularity, group_size, symmetric)
+    ("int4", "group", 32, True), ("int4", "group", 64, False), ("int4", "channel", 0, True),
+    ("int4", "channel", 0, False), ("int4", "tensor", 0, True), ("int8", "channel", 0, True),
+    ("int8", "group", 96, False), ("float8_e4m3fn", "channel", 0, True), ("float8_e4m3fn", "tensor", 0, True),
+    ("hifloat8", "channel", 0, True), ("float4_e2m1", "group", 32, True), ("float4_e1m2", "group", 64, True),
+    ("mxfp4_e2m1", "group", 32, True), ("mxfp8_e4m3fn", "group", 32, True)]
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+EMPTY = torch.empty(0, dtype=torch.int32)
+
+
+@pytest.fixture(autouse=True)
+def restore_isa():
+    yield
+    OPS.set_isa("auto")
+
+
+def packed_weight(n, k, fmt, gran, gs, sym, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, k, generator=g) * torch.rand(n, 1, generator=g) * 3
+    scale, offset = formats.compute_scales(w, fmt, gran, gs, sym)
+    return formats.pack(w, fmt, scale, offset, gran, gs, sym), scale, offset
+
+
+def reference(x, packed, scale, offset, fmt, gran, gs, sym, k, dtype, bias, scale1=None):
+    w = formats.unpack(packed, fmt, scale, k, offset, gran, gs, sym, torch.float32 if scale1 is not None else dtype)
+    if scale1 is not None:
+        w = (w * scale1).to(dtype)
+    if dtype == torch.float16:  # what the deploy layers compare with: fp32 compute, fp16 result
+        return F.linear(x.float(), w.float(), None if bias is None else bias.float()).to(dtype)
+    return F.linear(x, w, bias)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("fmt,gran,gs,sym", WEIGHTS, ids=lambda v: str(v))
+def test_linear_packed_equals_fake_quant_reference(isa, fmt, gran, gs, sym):
+    OPS.set_isa(isa)
+    shapes = list(itertools.product([1, 3, 64], [33, 172, 4096], [1, 7]))
+    checked = 0
+    for (m, k, n), dtype in itertools.product(shapes, DTYPES):
+        if gran == "group" and not fmt.startswith("mx") and gs > k:
+            continue
+        packed, scale, offset = packed_weight(n, k, fmt, gran, gs, sym, seed=m * 7 + k + n)
+        x = torch.randn(m, k).to(dtype)
+        bias = torch.randn(n).to(dtype) if (m + n) % 2 else None
+        got = OPS.linear_packed(x, packed, scale, offset if offset.numel() else EMPTY, None, bias, fmt, gran, gs, sym,
+                                k, dtype)
+        want = reference(x, packed, scale, offset, fmt, gran, gs, sym, k, dtype, bias)
+        assert_close_to_reference(got, want, k, what=f"{isa} {fmt} {m}x{k}x{n} {dtype}")
+        checked += 1
+    assert checked >= 27
+
+
+@pytest.mark.parametrize("fmt,gran,gs", [("int4", "group", 128), ("float8_e4m3fn", "channel", 0),
+                                         ("mxfp4_e2m1", "group", 32), ("hifloat8", "channel", 0)])
+def test_linear_packed_big_shape(fmt, gran, gs):
+    """N = K = 4096 through the GEMV (M = 1) and blocked GEMM (M = 64) paths."""
+    packed, scale, offset = packed_weight(4096, 4096, fmt, gran, gs, True)
+    for m, dtype in [(1, torch.float32), (64, torch.float32), (3, torch.bfloat16)]:
+        x = torch.randn(m, 4096).to(dtype)
+        got = OPS.linear_packed(x, packed, scale, EMPTY, None, None, fmt, gran, gs, True, 4096, dtype)
+        assert_close_to_reference(got, reference(x, packed, scale, offset, fmt, gran, gs, True, 4096, dtype, None),
+                                  4096, what=f"{fmt} M={m}")
+
+
+def test_two_level_fp8_fp4_row_scale_and_leading_dims():
+    packed, scale, offset = packed_weight(7, 172, "float4_e2m1", "group", 32, True)
+    s1 = torch.rand(7, 1) + 0.5
+    x = torch.randn(2, 5, 172)
+    got = OPS.linear_packed(x, packed, scale, EMPTY, s1, None, "float4_e2m1", "group", 32, True, 172, torch.float32)
+    want = reference(x, packed, scale, offset, "float4_e2m1", "group", 32, True, 172, torch.float32, None, s1)
+    assert got.shape == (2, 5, 7)
+    assert_close_to_reference(got, want, 172)
+
+
+def int8_case(m, k, n, bits, per_token, asym, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, k, generator=g)
+    x = (torch.randn(m, k, generator=g) * 3 + (1.0 if asym else 0.0)).to(dtype)
+    fmt = "int8" if bits == 8 else "int4"
+    ws, wo = formats.compute_scales(w, fmt, "channel", 0, True)
+    packed = formats.pack(w, fmt, ws, wo, "channel", 0, True)
+    wd = formats.unpack(packed, fmt, ws, k, wo, "channel", 0, True, torch.float32)
+    # the integer kernel's reference keeps the activation QDQ in fp32 (exact int32 sums)
+    if per_token:
+        xq = formats.fake_quant(x.float(), "int8", "token", 0, True)
+        a_s, a_o = torch.ones(1, 1), torch.zeros(1, 1, dtype=torch.int32)
+    else:
+        a_s, a_o = formats.compute_scales(x.float(), "int8", "tensor", 0, not asym)
+        xq = formats.fake_quant(x.float(), "int8", "tensor", 0, not asym, scale=a_s, offset=a_o)
+    bias = torch.randn(n, generator=g)
+    want = F.linear(xq.float(), wd, bias).to(dtype)
+    return x, packed, ws, a_s, a_o, bias, want
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("per_token,asym", [(False, False), (False, True), (True, False)])
+def test_linear_int8_equals_fake_quant_reference(isa, bits, per_token, asym):
+    OPS.set_isa(isa)
+    for (m, k, n), dtype in itertools.product(itertools.product([1, 3, 64], [33, 172, 4096], [1, 7]),
+                                              [torch.float32, torch.bfloat16]):
+        x, packed, ws, a_s, a_o, bias, want = int8_case(m, k, n, bits, per_token, asym, dtype, m + k + n)
+        got = OPS.linear_int8(x, packed, ws, bits, k, per_token, a_s, a_o, bias)
+        assert_close_to_reference(got, want, k, what=f"{isa} int8 x int{bits} {m}x{k}x{n} {dtype}")
+
+
+def test_linear_int8_nan_rows_and_saturation():
+    x, packed, ws, a_s, a_o, bias, _ = int8_case(3, 64, 7, 8, False, False, torch.float32, 1)
+    x[1, 5] = float("nan")
+    x[2, 0] = float("inf")
+    y = OPS.linear_int8(x, packed, ws, 8, 64, False, a_s, a_o, bias)
+    assert torch.isnan(y[1]).all() and torch.isfinite(y[0]).all() and torch.isfinite(y[2]).all()
+    # the fake-quant reference saturates Inf to the largest code too
+    wd = formats.unpack(packed, "int8", ws, 64, None, "channel", 0, True)
+    xq = formats.fake_quant(x, "int8", "tensor", 0, True, scale=a_s, offset=a_o)
+    assert_close_to_reference(y[2:], F.linear(xq[2:], wd, bias), 64)
+
+
+def test_bad_arguments_are_clear_errors():
+    packed, scale, _ = packed_weight(7, 64, "int4", "group", 32, True)
+    x = torch.randn(2, 64)
+    with pytest.raises(ValueError, match="last dimension 63 does not match the weight's 64"):
+        OPS.linear_packed(x[:, :63], packed, scale, EMPTY, None, None, "int4", "group", 32, True, 64, torch.float32)
+    with pytest.raises(ValueError, match="bytes per row do not match"):
+        OPS.linear_packed(torch.randn(2, 66), packed, scale, EMPTY, None, None, "int4", "group", 32, True, 66,
+                          torch.float32)
+    with pytest.raises(ValueError, match="scale: expected 14 entries"):
+        OPS.linear_packed(x, packed, scale[:3], EMPTY, None, None, "int4", "group", 32, True, 64, torch.float32)
+    with pytest.raises(ValueError, match="bias: 3 entries, expected 7"):
+        OPS.linear_packed(x, packed, scale, EMPTY, None, torch.ones(3), "int4", "group", 32, True, 64, torch.float32)
+    with pytest.raises(TypeError, match="packed: dtype"):
+        OPS.linear_packed(x, packed.float(), scale, EMPTY, None, None, "int4", "group", 32, True, 64, torch.float32)
+    with pytest.raises(ValueError, match="bits 5; allowed: 8, 4"):
+        OPS.linear_int8(x, packed, scale[:, 0].contiguous(), 5, 64, True, torch.ones(1), torch.zeros(1), None)
