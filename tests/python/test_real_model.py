@@ -107,3 +107,18 @@ def test_real_models_save_load_round_trip(shared_data, tmp_path):
     lowbit.save(r, tmp_path / "resnet")
     r2 = lowbit.load(cifar.load_resnet(20), tmp_path / "resnet")
     assert torch.equal(r2(x), r(x))
+
+
+def test_kv_cache_decoding_equals_full_recompute():
+    from lowbit.models.llama2c import Llama, LlamaConfig, precompute_rope
+    torch.manual_seed(0)
+    cfg = LlamaConfig(dim=32, hidden_dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=50, seq_len=16)
+    model = Llama(cfg)
+    precompute_rope(model)
+    tokens = torch.randint(0, 50, (1, 9))
+    full = model(tokens)
+    caches = model.new_caches()
+    steps = [model(tokens[:, :4], caches)] + [model(tokens[:, i:i + 1], caches) for i in range(4, 9)]
+    assert torch.allclose(torch.cat(steps, dim=1), full, atol=1e-5)
+    with pytest.raises(ValueError, match="exceeds the model's seq_len 16"):
+        model(torch.zeros(1, 8, dtype=torch.long), caches)

@@ -57,18 +57,25 @@ class Attention(nn.Module):
         self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * self.head_dim, bias=False)
         self.wo = nn.Linear(cfg.n_heads * self.head_dim, cfg.dim, bias=False)
 
-    def forward(self, x, cos, sin):
+    def forward(self, x, cos, sin, cache=None):
+        """x: the new positions; cos/sin: their rotary rows. `cache` (a dict) holds the keys
+        and values of earlier positions and receives the new ones."""
         b, t, _ = x.shape
         q = self.wq(x).view(b, t, self.n_heads, self.head_dim)
         k = self.wk(x).view(b, t, self.n_kv, self.head_dim)
         v = self.wv(x).view(b, t, self.n_kv, self.head_dim)
         q, k = _rope(q, cos, sin), _rope(k, cos, sin)
+        if cache is not None:
+            if "k" in cache:
+                k, v = torch.cat([cache["k"], k], dim=1), torch.cat([cache["v"], v], dim=1)
+            cache["k"], cache["v"] = k, v
+        total = k.shape[1]
         rep = self.n_heads // self.n_kv
         k = k.repeat_interleave(rep, dim=2)
         v = v.repeat_interleave(rep, dim=2)
         q, k, v = (z.transpose(1, 2) for z in (q, k, v))
         att = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)
-        mask = torch.full((t, t), float("-inf"), device=x.device).triu(1)
+        mask = torch.full((t, total), float("-inf"), device=x.device).triu(total - t + 1)
         att = F.softmax(att.float() + mask, dim=-1).type_as(q)
         return self.wo((att @ v).transpose(1, 2).reshape(b, t, -1))
 
@@ -92,8 +99,8 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(cfg.dim)
         self.feed_forward = FeedForward(cfg)
 
-    def forward(self, x, cos, sin):
-        h = x + self.attention(self.attention_norm(x), cos, sin)
+    def forward(self, x, cos, sin, cache=None):
+        h = x + self.attention(self.attention_norm(x), cos, sin, cache)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -111,24 +118,46 @@ class Llama(nn.Module):
         self.register_buffer("freq_cos", torch.zeros(cfg.seq_len, head_dim // 2), persistent=False)
         self.register_buffer("freq_sin", torch.zeros(cfg.seq_len, head_dim // 2), persistent=False)
 
-    def forward(self, tokens):
+    def forward(self, tokens, caches=None):
+        """tokens [B, T] -> logits [B, T, vocab]. With `caches` (one dict per layer, see
+        new_caches) the tokens continue the cached positions: one token per call decodes."""
         t = tokens.shape[1]
-        if t > self.cfg.seq_len:
-            raise ValueError(f"tokens: sequence length {t} exceeds the model's seq_len {self.cfg.seq_len}")
+        start = 0 if caches is None or "k" not in caches[0] else caches[0]["k"].shape[1]
+        if start + t > self.cfg.seq_len:
+            raise ValueError(f"tokens: sequence length {start + t} exceeds the model's seq_len {self.cfg.seq_len}")
         h = self.tok_embeddings(tokens)
-        cos, sin = self.freq_cos[:t], self.freq_sin[:t]
-        for layer in self.layers:
-            h = layer(h, cos, sin)
+        cos, sin = self.freq_cos[start:start + t], self.freq_sin[start:start + t]
+        for i, layer in enumerate(self.layers):
+            h = layer(h, cos, sin, None if caches is None else caches[i])
         return self.output(self.norm(h))
+
+    def new_caches(self):
+        return [{} for _ in self.layers]
 
     @torch.no_grad()
     def generate(self, tokens, max_new_tokens):
-        """Greedy continuation of a 1-D token list; returns the full token list."""
+        """Greedy continuation of a 1-D token list with a key/value cache (the prompt in one
+        call, then one token per call); returns the full token list."""
         seq = list(tokens)
-        for _ in range(max_new_tokens):
-            logits = self(torch.tensor([seq[-self.cfg.seq_len:]]))
+        if len(seq) + max_new_tokens > self.cfg.seq_len:
+            raise ValueError(f"generate: {len(seq)} + {max_new_tokens} tokens exceed seq_len {self.cfg.seq_len}")
+        caches = self.new_caches()
+        logits = self(torch.tensor([seq]), caches)
+        for i in range(max_new_tokens):
             seq.append(int(logits[0, -1].argmax()))
+            if i + 1 < max_new_tokens:
+                logits = self(torch.tensor([seq[-1:]]), caches)
         return seq
+
+
+def precompute_rope(model, theta=10000.0):
+    """Fills the rotary tables of a model built from a config (checkpoints carry them)."""
+    head_dim = model.cfg.dim // model.cfg.n_heads
+    freq = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    angle = torch.arange(model.cfg.seq_len, dtype=torch.float64)[:, None] * freq[None, :]
+    model.freq_cos.copy_(torch.cos(angle).float())
+    model.freq_sin.copy_(torch.sin(angle).float())
+    return model
 
 
 def load_llama2c(path):
