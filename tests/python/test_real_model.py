@@ -1,6 +1,7 @@
 """The stories260K checkpoint through the loader and the format report."""
 import copy
 
+import pytest
 import torch
 
 from lowbit.models import load_llama2c, load_tokenizer
