@@ -4,7 +4,8 @@ directly in C++ (torch.ops.lowbit.linear_packed, or linear_int8 for INT8 x INT8)
 copy of the weight is made. Their output equals the calibrated fake-quant output up to
 the order of the fp32 summation (``reference_forward`` computes the latter, for tests).
 
-Convolutions go through an im2col (F.unfold) and the same products, one per group.
+Convolutions run in C++ too (torch.ops.lowbit.conv2d_packed / conv2d_int8): an im2col of a
+few images at a time into a reused patch matrix, then the same products, one per group.
 Everything in ``forward`` is a torch op, so deploy models can be traced and run from C++.
 """
 import torch
@@ -117,19 +118,13 @@ class DeployConv2d(Conv2dMath, DeployLayer):
         if self.padding_mode != "zeros" or isinstance(pad, str):
             mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
             x = F.pad(x, self._reversed_padding_repeated_twice, mode=mode)
-            pad = 0
-        n, h, w = x.shape[0], x.shape[-2], x.shape[-1]
-        kh, kw = self.kernel_size
-        ph, pw = (pad, pad) if isinstance(pad, int) else pad
-        h_out = (h + 2 * ph - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
-        w_out = (w + 2 * pw - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
-        cols = F.unfold(x, self.kernel_size, self.dilation, pad, self.stride)  # [N, C*kh*kw, L]
-        rows = cols.transpose(1, 2)                                              # [N, L, C*kh*kw]
+            pad = (0, 0)
         bias = self.effective_bias(self.bias, x.dtype)
-        og, kg = self.out_channels // self.groups, rows.shape[-1] // self.groups
-        outs = []
-        for g in range(self.groups):
-            b = None if bias is None else bias[g * og:(g + 1) * og]
-            outs.append(self.rows_product(rows[..., g * kg:(g + 1) * kg], g * og, (g + 1) * og, b))
-        y = outs[0] if self.groups == 1 else torch.cat(outs, dim=-1)            # [N, L, Cout]
-        return y.transpose(1, 2).reshape(n, self.out_channels, h_out, w_out)
+        geometry = (list(self.kernel_size), list(self.stride), list(pad), list(self.dilation), self.groups)
+        w = self.wspec
+        if self.integer_kernel:
+            return _OPS.conv2d_int8(x, self.weight_packed, self.w_scale.reshape(-1), 8 if w.fmt == "int8" else 4,
+                                    self.cols, self.act_scale, self.act_offset, bias, *geometry)
+        return _OPS.conv2d_packed(x, self.weight_packed, self.w_scale, self.w_offset,
+                                  self.w_scale1 if self.two_level else None, bias, w.fmt, w.strategy, w.gs,
+                                  w.symmetric, self.cols, self.weight_dtype, *geometry)
