@@ -106,7 +106,7 @@ struct LinearKernels {
   }
 
   // ---- GEMV: up to kGemvRows activation rows, each weight row read once ----
-  static constexpr int kGemvRows = 4;
+  static constexpr int kGemvRows = 8;
   static constexpr int64_t kGemvSpan = 4096;  // columns decoded at a time (16 KiB, L1)
 
   template <int MR>
@@ -116,16 +116,21 @@ struct LinearKernels {
     thread_local GrowBuffer xs, ps;
     float* xp = xs.get(MR * kpad);
     const int32_t* pos = column_positions(d, kpad, ps);
-    for (int m = 0; m < MR; ++m) gather_x(x, m, pos, kpad, xp + m * kpad, 1);
-    if (d.dot_rows) {  // fused decode + multiply
+    const int64_t M = x.rows;  // <= MR; the rows beyond it are zeros
+    for (int m = 0; m < MR; ++m) {
+      if (m < M) gather_x(x, m, pos, kpad, xp + m * kpad, 1);
+      else for (int64_t k = 0; k < kpad; ++k) xp[m * kpad + k] = 0.0f;
+    }
+    if (d.dot_rows) {  // fused decode + multiply, in column spans whose activations stay in L1
       constexpr int64_t kRows = 16;
+      const int64_t span = max64(kChunk, (24 * 1024 / (4 * MR)) / kChunk * kChunk);
 #pragma omp parallel for schedule(static) if (N * kpad >= (1 << 16))
       for (int64_t n0 = 0; n0 < N; n0 += kRows) {
-        float dots[kRows * MR];
+        float dots[kRows * MR] = {};
         const int64_t n1 = min64(N, n0 + kRows);
-        d.dot_rows(d, n0, n1, xp, MR, kpad, dots);
+        for (int64_t k0 = 0; k0 < kpad; k0 += span) d.dot_rows(d, n0, n1, xp, MR, kpad, k0, min64(kpad, k0 + span), dots);
         for (int64_t n = n0; n < n1; ++n)
-          for (int m = 0; m < MR; ++m) store_y(y, m, n, dots[(n - n0) * MR + m] + (bias ? bias[n] : 0.0f));
+          for (int m = 0; m < M; ++m) store_y(y, m, n, dots[(n - n0) * MR + m] + (bias ? bias[n] : 0.0f));
       }
       return;
     }
@@ -152,8 +157,8 @@ struct LinearKernels {
           }
         }
 #pragma GCC unroll 16
-        for (int m = 0; m < MR; ++m)
-          store_y(y, m, n, V::reduce_add(V::add(acc[m][0], acc[m][1])) + (bias ? bias[n] : 0.0f));
+        for (int m = 0; m < MR; ++m)  // constant indices keep acc in registers
+          if (m < M) store_y(y, m, n, V::reduce_add(V::add(acc[m][0], acc[m][1])) + (bias ? bias[n] : 0.0f));
       }
     }
   }
@@ -163,7 +168,8 @@ struct LinearKernels {
       case 1: return gemv_rows<1>(x, d, bias, y);
       case 2: return gemv_rows<2>(x, d, bias, y);
       case 3: return gemv_rows<3>(x, d, bias, y);
-      default: return gemv_rows<4>(x, d, bias, y);
+      case 4: return gemv_rows<4>(x, d, bias, y);
+      default: return gemv_rows<8>(x, d, bias, y);
     }
   }
 

@@ -24,10 +24,11 @@ struct WeightDecoder {
   // scratch: at least decode_scratch_bytes(k1 - k0) bytes, private to the calling thread
   void (*decode)(const WeightDecoder& self, int64_t r0, int64_t r1, int64_t k0, int64_t k1, float* out,
                  int64_t ld, uint8_t* scratch) = nullptr;
-  // Optional fused GEMV (decode and multiply without a tile): for rows [r0, r1),
-  // out[(r - r0) * M + m] = sum_k w(r, k) * xp[m * kpad + k], with xp in decoder order.
+  // Optional fused GEMV (decode and multiply without a tile): for rows [r0, r1) and
+  // columns [k0, k1) (multiples of 32), out[(r - r0) * M + m] += sum_k w(r, k) * xp[m * kpad + k],
+  // with xp in decoder order. M is 1, 2, 3, 4 or 8.
   void (*dot_rows)(const WeightDecoder& self, int64_t r0, int64_t r1, const float* xp, int64_t M, int64_t kpad,
-                   float* out) = nullptr;
+                   int64_t k0, int64_t k1, float* out) = nullptr;
   void run(int64_t r0, int64_t r1, int64_t k0, int64_t k1, float* out, int64_t ld, uint8_t* scratch) const {
     decode(*this, r0, r1, k0, k1, out, ld, scratch);
   }

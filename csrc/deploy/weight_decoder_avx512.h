@@ -172,33 +172,37 @@ struct Avx512Decoder {
     }
   }
 
-  // GEMV without a tile: out[(r - r0) * MR + m] = sum_k w(r, k) x[m, k] (x in decoder order).
+  // GEMV without a tile, over columns [k0, k1) (multiples of 32):
+  // out[(r - r0) * MR + m] += sum_k w(r, k) x[m, k] (x in decoder order).
   template <Kind kKind, bool kMx, bool kSimple, int MR>
-  static void dot_kind(const PackedWeight& w, int64_t r0, int64_t r1, const float* xp, int64_t kpad, float* out) {
+  static void dot_kind(const PackedWeight& w, int64_t r0, int64_t r1, const float* xp, int64_t kpad, int64_t k0,
+                       int64_t k1, float* out) {
     const Layout t(w);
+    const int64_t kend = driver::min64(k1, w.cols);
     for (int64_t r = r0; r < r1; ++r) {
       __m512 acc[MR][2];
-#pragma GCC unroll 4
+#pragma GCC unroll 8
       for (int m = 0; m < MR; ++m) acc[m][0] = acc[m][1] = _mm512_setzero_ps();
-      walk_row<kKind, kMx, kSimple>(w, t, r, 0, w.cols, [&](int64_t k, __m512 v0, __m512 v1) {
-#pragma GCC unroll 4
+      walk_row<kKind, kMx, kSimple>(w, t, r, k0, kend, [&](int64_t k, __m512 v0, __m512 v1) {
+#pragma GCC unroll 8
         for (int m = 0; m < MR; ++m) {
           acc[m][0] = _mm512_fmadd_ps(v0, _mm512_loadu_ps(xp + m * kpad + k), acc[m][0]);
           acc[m][1] = _mm512_fmadd_ps(v1, _mm512_loadu_ps(xp + m * kpad + k + 16), acc[m][1]);
         }
       });
-#pragma GCC unroll 4
-      for (int m = 0; m < MR; ++m) out[(r - r0) * MR + m] = _mm512_reduce_add_ps(_mm512_add_ps(acc[m][0], acc[m][1]));
+#pragma GCC unroll 8
+      for (int m = 0; m < MR; ++m) out[(r - r0) * MR + m] += _mm512_reduce_add_ps(_mm512_add_ps(acc[m][0], acc[m][1]));
     }
   }
   template <Kind kKind, bool kMx, bool kSimple>
   static void dot_fn(const WeightDecoder& d, int64_t r0, int64_t r1, const float* xp, int64_t M, int64_t kpad,
-                     float* out) {
+                     int64_t k0, int64_t k1, float* out) {
     switch (M) {
-      case 1: return dot_kind<kKind, kMx, kSimple, 1>(*d.w, r0, r1, xp, kpad, out);
-      case 2: return dot_kind<kKind, kMx, kSimple, 2>(*d.w, r0, r1, xp, kpad, out);
-      case 3: return dot_kind<kKind, kMx, kSimple, 3>(*d.w, r0, r1, xp, kpad, out);
-      default: return dot_kind<kKind, kMx, kSimple, 4>(*d.w, r0, r1, xp, kpad, out);
+      case 1: return dot_kind<kKind, kMx, kSimple, 1>(*d.w, r0, r1, xp, kpad, k0, k1, out);
+      case 2: return dot_kind<kKind, kMx, kSimple, 2>(*d.w, r0, r1, xp, kpad, k0, k1, out);
+      case 3: return dot_kind<kKind, kMx, kSimple, 3>(*d.w, r0, r1, xp, kpad, k0, k1, out);
+      case 4: return dot_kind<kKind, kMx, kSimple, 4>(*d.w, r0, r1, xp, kpad, k0, k1, out);
+      default: return dot_kind<kKind, kMx, kSimple, 8>(*d.w, r0, r1, xp, kpad, k0, k1, out);
     }
   }
   template <Kind kKind, bool kMx, bool kSimple>
