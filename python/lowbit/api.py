@@ -258,6 +258,18 @@ class Summary(list):
         return "\n".join([head] + [str(r) for r in self])
 
 
+def model_bytes(model):
+    """Bytes of every distinct tensor storage the model's parameters and buffers use (a
+    converted model: packed weights, scales, and the layers left in float)."""
+    seen, total = set(), 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        key = t.storage().data_ptr()
+        if key not in seen:
+            seen.add(key)
+            total += t.storage().nbytes()
+    return total
+
+
 def summary(model):
     """Per-layer table (a list of SummaryRow; str() renders it): name, type, shape,
     weight/input formats, algorithm, status (calibrating, calibrated, deployed, skipped)

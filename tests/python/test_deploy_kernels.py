@@ -160,3 +160,25 @@ def test_bad_arguments_are_clear_errors():
         OPS.linear_packed(x, packed.float(), scale, EMPTY, None, None, "int4", "group", 32, True, 64, torch.float32)
     with pytest.raises(ValueError, match="bits 5; allowed: 8, 4"):
         OPS.linear_int8(x, packed, scale[:, 0].contiguous(), 5, 64, True, torch.ones(1), torch.zeros(1), None)
+
+
+def test_converted_model_keeps_no_float_weights():
+    import gc
+    import weakref
+
+    import lowbit
+    from lowbit.modules.deploy import DeployLayer
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.ReLU(), torch.nn.Linear(512, 128))
+    refs = [weakref.ref(model[0].weight), weakref.ref(model[2].weight)]
+    float_bytes = lowbit.model_bytes(model)
+    lowbit.quantize(model, {"quant_cfg": {"weights": {"type": "int4", "strategy": "group", "group_size": 32}}})
+    lowbit.convert(model)
+    gc.collect()
+    assert all(r() is None for r in refs), "a float weight is still alive after convert"
+    packed = sum(m.packed_bytes() for m in model.modules() if isinstance(m, DeployLayer))
+    biases = (512 + 128) * 4
+    assert packed == 256 * 512 // 2 + 512 * 8 * 4 + 512 * 128 // 2 + 128 * 16 * 4  # codes + one scale per group
+    # everything the model holds: packed weights, scales, biases and the recorded errors
+    assert lowbit.model_bytes(model) == packed + biases + 2 * 8
+    assert lowbit.model_bytes(model) < float_bytes / 5

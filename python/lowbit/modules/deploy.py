@@ -32,7 +32,9 @@ class DeployLayer(QuantLayerBase):
             packed = self.wspec.weight_pack(w2d, calib.w_scale, calib.w_offset)
         self.register_buffer("weight_packed", packed)
         self.register_buffer("w_scale", calib.w_scale.clone())
-        self.register_buffer("w_offset", calib.w_offset.clone())
+        # symmetric formats have no offsets: nothing is stored
+        self.register_buffer("w_offset", calib.w_offset.clone() if not self.wspec.symmetric
+                             else torch.zeros(0, dtype=torch.int32))
         bias = calib.bias.detach().clone() if calib.bias is not None else None
         self.register_buffer("bias", bias)
         smooth = getattr(calib, "smooth", None)
@@ -90,11 +92,8 @@ class DeployLayer(QuantLayerBase):
                                   w.gs, w.symmetric, self.cols, self.weight_dtype)
 
     def packed_bytes(self):
-        n = sum(b.numel() * b.element_size() for k, b in self.named_buffers()
-                if k in ("weight_packed", "w_scale", "w_scale1"))
-        if not self.wspec.symmetric:
-            n += self.w_offset.numel() * self.w_offset.element_size()
-        return n
+        return sum(b.numel() * b.element_size() for k, b in self.named_buffers()
+                   if k in ("weight_packed", "w_scale", "w_scale1", "w_offset"))
 
 
 class DeployLinear(LinearMath, DeployLayer):
