@@ -1,5 +1,7 @@
 """The public verbs: quantize, convert, summary, algorithm_register (AMCT's interface)."""
+import ctypes
 import fnmatch
+import gc
 import logging
 from dataclasses import dataclass
 
@@ -219,18 +221,31 @@ def convert(model):
     pending = [f"'{m.layer_name}' ({int(m.calib_calls)} of {m.batch_num} batches)" for _, m in calib if not m.calibrated]
     if pending:
         raise ValueError(f"convert: calibration is not finished for {len(pending)} layer(s): " + ", ".join(pending))
-    built = []
     for name, m in calib:
-        deploy_op = m.layer_cfg["ops"][1]
-        if deploy_op is None:
+        if m.layer_cfg["ops"][1] is None:
             raise ValueError(f"convert: algorithm '{m.algorithm}' registered no deploy_op for layer '{name}'")
-        built.append((name, deploy_op(m)))
     skipped = getattr(model, "_lowbit_skipped", {})
-    for name, new in built:
-        _replace(model, name, new)
+    # one layer at a time: its float weight is released (unless the caller holds it) before
+    # the next one is packed, so memory peaks at the float model plus one packed layer
+    count = len(calib)
+    while calib:
+        name, m = calib.pop(0)
+        _replace(model, name, m.layer_cfg["ops"][1](m))
+        del m
     model._lowbit_skipped = skipped
-    log.info("lowbit.convert: %d layers converted to deploy modules", len(built))
+    _release_freed_memory()
+    log.info("lowbit.convert: %d layers converted to deploy modules", count)
     return model
+
+
+def _release_freed_memory():
+    """Returns the float weights' freed heap pages to the system (glibc keeps them
+    otherwise), so the process's resident size reflects the converted model."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 @dataclass
