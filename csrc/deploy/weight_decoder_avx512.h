@@ -125,7 +125,21 @@ struct Avx512Decoder {
     const int32_t* orow = asym && w.scales.offset ? w.scales.offset + first : nullptr;
     const uint8_t* erow = kMx && w.scales.e8m0 ? w.scales.e8m0 + first : nullptr;
     int64_t k = k0;
-    for (int64_t g = k0 / t.glen; k < kend; ++g) {  // chunks never straddle granules (glen % 32 == 0)
+    if constexpr (kSimple && kKind == kNibbles) {
+      if (t.glen == kChunk && !t.tensor) {  // one granule per chunk (group 32, MX): a lean loop
+        const uint8_t* cp = row + uint64_t(k) / 2;
+        for (; k + kChunk <= kend; k += kChunk, cp += kChunk / 2) {
+          const int64_t g = k / kChunk;
+          const float sc = kMx ? t.e8m0[erow[g]] : srow[g];
+          __m512 v0, v1;
+          chunk<kKind>(cp, 0, true, _mm512_mul_ps(t.base, _mm512_set1_ps(sc)), t.base, t.base, false, t.lut,
+                       DType::kF32, v0, v1);
+          fn(k, v0, v1);
+        }
+        if (k >= kend) return;
+      }
+    }
+    for (int64_t g = k / t.glen; k < kend; ++g) {  // chunks never straddle granules (glen % 32 == 0)
       const int64_t gend = driver::min64(kend, (g + 1) * t.glen);
       float sc;
       if constexpr (kSimple) sc = kMx ? t.e8m0[erow[g]] : srow[g * stride];
@@ -140,8 +154,10 @@ struct Avx512Decoder {
         table = round_value(table, vd);
       }
       __m512 v0, v1;
-      for (; k + kChunk <= gend; k += kChunk) {
-        chunk<kKind>(row + (kKind == kNibbles ? k / 2 : k), 0, true, table, scale, offset, asym, t.lut, vd, v0, v1);
+      constexpr int64_t kStep = kKind == kNibbles ? kChunk / 2 : kChunk;  // code bytes per chunk
+      const uint8_t* cp = row + (kKind == kNibbles ? uint64_t(k) / 2 : uint64_t(k));
+      for (; k + kChunk <= gend; k += kChunk, cp += kStep) {
+        chunk<kKind>(cp, 0, true, table, scale, offset, asym, t.lut, vd, v0, v1);
         fn(k, v0, v1);
       }
       if (k < gend) {  // the ragged end of the row
