@@ -50,20 +50,45 @@ def read_bandwidth():
 
 
 def weight_cases(w):
+    """(label, packed bytes, packed weight, fn(x, packed))"""
     cases = []
     for label, fmt, gran, gs in WEIGHT_ONLY:
         s, o = formats.compute_scales(w, fmt, gran, gs, True)
         p = formats.pack(w, fmt, s, o, gran, gs, True)
         nbytes = p.numel() + s.numel() * s.element_size()
-        cases.append((label, nbytes, lambda x, p=p, s=s, fmt=fmt, gran=gran, gs=gs, k=w.shape[1]:
+        cases.append((label, nbytes, p, lambda x, p, s=s, fmt=fmt, gran=gran, gs=gs, k=w.shape[1]:
                       OPS.linear_packed(x, p, s, EMPTY, None, None, fmt, gran, gs, True, k, x.dtype)))
     s, o = formats.compute_scales(w, "int8", "channel", 0, True)
     p = formats.pack(w, "int8", s, o, "channel", 0, True)
     a_s, a_o = torch.full((1, 1), 0.05), torch.zeros(1, 1, dtype=torch.int32)
     for label, per_token in INT8:
-        cases.append((label, p.numel() + s.numel() * 4, lambda x, p=p, s=s, t=per_token, k=w.shape[1]:
+        cases.append((label, p.numel() + s.numel() * 4, p, lambda x, p, s=s, t=per_token, k=w.shape[1]:
                       OPS.linear_int8(x, p, s, 8, k, t, a_s, a_o, None)))
     return cases
+
+
+def l3_bytes():
+    try:
+        with open("/sys/devices/system/cpu/cpu0/cache/index3/size") as f:
+            v = f.read().strip()
+        return int(v[:-1]) * {"K": 1 << 10, "M": 1 << 20}[v[-1]]
+    except (OSError, ValueError, KeyError):
+        return 256 << 20
+
+
+def streamed(fn, weight, nbytes, calls):
+    """Median time of fn(w) over a rotation of copies of `weight` twice the size of the
+    last-level cache: every call reads its weight from memory."""
+    pool = [weight.clone() for _ in range(max(2, -(-2 * l3_bytes() // nbytes)))]
+    for p in pool:
+        fn(p)
+    times = []
+    for i in range(calls):
+        p = pool[i % len(pool)]
+        t = time.perf_counter()
+        fn(p)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
 
 
 def main():
@@ -81,7 +106,8 @@ def main():
     print(f"lowbit deploy bench: {torch.get_num_threads()} threads, kernels {OPS.isa()} / int8 {OPS.int8_kernel()}, "
           f"read bandwidth {bw:.1f} GB/s (x.sum over 1 GiB)")
     print("ms = median per call; x torch = F.linear time / lowbit time (same dtype, same run); "
-          "n=1: GB/s of packed weight read and % of the read bandwidth")
+          "n=1: GB/s of packed weight read and % of the read bandwidth; n=1 repeats one weight (cache-hot), "
+          "'1 s' rotates over copies twice the L3 size (weights streamed from memory, both sides)")
     for shape in args.shapes.split(","):
         n_out, k = (int(v) for v in shape.split("x"))
         w = torch.randn(n_out, k)
@@ -97,18 +123,25 @@ def main():
                 for _ in range(args.rounds):
                     F.linear(x, wd)
                     base += timed(lambda: F.linear(x, wd), args.block)
-                    for label, _, fn in cases:
-                        fn(x)
-                        ours[label] += timed(lambda: fn(x), args.block)
+                    for label, _, p, fn in cases:
+                        fn(x, p)
+                        ours[label] += timed(lambda: fn(x, p), args.block)
                 tb = statistics.median(base)
                 cells = []
-                for label, nbytes, _ in cases:
+                for label, nbytes, _, _ in cases:
                     t = statistics.median(ours[label])
                     cell = f"{t * 1e3:7.2f} {tb / t:5.2f}x"
                     if n == 1:
                         cell += f" {nbytes / t / 1e9:4.0f}G {100 * nbytes / t / 1e9 / bw:3.0f}%"
                     cells.append(f"{cell:>18}" if n != 1 else cell)
                 print(f"{n:>4} {tb * 1e3:9.2f} | " + " | ".join(cells))
+                if n == 1:  # the same with weights streamed from memory (rotation larger than L3)
+                    tb = streamed(lambda ww: F.linear(x, ww), wd, wd.numel() * wd.element_size(), 3 * args.block)
+                    cells = []
+                    for label, nbytes, p, fn in cases:
+                        t = streamed(lambda pp: fn(x, pp), p, nbytes, 6 * args.block)
+                        cells.append(f"{t * 1e3:7.2f} {tb / t:5.2f}x {nbytes / t / 1e9:4.0f}G {100 * nbytes / t / 1e9 / bw:3.0f}%")
+                    print(f"{'1 s':>4} {tb * 1e3:9.2f} | " + " | ".join(cells))
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ struct Avx512Decoder {
     int32_t offset;
   };
   enum Kind { kNibbles, kInt8, kE4M3, kHiF8 };
+  static constexpr int kPrefetch = 2048;  // bytes ahead of the codes being decoded (streamed weights)
 
   // The 32 values of one chunk of codes in two vectors; `mask` selects the valid bytes.
   template <Kind kKind>
@@ -129,6 +130,7 @@ struct Avx512Decoder {
       if (t.glen == kChunk && !t.tensor) {  // one granule per chunk (group 32, MX): a lean loop
         const uint8_t* cp = row + uint64_t(k) / 2;
         for (; k + kChunk <= kend; k += kChunk, cp += kChunk / 2) {
+          _mm_prefetch(reinterpret_cast<const char*>(cp) + kPrefetch, _MM_HINT_T0);
           const int64_t g = k / kChunk;
           const float sc = kMx ? t.e8m0[erow[g]] : srow[g];
           __m512 v0, v1;
@@ -157,6 +159,7 @@ struct Avx512Decoder {
       constexpr int64_t kStep = kKind == kNibbles ? kChunk / 2 : kChunk;  // code bytes per chunk
       const uint8_t* cp = row + (kKind == kNibbles ? uint64_t(k) / 2 : uint64_t(k));
       for (; k + kChunk <= gend; k += kChunk, cp += kStep) {
+        _mm_prefetch(reinterpret_cast<const char*>(cp) + kPrefetch, _MM_HINT_T0);  // streamed weights
         chunk<kKind>(cp, 0, true, table, scale, offset, asym, t.lut, vd, v0, v1);
         fn(k, v0, v1);
       }
