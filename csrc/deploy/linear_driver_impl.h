@@ -202,11 +202,111 @@ struct LinearKernels {
       for (int v = 0; v < MV; ++v) V::store(c + i * ldc + v * L, acc[i][v]);
   }
 
-  template <int TN, int MV>
-  static void gemm_mv(const ConstMatrix& x, const WeightDecoder& d, const float* bias, const MutMatrix& y) {
+  // The GEMM's activations and results: a matrix x -> y (MatrixIO), or a convolution's
+  // input patches -> NCHW output (ConvIO, deploy/packed_linear.h's Conv2dArgs).
+  //   pack(m, pos, kpad, dst, stride): row m of the activations, column k at dst[pos[k] * stride]
+  //   store(ct, ldc, bias): results transposed, ct[n * ldc + m]
+  struct MatrixIO {
+    const ConstMatrix& x;
+    const MutMatrix& y;
+    int64_t rows() const { return x.rows; }
+    // rows [m0, m0 + mb) (at most MB of them) into dst[pos[k] * MB + t]
+    void pack_block(int64_t m0, int64_t mb, int64_t MB, const int32_t* pos, int64_t kpad, float* dst) const {
+      for (int64_t t = 0; t < mb; ++t) gather_x(x, m0 + t, pos, kpad, dst + t, MB);
+    }
+    void store(const float* ct, int64_t ldc, int64_t N, const float* bias) const {
+      const int64_t M = x.rows, mt = (M + 31) / 32, nt = (N + 31) / 32;
+      // 32 x 32 tiles: both sides stay in L1
+#pragma omp for schedule(static)
+      for (int64_t t = 0; t < mt * nt; ++t) {
+        const int64_t m0 = (t / nt) * 32, n0 = (t % nt) * 32;
+        const int64_t m1 = min64(M, m0 + 32), n1 = min64(N, n0 + 32);
+        for (int64_t m = m0; m < m1; ++m)
+          for (int64_t n = n0; n < n1; ++n) store_y(y, m, n, ct[n * ldc + m] + (bias ? bias[n] : 0.0f));
+      }
+    }
+  };
+
+  struct ConvIO {
+    const Conv2dArgs& a;
+    int64_t c0, o0;  // this group's first input and output channel
+    int64_t rows() const { return a.n * a.ho * a.wo; }
+    // Patches of rows [m0, m0 + mb): for each column (channel, ky, kx), the mb values.
+    template <DType D>
+    void pack_typed(int64_t m0, int64_t mb, int64_t MB, const int32_t* pos, int64_t kpad, float* dst) const {
+      const int64_t L = a.ho * a.wo, plane = a.h * a.w;
+      const int64_t es = D == DType::kF32 ? 4 : 2;
+      int64_t base[64], iy0[64], ix0[64];  // per row: image offset, top-left input corner
+      for (int64_t t = 0; t < mb; ++t) {
+        const int64_t m = m0 + t, img = m / L, p = m % L;
+        base[t] = (img * a.c + c0) * plane;
+        iy0[t] = (p / a.wo) * a.sy - a.py;
+        ix0[t] = (p % a.wo) * a.sx - a.px;
+      }
+      // runs of rows on one output line of one image: [run_at[r], run_at[r + 1])
+      int64_t run_at[65], runs = 0;
+      for (int64_t t = 0; t < mb; ++t)
+        if (t == 0 || base[t] != base[t - 1] || iy0[t] != iy0[t - 1]) run_at[runs++] = t;
+      run_at[runs] = mb;
+      const char* src = static_cast<const char*>(a.x);
+      int64_t k = 0;
+      for (int64_t c = 0; c < a.cg; ++c)
+        for (int64_t i = 0; i < a.kh; ++i)
+          for (int64_t j = 0; j < a.kw; ++j, ++k) {
+            float* out = dst + (pos ? pos[k] : k) * MB;
+            const int64_t dyi = i * a.dy, dxj = j * a.dx, cp = c * plane;
+            if (a.sx == 1) {  // rows of one output line read consecutive inputs: copy runs
+              for (int64_t r = 0; r < runs; ++r) {
+                int64_t t = run_at[r];
+                const int64_t e = run_at[r + 1];
+                const int64_t iy = iy0[t] + dyi;
+                if (uint64_t(iy) >= uint64_t(a.h)) {
+                  for (; t < e; ++t) out[t] = 0.0f;
+                  continue;
+                }
+                // valid t: 0 <= ix0[t] + dxj < w, with ix0 increasing by 1 along the run
+                const int64_t lo = min64(e, max64(t, t - (ix0[t] + dxj)));
+                const int64_t hi = max64(lo, min64(e, t + (a.w - (ix0[t] + dxj))));
+                for (; t < lo; ++t) out[t] = 0.0f;
+                const int64_t first = base[t] + cp + iy * a.w + ix0[t] + dxj - t;  // input index of row t
+                for (; t + L <= hi; t += L) K::template vstore<DType::kF32>(out, t, K::template vload<D>(src, first + t));
+                for (; t < hi; ++t) out[t] = load_x<D>(src, first + t);
+                for (; t < e; ++t) out[t] = 0.0f;
+              }
+              continue;
+            }
+            for (int64_t t = 0; t < mb; ++t) {
+              const int64_t iy = iy0[t] + dyi, ix = ix0[t] + dxj;
+              out[t] = (uint64_t(iy) < uint64_t(a.h) && uint64_t(ix) < uint64_t(a.w))
+                           ? load_x<D>(src, base[t] + cp + iy * a.w + ix) : 0.0f;
+            }
+            for (int64_t t = mb; t < MB; ++t) out[t] = 0.0f;
+          }
+      for (; k < kpad; ++k)
+        for (int64_t t = 0; t < MB; ++t) dst[(pos ? pos[k] : k) * MB + t] = 0.0f;
+      (void)es;
+    }
+    void pack_block(int64_t m0, int64_t mb, int64_t MB, const int32_t* pos, int64_t kpad, float* dst) const {
+      driver::with_dtype(a.dtype, [&](auto dt) { pack_typed<decltype(dt)::value>(m0, mb, MB, pos, kpad, dst); });
+    }
+    void store(const float* ct, int64_t ldc, int64_t N, const float* bias) const {
+      const int64_t L = a.ho * a.wo;
+#pragma omp for schedule(static)
+      for (int64_t t = 0; t < a.n * N; ++t) {  // (image, channel): L contiguous outputs
+        const int64_t img = t / N, n = t % N;
+        const float b = bias ? bias[n] : 0.0f;
+        const MutMatrix plane{static_cast<char*>(a.y) + ((img * a.cout + o0 + n) * L) * (a.dtype == DType::kF32 ? 4 : 2),
+                              a.dtype, 1, L, L};
+        for (int64_t p = 0; p < L; ++p) store_y(plane, 0, p, ct[n * ldc + img * L + p] + b);
+      }
+    }
+  };
+
+  template <int TN, int MV, class IO>
+  static void gemm_mv(const IO& io, const WeightDecoder& d, const float* bias) {
     constexpr int64_t MB = MV * L;
     const PackedWeight& w = *d.w;
-    const int64_t M = x.rows, N = w.rows, kpad = round_up(w.cols, kChunk);
+    const int64_t M = io.rows(), N = w.rows, kpad = round_up(w.cols, kChunk);
     const int64_t mblocks = (M + MB - 1) / MB, mpad = mblocks * MB;
     const int64_t nblocks = (N + kBlockN - 1) / kBlockN, npad = nblocks * kBlockN;
     thread_local GrowBuffer xs, cs, ps;
@@ -216,49 +316,57 @@ struct LinearKernels {
 #pragma omp parallel
     {
 #pragma omp for schedule(static)
-      for (int64_t m = 0; m < mpad; ++m) {
-        float* dst = xt + (m / MB) * kpad * MB + m % MB;
-        if (m < M) {
-          gather_x(x, m, pos, kpad, dst, MB);
-        } else {
-          for (int64_t p = 0; p < kpad; ++p) dst[p * MB] = 0.0f;
-        }
+      for (int64_t b = 0; b < mblocks; ++b) {  // activations in blocks of MB rows, zero padded
+        float* dst = xt + b * kpad * MB;
+        const int64_t mb = min64(MB, M - b * MB);
+        if (mb < MB)
+          for (int64_t i = 0; i < kpad * MB; ++i) dst[i] = 0.0f;
+        io.pack_block(b * MB, mb, MB, pos, kpad, dst);
       }
       driver::Scratch panel_bytes(kBlockN * kBlockK * 4 + 64);
       float* panel = reinterpret_cast<float*>(panel_bytes.p);
       driver::Scratch scratch(decode_scratch_bytes(kBlockK));
+      // Work items: (weight panel, part of the activation blocks). Few panels (a
+      // convolution's few output channels) are shared out over the activation rows.
+      const int64_t mparts = min64(mblocks, max64(1, (4 * omp_get_num_threads() + nblocks - 1) / nblocks));
       for (int64_t k0 = 0; k0 < kpad; k0 += kBlockK) {
         const int64_t kc = min64(kBlockK, kpad - k0);
 #pragma omp for schedule(static)
-        for (int64_t nb = 0; nb < nblocks; ++nb) {
+        for (int64_t item = 0; item < nblocks * mparts; ++item) {
+          const int64_t nb = item / mparts, part = item % mparts;
+          const int64_t mb0 = part * mblocks / mparts, mb1 = (part + 1) * mblocks / mparts;
           const int64_t n0 = nb * kBlockN, n1 = min64(N, n0 + kBlockN);
+          const int64_t rows = round_up(n1 - n0, TN);  // whole register tiles only
           d.run(n0, n1, k0, k0 + kc, panel, kc, scratch.p);
-          for (int64_t i = (n1 - n0) * kc; i < kBlockN * kc; ++i) panel[i] = 0.0f;
-          for (int64_t mb = 0; mb < mblocks; ++mb)
-            for (int64_t i = 0; i < kBlockN; i += TN)
+          for (int64_t i = (n1 - n0) * kc; i < rows * kc; ++i) panel[i] = 0.0f;
+          for (int64_t mb = mb0; mb < mb1; ++mb)
+            for (int64_t i = 0; i < rows; i += TN)
               micro<TN, MV>(panel + i * kc, kc, xt + (mb * kpad + k0) * MB, kc, ct + (n0 + i) * mpad + mb * MB,
-                        mpad, k0 == 0);
+                            mpad, k0 == 0);
         }
       }
-      // y = C^T transposed back, in 32 x 32 tiles (both sides stay in L1)
-      const int64_t mt = (M + 31) / 32, nt = (N + 31) / 32;
-#pragma omp for schedule(static)
-      for (int64_t t = 0; t < mt * nt; ++t) {
-        const int64_t m0 = (t / nt) * 32, n0 = (t % nt) * 32;
-        const int64_t m1 = min64(M, m0 + 32), n1 = min64(N, n0 + 32);
-        for (int64_t m = m0; m < m1; ++m)
-          for (int64_t n = n0; n < n1; ++n) store_y(y, m, n, ct[n * mpad + m] + (bias ? bias[n] : 0.0f));
-      }
+      io.store(ct, mpad, N, bias);
     }
+  }
+
+  template <class IO>
+  static void gemm(const IO& io, const WeightDecoder& d, const float* bias) {
+    const int64_t m = io.rows();
+    if (L == 1) return gemm_mv<4, 1>(io, d, bias);
+    if (L == 8) return m <= L ? gemm_mv<4, 1>(io, d, bias) : gemm_mv<4, 2>(io, d, bias);
+    if (m <= L) return gemm_mv<8, 1>(io, d, bias);
+    if (m <= 2 * L) return gemm_mv<8, 2>(io, d, bias);
+    return gemm_mv<12, 2>(io, d, bias);
   }
 
   static void linear(const ConstMatrix& x, const WeightDecoder& d, const float* bias, const MutMatrix& y) {
     if (x.rows <= kGemvRows) return gemv(x, d, bias, y);
-    if (L == 1) return gemm_mv<4, 1>(x, d, bias, y);
-    if (L == 8) return x.rows <= L ? gemm_mv<4, 1>(x, d, bias, y) : gemm_mv<4, 2>(x, d, bias, y);
-    if (x.rows <= L) return gemm_mv<8, 1>(x, d, bias, y);
-    if (x.rows <= 2 * L) return gemm_mv<8, 2>(x, d, bias, y);
-    return gemm_mv<12, 2>(x, d, bias, y);
+    gemm(MatrixIO{x, y}, d, bias);
+  }
+
+  // One convolution group: input channels [c0, c0 + cg), weight rows = its output channels.
+  static void conv2d(const Conv2dArgs& a, int64_t group, const WeightDecoder& d, const float* bias) {
+    gemm(ConvIO{a, group * a.cg, group * (a.cout / a.groups)}, d, bias);
   }
 
   static WeightDecoder generic_decoder(const PackedWeight& w) {
@@ -268,7 +376,7 @@ struct LinearKernels {
     return d;
   }
   static LinearIsaTable table(WeightDecoder (*decoder)(const PackedWeight&) = &generic_decoder) {
-    return {V::kName, decoder, &linear};
+    return {V::kName, decoder, &linear, &conv2d};
   }
 };
 

@@ -9,6 +9,7 @@ struct LinearIsaTable {
   // The best decoder this instruction set has for w's format.
   WeightDecoder (*decoder)(const PackedWeight& w);
   void (*linear)(const ConstMatrix& x, const WeightDecoder& d, const float* bias, const MutMatrix& y);
+  void (*conv2d)(const Conv2dArgs& a, int64_t group, const WeightDecoder& d, const float* bias);
 };
 
 LinearIsaTable linear_table_scalar();

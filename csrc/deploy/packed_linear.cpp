@@ -61,6 +61,33 @@ void linear_packed(const ConstMatrix& x, const PackedWeight& w, const float* bia
   t.linear(x, d, bias, y);
 }
 
+void conv2d_packed(const Conv2dArgs& a, const PackedWeight& w, const float* bias) {
+  check_weight(w);
+  if (a.groups < 1 || a.c % a.groups != 0 || a.cout % a.groups != 0 || a.cg != a.c / a.groups)
+    throw std::invalid_argument("groups: " + std::to_string(a.groups) + " must divide the " + std::to_string(a.c) +
+                                " input and " + std::to_string(a.cout) + " output channels");
+  if (w.rows != a.cout || w.cols != a.cg * a.kh * a.kw)
+    throw std::invalid_argument("weight: [" + std::to_string(w.rows) + ", " + std::to_string(w.cols) +
+                                "] does not match the convolution's [" + std::to_string(a.cout) + ", " +
+                                std::to_string(a.cg * a.kh * a.kw) + "]");
+  if (a.n == 0 || a.ho <= 0 || a.wo <= 0) return;
+  const LinearIsaTable t = linear_table();
+  const int64_t og = a.cout / a.groups;
+  for (int64_t g = 0; g < a.groups; ++g) {
+    PackedWeight wg = w;  // this group's output channels
+    wg.codes += g * og * w.row_bytes;
+    wg.rows = og;
+    const int64_t per_row = w.spec.granularity == Granularity::kTensor && !format_info(w.spec.format).is_mx
+                                ? 0 : groups_per_row(w.spec, w.cols);
+    if (wg.scales.scale) wg.scales.scale += g * og * per_row;
+    if (wg.scales.offset) wg.scales.offset += g * og * per_row;
+    if (wg.scales.e8m0) wg.scales.e8m0 += g * og * per_row;
+    if (wg.row_scale1) wg.row_scale1 += g * og;
+    const WeightDecoder d = t.decoder(wg);
+    t.conv2d(a, g, d, bias ? bias + g * og : nullptr);
+  }
+}
+
 void dequant_rows(const PackedWeight& w, int64_t r0, int64_t r1, float* out, int64_t ld) {
   check_weight(w);
   if (r0 < 0 || r1 > w.rows || r0 > r1) throw std::invalid_argument("dequant_rows: bad row range");

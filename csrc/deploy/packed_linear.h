@@ -35,6 +35,19 @@ struct PackedWeight {
 // Throws std::invalid_argument on shape mismatches.
 void linear_packed(const ConstMatrix& x, const PackedWeight& w, const float* bias, const MutMatrix& y);
 
+// A 2-D convolution on NCHW tensors (zero padding), one weight row per output channel of
+// cg * kh * kw values (channel, ky, kx: F.unfold's order). The GEMM packs input patches
+// straight into its tiles (no im2col matrix) and writes NCHW output.
+struct Conv2dArgs {
+  const void* x = nullptr;  // [n, c, h, w]
+  void* y = nullptr;        // [n, cout, ho, wo], same dtype as x
+  DType dtype = DType::kF32;
+  int64_t n = 0, c = 0, h = 0, w = 0, cout = 0, groups = 1, cg = 0;
+  int64_t kh = 1, kw = 1, sy = 1, sx = 1, py = 0, px = 0, dy = 1, dx = 1, ho = 0, wo = 0;
+};
+// w: all cout rows; bias: cout floats or null. Fills ho/wo-dependent output.
+void conv2d_packed(const Conv2dArgs& a, const PackedWeight& w, const float* bias);
+
 // Dequantized rows [r0, r1) of w into out (fp32, `ld` floats between rows), exactly the
 // values linear_packed multiplies with (natural column order). For tests and tools.
 void dequant_rows(const PackedWeight& w, int64_t r0, int64_t r1, float* out, int64_t ld);

@@ -256,7 +256,7 @@ at::Tensor conv2d_deploy(const at::Tensor& x_in, const WeightArgs& w, const c10:
   return y;
 }
 
-at::Tensor conv2d_packed_op(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale,
+at::Tensor conv2d_packed_op(const at::Tensor& x_in, const at::Tensor& packed, const at::Tensor& scale,
                             const at::Tensor& offset, const c10::optional<at::Tensor>& scale1,
                             const c10::optional<at::Tensor>& bias, const std::string& format,
                             const std::string& granularity, int64_t group_size, bool symmetric, int64_t cols,
@@ -264,7 +264,27 @@ at::Tensor conv2d_packed_op(const at::Tensor& x, const at::Tensor& packed, const
                             at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
   const WeightArgs w =
       packed_args(packed, scale, offset, scale1, format, granularity, group_size, symmetric, cols, weight_dtype);
-  return conv2d_deploy(x, w, bias, kernel, stride, padding, dilation, groups);
+  TORCH_CHECK_VALUE(x_in.dim() == 4, "x: expected [N, C, H, W], got rank ", x_in.dim());
+  TORCH_CHECK_VALUE(kernel.size() == 2 && stride.size() == 2 && padding.size() == 2 && dilation.size() == 2,
+                    "kernel/stride/padding/dilation: expected 2 values each");
+  TORCH_CHECK_VALUE(groups >= 1 && x_in.size(1) % groups == 0, "groups: ", groups, " does not divide ", x_in.size(1),
+                    " input channels");
+  const at::Tensor x = x_in.contiguous();
+  Conv2dArgs a;
+  a.dtype = float_dtype(x, "x");
+  a.n = x.size(0), a.c = x.size(1), a.h = x.size(2), a.w = x.size(3);
+  a.cout = packed.size(0), a.groups = groups, a.cg = a.c / groups;
+  a.kh = kernel[0], a.kw = kernel[1], a.sy = stride[0], a.sx = stride[1], a.py = padding[0], a.px = padding[1];
+  a.dy = dilation[0], a.dx = dilation[1];
+  a.ho = (a.h + 2 * a.py - a.dy * (a.kh - 1) - 1) / a.sy + 1;
+  a.wo = (a.w + 2 * a.px - a.dx * (a.kw - 1) - 1) / a.sx + 1;
+  TORCH_CHECK_VALUE(a.ho > 0 && a.wo > 0, "x: ", a.h, "x", a.w, " is smaller than the kernel");
+  at::Tensor y = at::empty({a.n, a.cout, a.ho, a.wo}, x.options());
+  at::Tensor b = float_bias(bias, a.cout);
+  a.x = x.data_ptr();
+  a.y = y.data_ptr();
+  value_errors([&] { conv2d_packed(a, w.packed, b.defined() ? b.data_ptr<float>() : nullptr); });
+  return y;
 }
 
 at::Tensor conv2d_int8_op(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& w_scale, int64_t bits,
