@@ -182,3 +182,30 @@ def test_converted_model_keeps_no_float_weights():
     # everything the model holds: packed weights, scales, biases and the recorded errors
     assert lowbit.model_bytes(model) == packed + biases + 2 * 8
     assert lowbit.model_bytes(model) < float_bytes / 5
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_conv2d_packed_geometries_and_dtypes(isa):
+    """Patches packed straight into the GEMM tiles: strides, dilation, uneven padding,
+    groups, non-square kernels, every activation dtype, against F.conv2d on unpack()."""
+    OPS.set_isa(isa)
+    geometries = [  # (cin, cout, kernel, stride, padding, dilation, groups, h, w)
+        (3, 16, (3, 3), (1, 1), (1, 1), (1, 1), 1, 9, 11), (8, 12, (3, 3), (2, 2), (1, 1), (1, 1), 2, 10, 7),
+        (4, 8, (1, 3), (1, 2), (0, 1), (1, 1), 1, 5, 9), (6, 6, (3, 3), (1, 1), (2, 2), (2, 2), 6, 8, 8),
+        (16, 33, (1, 1), (1, 1), (0, 0), (1, 1), 1, 4, 4)]
+    for (cin, cout, kern, stride, pad, dil, groups, h, w), fmt, dtype in itertools.product(
+            geometries, [("int4", "group", 32), ("hifloat8", "channel", 0), ("float4_e2m1", "group", 32)], DTYPES):
+        fmt, gran, gs = fmt
+        k = cin // groups * kern[0] * kern[1]
+        if gran == "group" and gs > k:
+            gran, gs = "channel", 0
+        if fmt == "float4_e2m1" and gran != "group":
+            continue
+        packed, scale, offset = packed_weight(cout, k, fmt, gran, gs, True, seed=cin + cout)
+        wd = formats.unpack(packed, fmt, scale, k, offset, gran, gs, True, dtype).reshape(cout, cin // groups, *kern)
+        x = torch.randn(2, cin, h, w).to(dtype)
+        bias = torch.randn(cout)
+        got = OPS.conv2d_packed(x, packed, scale, EMPTY, None, bias, fmt, gran, gs, True, k, dtype, list(kern),
+                                list(stride), list(pad), list(dil), groups)
+        want = F.conv2d(x.float(), wd.float(), bias, stride, pad, dil, groups).to(dtype)
+        assert_close_to_reference(got, want, k, what=f"{isa} {fmt} conv {cin}->{cout} {kern} s{stride} {dtype}")
