@@ -73,6 +73,9 @@ struct IntWeight {
 void linear_int8(const ConstMatrix& x, const Int8Activation& act, const IntWeight& w, const float* bias,
                  const MutMatrix& y);
 
+// INT8 x INT8 convolution (static per-tensor activations; weights as for linear_int8).
+void conv2d_int8(const Conv2dArgs& a, const Int8Activation& act, const IntWeight& w, const float* bias);
+
 // Which integer kernel linear_int8 uses on this CPU: "avx512_vnni", "avx512", "avx2" or "scalar".
 std::string int8_kernel_name();
 

@@ -163,100 +163,38 @@ at::Tensor linear_int8_op(const at::Tensor& x, const at::Tensor& packed, const a
   return o.out;
 }
 
-// Patch rows [M, cg * kh * kw] of images n0.. for channels [c0, c0 + cg), zero padded.
-// T: the element's bits (copied, not converted).
-template <class T>
-void im2col(const at::Tensor& x, at::Tensor& rows, int64_t n0, int64_t M, int64_t L, int64_t wo, int64_t c0,
-            int64_t cg, int64_t kh, int64_t kw, at::IntArrayRef stride, at::IntArrayRef padding,
-            at::IntArrayRef dilation) {
-  const int64_t C = x.size(1), H = x.size(2), W = x.size(3), K = cg * kh * kw;
-  const T* src = static_cast<const T*>(x.data_ptr());
-  T* r = static_cast<T*>(rows.data_ptr());
-  const int64_t sy = stride[0], sx = stride[1], py = padding[0], px = padding[1], dy = dilation[0], dx = dilation[1];
-#pragma omp parallel for schedule(static) if (M * K >= (1 << 16))
-  for (int64_t m = 0; m < M; ++m) {
-    const int64_t n = n0 + m / L, p = m % L, oy = p / wo, ox = p % wo;
-    T* dst = r + m * K;
-    for (int64_t c = 0; c < cg; ++c) {
-      const T* plane = src + ((n * C + c0 + c) * H) * W;
-      for (int64_t i = 0; i < kh; ++i) {
-        const int64_t iy = oy * sy - py + i * dy;
-        if (iy < 0 || iy >= H) {
-          for (int64_t j = 0; j < kw; ++j) *dst++ = T(0);
-          continue;
-        }
-        const T* line = plane + iy * W;
-        for (int64_t j = 0; j < kw; ++j) {
-          const int64_t ix = ox * sx - px + j * dx;
-          *dst++ = (ix >= 0 && ix < W) ? line[ix] : T(0);
-        }
-      }
-    }
-  }
-}
-
-// out [M, og] (rows: image, position) -> y[n, o0 + c, position]
-template <class T>
-void scatter_out(const at::Tensor& out, at::Tensor& y, int64_t n0, int64_t M, int64_t L, int64_t o0, int64_t og) {
-  const int64_t cout = y.size(1);
-  const T* o = static_cast<const T*>(out.data_ptr());
-  T* dst = static_cast<T*>(y.data_ptr());
-  const int64_t images = M / L;
-#pragma omp parallel for collapse(2) schedule(static) if (M * og >= (1 << 16))
-  for (int64_t n = 0; n < images; ++n)
-    for (int64_t c = 0; c < og; ++c) {
-      T* d = dst + ((n0 + n) * cout + o0 + c) * L;
-      const T* s = o + n * L * og + c;
-      for (int64_t p = 0; p < L; ++p) d[p] = s[p * og];
-    }
-}
-
-// Convolution as im2col + the products above, a few images at a time (the patch matrix
-// stays small and is reused), one product per group. Zero padding only: other padding
-// modes are applied by the caller. Rows are (image, out_y, out_x); columns follow
-// F.unfold: (channel, ky, kx).
-at::Tensor conv2d_deploy(const at::Tensor& x_in, const WeightArgs& w, const c10::optional<at::Tensor>& bias,
+// NCHW input and its output for a convolution with `cout` output channels.
+struct ConvTensors {
+  at::Tensor x, y, bias;
+  Conv2dArgs a;
+};
+ConvTensors conv_tensors(const at::Tensor& x_in, int64_t cout, const c10::optional<at::Tensor>& bias,
                          at::IntArrayRef kernel, at::IntArrayRef stride, at::IntArrayRef padding,
                          at::IntArrayRef dilation, int64_t groups) {
   TORCH_CHECK_VALUE(x_in.dim() == 4, "x: expected [N, C, H, W], got rank ", x_in.dim());
-  float_dtype(x_in, "x");
   TORCH_CHECK_VALUE(kernel.size() == 2 && stride.size() == 2 && padding.size() == 2 && dilation.size() == 2,
                     "kernel/stride/padding/dilation: expected 2 values each");
   TORCH_CHECK_VALUE(groups >= 1 && x_in.size(1) % groups == 0, "groups: ", groups, " does not divide ", x_in.size(1),
                     " input channels");
-  const at::Tensor x = x_in.contiguous();
-  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  const int64_t kh = kernel[0], kw = kernel[1], cg = C / groups, K = cg * kh * kw;
-  const int64_t cout = w.integer ? w.intw.rows : w.packed.rows, og = cout / groups;
-  TORCH_CHECK_VALUE(cout % groups == 0, "weight: ", cout, " output channels are not divisible by groups=", groups);
-  TORCH_CHECK_VALUE((w.integer ? w.intw.cols : w.packed.cols) == K, "weight: ", (w.integer ? w.intw.cols : w.packed.cols),
-                    " input features per output channel, expected ", K, " (channels/groups x kernel)");
-  const int64_t ho = (H + 2 * padding[0] - dilation[0] * (kh - 1) - 1) / stride[0] + 1;
-  const int64_t wo = (W + 2 * padding[1] - dilation[1] * (kw - 1) - 1) / stride[1] + 1;
-  TORCH_CHECK_VALUE(ho > 0 && wo > 0, "x: ", H, "x", W, " is smaller than the kernel");
-  const int64_t L = ho * wo;
-  at::Tensor y = at::empty({N, cout, ho, wo}, x.options());
-  at::Tensor b = float_bias(bias, cout);
-  const int64_t es = x.element_size();
-  const int64_t chunk = std::max<int64_t>(1, (int64_t(1) << 16) / L);  // about 64K patch rows per step
-  at::Tensor rows = at::empty({std::min(chunk, N) * L, K}, x.options());
-  at::Tensor out = at::empty({std::min(chunk, N) * L, og}, x.options());
-  for (int64_t n0 = 0; n0 < N; n0 += chunk) {
-    const int64_t nc = std::min(chunk, N - n0), M = nc * L;
-    for (int64_t g = 0; g < groups; ++g) {
-      if (es == 4) im2col<uint32_t>(x, rows, n0, M, L, wo, g * cg, cg, kh, kw, stride, padding, dilation);
-      else im2col<uint16_t>(x, rows, n0, M, L, wo, g * cg, cg, kh, kw, stride, padding, dilation);
-      const ConstMatrix xm{rows.data_ptr(), float_dtype(rows, "x"), M, K, K};
-      const MutMatrix om{out.data_ptr(), float_dtype(out, "out"), M, og, og};
-      w.run(xm, g * og, (g + 1) * og, b.defined() ? b.data_ptr<float>() + g * og : nullptr, om);
-      if (es == 4) scatter_out<uint32_t>(out, y, n0, M, L, g * og, og);
-      else scatter_out<uint16_t>(out, y, n0, M, L, g * og, og);
-    }
-  }
-  return y;
+  ConvTensors t;
+  t.x = x_in.contiguous();
+  Conv2dArgs& a = t.a;
+  a.dtype = float_dtype(t.x, "x");
+  a.n = t.x.size(0), a.c = t.x.size(1), a.h = t.x.size(2), a.w = t.x.size(3);
+  a.cout = cout, a.groups = groups, a.cg = a.c / groups;
+  a.kh = kernel[0], a.kw = kernel[1], a.sy = stride[0], a.sx = stride[1], a.py = padding[0], a.px = padding[1];
+  a.dy = dilation[0], a.dx = dilation[1];
+  a.ho = (a.h + 2 * a.py - a.dy * (a.kh - 1) - 1) / a.sy + 1;
+  a.wo = (a.w + 2 * a.px - a.dx * (a.kw - 1) - 1) / a.sx + 1;
+  TORCH_CHECK_VALUE(a.ho > 0 && a.wo > 0, "x: ", a.h, "x", a.w, " is smaller than the kernel");
+  t.y = at::empty({a.n, a.cout, a.ho, a.wo}, t.x.options());
+  t.bias = float_bias(bias, cout);
+  a.x = t.x.data_ptr();
+  a.y = t.y.data_ptr();
+  return t;
 }
 
-at::Tensor conv2d_packed_op(const at::Tensor& x_in, const at::Tensor& packed, const at::Tensor& scale,
+at::Tensor conv2d_packed_op(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale,
                             const at::Tensor& offset, const c10::optional<at::Tensor>& scale1,
                             const c10::optional<at::Tensor>& bias, const std::string& format,
                             const std::string& granularity, int64_t group_size, bool symmetric, int64_t cols,
@@ -264,27 +202,9 @@ at::Tensor conv2d_packed_op(const at::Tensor& x_in, const at::Tensor& packed, co
                             at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
   const WeightArgs w =
       packed_args(packed, scale, offset, scale1, format, granularity, group_size, symmetric, cols, weight_dtype);
-  TORCH_CHECK_VALUE(x_in.dim() == 4, "x: expected [N, C, H, W], got rank ", x_in.dim());
-  TORCH_CHECK_VALUE(kernel.size() == 2 && stride.size() == 2 && padding.size() == 2 && dilation.size() == 2,
-                    "kernel/stride/padding/dilation: expected 2 values each");
-  TORCH_CHECK_VALUE(groups >= 1 && x_in.size(1) % groups == 0, "groups: ", groups, " does not divide ", x_in.size(1),
-                    " input channels");
-  const at::Tensor x = x_in.contiguous();
-  Conv2dArgs a;
-  a.dtype = float_dtype(x, "x");
-  a.n = x.size(0), a.c = x.size(1), a.h = x.size(2), a.w = x.size(3);
-  a.cout = packed.size(0), a.groups = groups, a.cg = a.c / groups;
-  a.kh = kernel[0], a.kw = kernel[1], a.sy = stride[0], a.sx = stride[1], a.py = padding[0], a.px = padding[1];
-  a.dy = dilation[0], a.dx = dilation[1];
-  a.ho = (a.h + 2 * a.py - a.dy * (a.kh - 1) - 1) / a.sy + 1;
-  a.wo = (a.w + 2 * a.px - a.dx * (a.kw - 1) - 1) / a.sx + 1;
-  TORCH_CHECK_VALUE(a.ho > 0 && a.wo > 0, "x: ", a.h, "x", a.w, " is smaller than the kernel");
-  at::Tensor y = at::empty({a.n, a.cout, a.ho, a.wo}, x.options());
-  at::Tensor b = float_bias(bias, a.cout);
-  a.x = x.data_ptr();
-  a.y = y.data_ptr();
-  value_errors([&] { conv2d_packed(a, w.packed, b.defined() ? b.data_ptr<float>() : nullptr); });
-  return y;
+  ConvTensors t = conv_tensors(x, packed.size(0), bias, kernel, stride, padding, dilation, groups);
+  value_errors([&] { conv2d_packed(t.a, w.packed, t.bias.defined() ? t.bias.data_ptr<float>() : nullptr); });
+  return t.y;
 }
 
 at::Tensor conv2d_int8_op(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& w_scale, int64_t bits,
@@ -292,7 +212,9 @@ at::Tensor conv2d_int8_op(const at::Tensor& x, const at::Tensor& packed, const a
                           const c10::optional<at::Tensor>& bias, at::IntArrayRef kernel, at::IntArrayRef stride,
                           at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
   const WeightArgs w = int8_args(packed, w_scale, bits, cols, false, act_scale, act_offset);
-  return conv2d_deploy(x, w, bias, kernel, stride, padding, dilation, groups);
+  ConvTensors t = conv_tensors(x, packed.size(0), bias, kernel, stride, padding, dilation, groups);
+  value_errors([&] { conv2d_int8(t.a, w.act, w.intw, t.bias.defined() ? t.bias.data_ptr<float>() : nullptr); });
+  return t.y;
 }
 
 }  // namespace

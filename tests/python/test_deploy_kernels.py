@@ -209,3 +209,33 @@ def test_conv2d_packed_geometries_and_dtypes(isa):
                                 list(stride), list(pad), list(dil), groups)
         want = F.conv2d(x.float(), wd.float(), bias, stride, pad, dil, groups).to(dtype)
         assert_close_to_reference(got, want, k, what=f"{isa} {fmt} conv {cin}->{cout} {kern} s{stride} {dtype}")
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("asym,bits", [(False, 8), (True, 8), (True, 4)])
+def test_conv2d_int8_matches_reference_and_propagates_nan(isa, asym, bits):
+    OPS.set_isa(isa)
+    torch.manual_seed(bits)
+    for cin, cout, kern, stride, pad, groups, dtype in [(3, 16, (3, 3), (1, 1), (1, 1), 1, torch.float32),
+                                                          (8, 12, (3, 3), (2, 2), (1, 1), 2, torch.bfloat16),
+                                                          (4, 8, (1, 3), (1, 2), (0, 1), 1, torch.float32)]:
+        k = cin // groups * kern[0] * kern[1]
+        fmt = "int8" if bits == 8 else "int4"
+        w = torch.randn(cout, k)
+        ws, wo = formats.compute_scales(w, fmt, "channel", 0, True)
+        packed = formats.pack(w, fmt, ws, wo, "channel", 0, True)
+        wd = formats.unpack(packed, fmt, ws, k, wo, "channel", 0, True).reshape(cout, cin // groups, *kern)
+        x = (torch.randn(2, cin, 9, 10) + (2.0 if asym else 0.0)).to(dtype)
+        a_s, a_o = formats.compute_scales(x.float(), "int8", "tensor", 0, not asym)
+        bias = torch.randn(cout)
+        got = OPS.conv2d_int8(x, packed, ws.reshape(-1), bits, k, a_s, a_o, bias, list(kern), list(stride), list(pad),
+                              [1, 1], groups)
+        xq = formats.fake_quant(x.float(), "int8", "tensor", 0, not asym, scale=a_s, offset=a_o)
+        want = F.conv2d(xq, wd, bias, stride, pad, 1, groups).to(dtype)
+        assert_close_to_reference(got, want, k, what=f"{isa} int8 conv {cin}->{cout} asym={asym}")
+        x[1, 0, 4, 4] = float("nan")
+        got = OPS.conv2d_int8(x, packed, ws.reshape(-1), bits, k, a_s, a_o, bias, list(kern), list(stride), list(pad),
+                              [1, 1], groups)
+        want = F.conv2d(formats.fake_quant(x.float(), "int8", "tensor", 0, not asym, scale=a_s, offset=a_o), wd, bias,
+                        stride, pad, 1, groups)
+        assert torch.equal(torch.isnan(got), torch.isnan(want)) and torch.isnan(got).any()
