@@ -104,7 +104,8 @@ void store_value(const MutMatrix& y, int64_t m, int64_t n, float v) {
 }
 
 // The tiled product: xq holds the unsigned activation codes of M rows in tile order
-// ([mblock][k4][kInt8TileM][4]); out(m, n, acc, row_sum) receives every int32 result.
+// ([mblock][k4][kInt8TileM][4]). output(m0, mend, n0, rows, acc, row_sums) receives each
+// tile: acc[i * kInt8TileM + j] is row m0 + j (j < mend) times weight row n0 + i (i < rows).
 template <class Out>
 void int8_tiles(const IntWeight& w, const Int8Kernels& kern, const uint8_t* xq, int64_t M, Out&& output) {
   const int64_t N = w.rows, K = w.cols, k4 = (K + 3) / 4, kpad = 4 * k4;
@@ -151,9 +152,7 @@ void int8_tiles(const IntWeight& w, const Int8Kernels& kern, const uint8_t* xq, 
         for (int64_t t = t0; t < t1; ++t) {
           const int64_t n0 = t * kInt8TileN, rows = std::min(kInt8TileN, N - n0);
           kern.tile(wp[t - t0], ldw[t - t0], xq + mb * k4 * kInt8TileM * 4, k4, acc);
-          for (int64_t i = 0; i < rows; ++i)
-            for (int64_t j = 0; j < mend; ++j)
-              output(mb * kInt8TileM + j, n0 + i, acc[i * kInt8TileM + j], rsum[t - t0][i]);
+          output(mb * kInt8TileM, mend, n0, rows, acc, rsum[t - t0]);
         }
       }
     }
@@ -275,7 +274,11 @@ void linear_int8(const ConstMatrix& x, const Int8Activation& act, const IntWeigh
       std::memcpy(&dst[whole * kInt8TileM], tail, 4);
     }
   }
-  int8_tiles(w, kern, xq, M, output);
+  int8_tiles(w, kern, xq, M, [&](int64_t m0, int64_t mend, int64_t n0, int64_t rows, const int32_t* acc,
+                                 const int32_t* rsum) {
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t j = 0; j < mend; ++j) output(m0 + j, n0 + i, acc[i * kInt8TileM + j], rsum[i]);
+  });
 }
 
 // INT8 x INT8 convolution, static per-tensor activations: the input is quantized once
@@ -389,13 +392,22 @@ void conv2d_int8(const Conv2dArgs& a, const Int8Activation& act, const IntWeight
     wg.rows = og;
     if (!w.per_tensor) wg.scale += g * og;
     const int64_t es = a.dtype == DType::kF32 ? 4 : 2;
-    int8_tiles(wg, kern, xq, M, [&](int64_t m, int64_t n, int32_t acc, int32_t rsum) {
-      const int64_t o = g * og + n;
-      const MutMatrix out{static_cast<char*>(a.y) + ((m / L) * a.cout + o) * L * es, a.dtype, 1, L, L};
-      if (nan_row[m]) return store_value(out, 0, m % L, __builtin_nanf(""));
-      const float s = sx * (w.per_tensor ? w.scale[0] : w.scale[o]);
-      const float v = float(int64_t(acc) - int64_t(zero_shift) * rsum) * s;
-      store_value(out, 0, m % L, bias ? v + bias[o] : v);
+    int8_tiles(wg, kern, xq, M, [&](int64_t m0, int64_t mend, int64_t n0, int64_t rows, const int32_t* acc,
+                                    const int32_t* rsum) {
+      float v[kInt8TileM];
+      for (int64_t i = 0; i < rows; ++i) {
+        const int64_t o = g * og + n0 + i;
+        const float s = sx * (w.per_tensor ? w.scale[0] : w.scale[o]), b = bias ? bias[o] : 0.0f;
+        const int64_t corr = int64_t(zero_shift) * rsum[i];
+        for (int64_t j = 0; j < mend; ++j)
+          v[j] = nan_row[m0 + j] ? __builtin_nanf("") : float(int64_t(acc[i * kInt8TileM + j]) - corr) * s + b;
+        for (int64_t j = 0; j < mend;) {  // runs of one image: contiguous outputs
+          const int64_t m = m0 + j, img = m / L, p = m % L, n = std::min(mend - j, L - p);
+          const MutMatrix out{static_cast<char*>(a.y) + ((img * a.cout + o) * L + p) * es, a.dtype, 1, n, n};
+          for (int64_t q = 0; q < n; ++q) store_value(out, 0, q, v[j + q]);
+          j += n;
+        }
+      }
     });
   }
 }
