@@ -126,16 +126,22 @@ struct Avx512Decoder {
     const int32_t* orow = asym && w.scales.offset ? w.scales.offset + first : nullptr;
     const uint8_t* erow = kMx && w.scales.e8m0 ? w.scales.e8m0 + first : nullptr;
     int64_t k = k0;
-    if constexpr (kSimple && kKind == kNibbles) {
-      if (t.glen == kChunk && !t.tensor) {  // one granule per chunk (group 32, MX): a lean loop
+    if constexpr (kKind == kNibbles) {
+      // one granule per chunk (group 32, MX): a lean loop, the table rebuilt per chunk
+      if (t.glen == kChunk && !t.tensor && (kMx ? erow != nullptr : srow != nullptr)) {
         const uint8_t* cp = row + uint64_t(k) / 2;
+        const float s1r = s1 ? s1[r] : 1.0f;
         for (; k + kChunk <= kend; k += kChunk, cp += kChunk / 2) {
           _mm_prefetch(reinterpret_cast<const char*>(cp) + kPrefetch, _MM_HINT_T0);
           const int64_t g = k / kChunk;
           const float sc = kMx ? t.e8m0[erow[g]] : srow[g];
+          __m512 table = t.base;
+          if (!kSimple && asym && !t.lut && orow) table = _mm512_sub_ps(table, _mm512_set1_ps(float(orow[g])));
+          table = _mm512_mul_ps(table, _mm512_set1_ps(sc));
+          if (!kSimple && s1) table = _mm512_mul_ps(table, _mm512_set1_ps(s1r));
+          if (!kSimple) table = round_value(table, vd);
           __m512 v0, v1;
-          chunk<kKind>(cp, 0, true, _mm512_mul_ps(t.base, _mm512_set1_ps(sc)), t.base, t.base, false, t.lut,
-                       DType::kF32, v0, v1);
+          chunk<kKind>(cp, 0, true, table, t.base, t.base, false, t.lut, DType::kF32, v0, v1);
           fn(k, v0, v1);
         }
         if (k >= kend) return;
