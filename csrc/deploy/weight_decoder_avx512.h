@@ -6,7 +6,8 @@
 //   int8: sign extension, (q - offset) * scale.
 //   E4M3 (FP8, MXFP8): the 7 magnitude bits shifted into an fp16 are the value / 2^8
 //     exactly (subnormals included), so one vcvtph2ps and a multiply by scale * 2^8.
-//   HiFloat8: a gather from the 256-entry decode table.
+//   HiFloat8: |value| from the 128 non-negative codes' table with two-register permutes,
+//     selected by code bits 5 and 6, and the sign from bit 7.
 #pragma once
 #include <immintrin.h>
 
@@ -78,7 +79,18 @@ struct Avx512Decoder {
       if (asym) v = _mm512_sub_ps(v, offset);
       return _mm512_mul_ps(v, scale);
     } else if constexpr (kKind == kHiF8) {
-      return _mm512_mul_ps(_mm512_i32gather_ps(_mm512_cvtepu8_epi32(b16), lut, 4), scale);
+      // |value| of codes 0..127 from four 32-entry two-register permutes, picked by code
+      // bits 5 and 6; the sign is code bit 7 (weights never hold the NaN code 0x80)
+      const __m512i idx = _mm512_cvtepu8_epi32(b16);
+      const __m512 t0 = _mm512_permutex2var_ps(_mm512_loadu_ps(lut), idx, _mm512_loadu_ps(lut + 16));
+      const __m512 t1 = _mm512_permutex2var_ps(_mm512_loadu_ps(lut + 32), idx, _mm512_loadu_ps(lut + 48));
+      const __m512 t2 = _mm512_permutex2var_ps(_mm512_loadu_ps(lut + 64), idx, _mm512_loadu_ps(lut + 80));
+      const __m512 t3 = _mm512_permutex2var_ps(_mm512_loadu_ps(lut + 96), idx, _mm512_loadu_ps(lut + 112));
+      const __mmask16 b5 = _mm512_test_epi32_mask(idx, _mm512_set1_epi32(32));
+      const __mmask16 b6 = _mm512_test_epi32_mask(idx, _mm512_set1_epi32(64));
+      const __m512 mag = _mm512_mask_blend_ps(b6, _mm512_mask_blend_ps(b5, t0, t1), _mm512_mask_blend_ps(b5, t2, t3));
+      const __m512i sign = _mm512_and_si512(_mm512_slli_epi32(idx, 24), _mm512_set1_epi32(int32_t(0x80000000u)));
+      return _mm512_mul_ps(_mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(mag), sign)), scale);
     } else {  // E4M3 through fp16: sign to bit 15, exponent and mantissa to bits 7..13
       const __m256i x = _mm256_cvtepu8_epi16(b16);
       const __m256i h16 = _mm256_or_si256(_mm256_and_si256(_mm256_slli_epi16(x, 8), _mm256_set1_epi16(-32768)),
