@@ -4,10 +4,8 @@
 //     with vpermps; low nibbles give the even columns, high nibbles the odd ones, so the
 //     chunk comes out permuted (even columns first).
 //   int8: sign extension, (q - offset) * scale.
-//   E4M3 (FP8, MXFP8): the 7 magnitude bits shifted into an fp16 are the value / 2^8
-//     exactly (subnormals included), so one vcvtph2ps and a multiply by scale * 2^8.
-//   HiFloat8: |value| from the 128 non-negative codes' table with two-register permutes,
-//     selected by code bits 5 and 6, and the sign from bit 7.
+//   HiFloat8, E4M3 (FP8, MXFP8): |value| as bf16 (exact) from two 64-entry word permutes,
+//     the sign from bit 7, widened to fp32 by a shift.
 #pragma once
 #include <immintrin.h>
 
@@ -46,6 +44,19 @@ struct Avx512Decoder {
     return table.v;
   }
 
+  // bf16 bits of |value| of the 8-bit float codes 0..127 (exact: at most 3 mantissa bits)
+  static const uint16_t* magnitude_bf16_table(bool hif8) {
+    struct Table {
+      uint16_t v[128];
+      explicit Table(Format f) {
+        const float* lut = decode_lut(f);
+        for (int c = 0; c < 128; ++c) v[c] = uint16_t(float_bits(lut[c]) >> 16);
+      }
+    };
+    static const Table h(Format::kHiFloat8), e(Format::kFloat8E4M3FN);
+    return hif8 ? h.v : e.v;
+  }
+
   struct Params {  // one granule
     float scale;
     int32_t offset;
@@ -57,8 +68,25 @@ struct Avx512Decoder {
   template <Kind kKind>
   static inline void chunk(const uint8_t* codes, uint32_t mask, bool full, const __m512& table,
                            const __m512& scale, const __m512& offset, bool asym, const float* lut, DType vd,
-                           __m512& v0, __m512& v1) {
-    if constexpr (kKind == kNibbles) {
+                           __m512& v0, __m512& v1, const uint16_t* lut16 = nullptr) {
+    if constexpr (kKind == kHiF8 || kKind == kE4M3) {
+      // |value| of codes 0..127 as bf16 (exact: at most 3 mantissa bits) from two 64-entry
+      // word permutes picked by code bit 6; the sign is code bit 7 (weights never hold a
+      // NaN code). 32 codes per step, widened to fp32 by a shift.
+      const __m256i b = full ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes))
+                             : _mm256_maskz_loadu_epi8(__mmask32(mask), codes);
+      const __m512i idx = _mm512_cvtepu8_epi16(b);
+      const __m512i lo = _mm512_permutex2var_epi16(_mm512_loadu_si512(lut16), idx, _mm512_loadu_si512(lut16 + 32));
+      const __m512i hi = _mm512_permutex2var_epi16(_mm512_loadu_si512(lut16 + 64), idx, _mm512_loadu_si512(lut16 + 96));
+      const __mmask32 b6 = _mm512_test_epi16_mask(idx, _mm512_set1_epi16(64));
+      const __m512i h = _mm512_or_si512(_mm512_mask_blend_epi16(b6, lo, hi),
+                                        _mm512_and_si512(_mm512_slli_epi16(idx, 8), _mm512_set1_epi16(-32768)));
+      const __m512 f0 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(h)), 16));
+      const __m512 f1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(h, 1)), 16));
+      v0 = round_value(_mm512_mul_ps(f0, scale), vd);
+      v1 = round_value(_mm512_mul_ps(f1, scale), vd);
+      (void)lut;
+    } else if constexpr (kKind == kNibbles) {
       const __m128i b = full ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes))
                              : _mm_maskz_loadu_epi8(__mmask16(mask), codes);
       const __m512i idx = _mm512_cvtepu8_epi32(b);
@@ -78,24 +106,6 @@ struct Avx512Decoder {
       __m512 v = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b16));
       if (asym) v = _mm512_sub_ps(v, offset);
       return _mm512_mul_ps(v, scale);
-    } else if constexpr (kKind == kHiF8) {
-      // |value| of codes 0..127 from four 32-entry two-register permutes, picked by code
-      // bits 5 and 6; the sign is code bit 7 (weights never hold the NaN code 0x80)
-      const __m512i idx = _mm512_cvtepu8_epi32(b16);
-      const __m512 t0 = _mm512_permutex2var_ps(_mm512_loadu_ps(lut), idx, _mm512_loadu_ps(lut + 16));
-      const __m512 t1 = _mm512_permutex2var_ps(_mm512_loadu_ps(lut + 32), idx, _mm512_loadu_ps(lut + 48));
-      const __m512 t2 = _mm512_permutex2var_ps(_mm512_loadu_ps(lut + 64), idx, _mm512_loadu_ps(lut + 80));
-      const __m512 t3 = _mm512_permutex2var_ps(_mm512_loadu_ps(lut + 96), idx, _mm512_loadu_ps(lut + 112));
-      const __mmask16 b5 = _mm512_test_epi32_mask(idx, _mm512_set1_epi32(32));
-      const __mmask16 b6 = _mm512_test_epi32_mask(idx, _mm512_set1_epi32(64));
-      const __m512 mag = _mm512_mask_blend_ps(b6, _mm512_mask_blend_ps(b5, t0, t1), _mm512_mask_blend_ps(b5, t2, t3));
-      const __m512i sign = _mm512_and_si512(_mm512_slli_epi32(idx, 24), _mm512_set1_epi32(int32_t(0x80000000u)));
-      return _mm512_mul_ps(_mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(mag), sign)), scale);
-    } else {  // E4M3 through fp16: sign to bit 15, exponent and mantissa to bits 7..13
-      const __m256i x = _mm256_cvtepu8_epi16(b16);
-      const __m256i h16 = _mm256_or_si256(_mm256_and_si256(_mm256_slli_epi16(x, 8), _mm256_set1_epi16(-32768)),
-                                          _mm256_and_si256(_mm256_slli_epi16(x, 7), _mm256_set1_epi16(0x3F80)));
-      return _mm512_mul_ps(_mm512_cvtph_ps(h16), scale);
     }
   }
 
@@ -107,7 +117,9 @@ struct Avx512Decoder {
     DType vd;
     __m512 base;  // 4-bit codes: value of each code before scaling
     const float* e8m0;  // value of every E8M0 byte
-    explicit Layout(const PackedWeight& w) : e8m0(e8m0_table()) {
+    const uint16_t* lut16;  // HiF8 / E4M3: bf16 bits of |value| of codes 0..127
+    explicit Layout(const PackedWeight& w)
+        : e8m0(e8m0_table()), lut16(magnitude_bf16_table(w.spec.format == Format::kHiFloat8)) {
       const Format f = w.spec.format;
       mx = format_info(f).is_mx;
       tensor = w.spec.granularity == Granularity::kTensor && !mx;
@@ -164,7 +176,7 @@ struct Avx512Decoder {
       float sc;
       if constexpr (kSimple) sc = kMx ? t.e8m0[erow[g]] : srow[g * stride];
       else sc = kMx ? t.e8m0[erow ? erow[g] : 127] : (srow ? srow[g * stride] : 1.0f);
-      const __m512 scale = _mm512_set1_ps(kKind == kE4M3 ? sc * 256.0f : sc);
+      const __m512 scale = _mm512_set1_ps(sc);
       const __m512 offset = _mm512_set1_ps(orow ? float(orow[g * stride]) : 0.0f);
       __m512 table = t.base;
       if constexpr (kKind == kNibbles) {
@@ -178,13 +190,13 @@ struct Avx512Decoder {
       const uint8_t* cp = row + (kKind == kNibbles ? uint64_t(k) / 2 : uint64_t(k));
       for (; k + kChunk <= gend; k += kChunk, cp += kStep) {
         _mm_prefetch(reinterpret_cast<const char*>(cp) + kPrefetch, _MM_HINT_T0);  // streamed weights
-        chunk<kKind>(cp, 0, true, table, scale, offset, asym, t.lut, vd, v0, v1);
+        chunk<kKind>(cp, 0, true, table, scale, offset, asym, t.lut, vd, v0, v1, t.lut16);
         fn(k, v0, v1);
       }
       if (k < gend) {  // the ragged end of the row
         const int64_t valid = gend - k, bytes = kKind == kNibbles ? (valid + 1) / 2 : valid;
         chunk<kKind>(row + (kKind == kNibbles ? k / 2 : k), uint32_t((uint64_t(1) << bytes) - 1), false, table,
-                     scale, offset, asym, t.lut, vd, v0, v1);
+                     scale, offset, asym, t.lut, vd, v0, v1, t.lut16);
         fn(k, v0, v1);
         k += kChunk;
       }
