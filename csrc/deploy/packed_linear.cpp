@@ -3,6 +3,7 @@
 #include "deploy/packed_linear.h"
 
 #include <stdexcept>
+#include <vector>
 #include <string>
 
 #include "deploy/linear_isa_table.h"
@@ -47,7 +48,23 @@ void check_weight(const PackedWeight& w) {
 
 }  // namespace
 
-void linear_packed(const ConstMatrix& x, const PackedWeight& w, const float* bias, const MutMatrix& y) {
+void linear_packed(const ConstMatrix& x_in, const PackedWeight& w, const float* bias, const MutMatrix& y,
+                   const ActQuant& act) {
+  ConstMatrix x = x_in;
+  if (act.enabled && x.rows > 0) {  // quantize-dequantize the activations first, in x's dtype
+    thread_local std::vector<uint8_t> qbuf;
+    const int64_t es = x.dtype == DType::kF32 ? 4 : 2;
+    if (qbuf.size() < size_t(x.rows * x.cols * es)) qbuf.resize(size_t(x.rows * x.cols * es));
+    const MutMatrix q{qbuf.data(), x.dtype, x.rows, x.cols, x.cols};
+    if (act.dynamic) {
+      fake_quant_dynamic(x, act.spec, q);
+    } else {
+      float s = act.scale;
+      int32_t o = act.offset;
+      fake_quant(x, act.spec, ScaleView{&s, &o, nullptr}, q);
+    }
+    x = ConstMatrix{qbuf.data(), x.dtype, x.rows, x.cols, x.cols};
+  }
   check_weight(w);
   if (x.cols != w.cols)
     throw std::invalid_argument("x: " + std::to_string(x.cols) + " columns, but the weight has " +

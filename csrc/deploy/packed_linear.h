@@ -31,9 +31,21 @@ struct PackedWeight {
   DType value_dtype = DType::kF32;    // dequantized values are rounded to this dtype
 };
 
+// Activation fake quantization applied inside linear_packed (full quantization):
+// static per tensor (scale/offset given) or dynamic (per token, MX blocks), with exactly
+// the fake-quant kernels' result in x's dtype.
+struct ActQuant {
+  bool enabled = false;
+  QuantSpec spec;
+  bool dynamic = false;  // scales from x itself
+  float scale = 1.0f;    // static
+  int32_t offset = 0;    // static, asymmetric INT
+};
+
 // x: [M, K] (fp32/fp16/bf16), y: [M, N] (any float dtype), bias: N floats or null.
 // Throws std::invalid_argument on shape mismatches.
-void linear_packed(const ConstMatrix& x, const PackedWeight& w, const float* bias, const MutMatrix& y);
+void linear_packed(const ConstMatrix& x, const PackedWeight& w, const float* bias, const MutMatrix& y,
+                   const ActQuant& act = {});
 
 // A 2-D convolution on NCHW tensors (zero padding), one weight row per output channel of
 // cg * kh * kw values (channel, ky, kx: F.unfold's order). The GEMM packs input patches

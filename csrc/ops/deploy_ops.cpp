@@ -57,6 +57,8 @@ struct WeightArgs {
   int64_t per_row_scales = 0;  // scale entries per output row (0: one for the tensor)
 
   // rows [lo, hi) of the weight
+  ActQuant act_quant;  // float-activation full quantization
+
   void run(const ConstMatrix& x, int64_t lo, int64_t hi, const float* bias, const MutMatrix& y) const {
     if (integer) {
       IntWeight w = intw;
@@ -74,7 +76,7 @@ struct WeightArgs {
       if (w.scales.e8m0) w.scales.e8m0 += lo * per_row_scales;
     }
     if (w.row_scale1) w.row_scale1 += lo;
-    value_errors([&] { linear_packed(x, w, bias, y); });
+    value_errors([&] { linear_packed(x, w, bias, y, act_quant); });
   }
 };
 
@@ -142,9 +144,23 @@ at::Tensor linear_packed_op(const at::Tensor& x, const at::Tensor& packed, const
                             const at::Tensor& offset, const c10::optional<at::Tensor>& scale1,
                             const c10::optional<at::Tensor>& bias, const std::string& format,
                             const std::string& granularity, int64_t group_size, bool symmetric, int64_t cols,
-                            at::ScalarType weight_dtype) {
-  const WeightArgs w =
+                            at::ScalarType weight_dtype, const std::string& act_format,
+                            const std::string& act_granularity, int64_t act_group_size, bool act_symmetric,
+                            const c10::optional<at::Tensor>& act_scale, const c10::optional<at::Tensor>& act_offset) {
+  WeightArgs w =
       packed_args(packed, scale, offset, scale1, format, granularity, group_size, symmetric, cols, weight_dtype);
+  if (!act_format.empty()) {  // activation fake quantization inside the op
+    ActQuant& a = w.act_quant;
+    a.enabled = true;
+    a.spec = make_spec(act_format, act_granularity, act_group_size, act_symmetric, "auto");
+    a.dynamic = a.spec.granularity != Granularity::kTensor || format_info(a.spec.format).is_mx;
+    if (!a.dynamic) {
+      TORCH_CHECK_VALUE(act_scale.has_value() && act_scale->numel() == 1, "act_scale: a static per-tensor "
+                        "activation needs one scale");
+      a.scale = act_scale->to(at::kFloat).reshape(-1)[0].item<float>();
+      if (act_offset.has_value() && act_offset->numel() == 1) a.offset = act_offset->to(at::kInt).reshape(-1)[0].item<int32_t>();
+    }
+  }
   const int64_t n = packed.size(0);
   Operands o = operands(x, cols, n);
   at::Tensor b = float_bias(bias, n);
@@ -223,7 +239,9 @@ at::Tensor conv2d_int8_op(const at::Tensor& x, const at::Tensor& packed, const a
 TORCH_LIBRARY_FRAGMENT(lowbit, m) {
   using namespace lowbit;
   m.def("linear_packed(Tensor x, Tensor packed, Tensor scale, Tensor offset, Tensor? scale1, Tensor? bias, "
-        "str format, str granularity, int group_size, bool symmetric, int cols, ScalarType weight_dtype) -> Tensor");
+        "str format, str granularity, int group_size, bool symmetric, int cols, ScalarType weight_dtype, "
+        "str act_format='', str act_granularity='tensor', int act_group_size=0, bool act_symmetric=True, "
+        "Tensor? act_scale=None, Tensor? act_offset=None) -> Tensor");
   m.def("linear_int8(Tensor x, Tensor packed, Tensor w_scale, int bits, int cols, bool per_token, "
         "Tensor act_scale, Tensor act_offset, Tensor? bias) -> Tensor");
   m.def("int8_kernel() -> str");

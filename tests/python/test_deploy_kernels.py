@@ -245,3 +245,28 @@ def test_conv2d_int8_matches_reference_and_propagates_nan(isa, asym, bits):
         want = F.conv2d(formats.fake_quant(x.float(), "int8", "tensor", 0, not asym, scale=a_s, offset=a_o), wd, bias,
                         stride, pad, 1, groups)
         assert torch.equal(torch.isnan(got), torch.isnan(want)) and torch.isnan(got).any()
+
+
+@pytest.mark.parametrize("act", [("hifloat8", "tensor", 0, True), ("float8_e4m3fn", "tensor", 0, True),
+                                 ("int8", "tensor", 0, False), ("int8", "token", 0, True),
+                                 ("mxfp8_e4m3fn", "group", 32, True)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_linear_packed_quantizes_activations_inside(act, dtype):
+    """Full quantization in one op: the activation QDQ inside linear_packed equals the
+    fake-quant op applied first, bit for bit, so the outputs are identical."""
+    fmt, gran, gs, sym = act
+    packed, scale, _ = packed_weight(9, 96, "float8_e4m3fn", "channel", 0, True)
+    x = (torch.randn(5, 96) * 3 + 0.5).to(dtype)
+    static = gran == "tensor"
+    if static:
+        a_s, a_o = formats.compute_scales(x.float(), fmt, "tensor", 0, sym)
+        xq = formats.fake_quant(x, fmt, "tensor", 0, sym, scale=a_s, offset=a_o)
+    else:
+        a_s = a_o = None
+        xq = formats.fake_quant(x, fmt, gran, gs, sym)
+    args = (packed, scale, EMPTY, None, None, "float8_e4m3fn", "channel", 0, True, 96, dtype)
+    got = OPS.linear_packed(x, *args, fmt, gran, gs, sym, a_s, a_o)
+    assert torch.equal(got, OPS.linear_packed(xq, *args))
+    assert not torch.equal(got, OPS.linear_packed(x, *args))  # the quantization did happen
+    with pytest.raises(ValueError, match="act_scale: a static per-tensor activation needs one scale"):
+        OPS.linear_packed(x, *args, "hifloat8", "tensor", 0, True, None, None)

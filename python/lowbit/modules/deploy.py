@@ -1,7 +1,7 @@
 """Deploy modules: convert() turns calibration modules into these. They hold packed
 low-bit weights (uint8 codes, scales, offsets; E8M0 bytes for MX) and multiply with them
-directly in C++ (torch.ops.lowbit.linear_packed, or linear_int8 for INT8 x INT8): no float
-copy of the weight is made. Their output equals the calibrated fake-quant output up to
+directly in C++ (torch.ops.lowbit.linear_packed, or linear_int8 for INT8 x INT8; both
+quantize the activations inside the op): no float copy of the weight is made. Their output equals the calibrated fake-quant output up to
 the order of the fp32 summation (``reference_forward`` computes the latter, for tests).
 
 Convolutions run in C++ too (torch.ops.lowbit.conv2d_packed / conv2d_int8): an im2col of a
@@ -70,26 +70,22 @@ class DeployLayer(QuantLayerBase):
         return self.compute(self.act_qdq(x), self.weight_dequant(), self.effective_bias(self.bias, x.dtype))
 
     def kernel_input(self, x):
-        """What the product kernel takes: smoothed activations, fake-quantized unless the
+        """What the convolution kernels take: smoothed activations, fake-quantized unless the
         integer kernel quantizes them itself (with the same rule)."""
         x = self.smoothed(x)
         return x if self.integer_kernel else self.act_only(x)
 
-    def rows_product(self, x2, lo: int, hi: int, bias):
-        """[..., K] activations times weight rows [lo, hi) -> [..., hi - lo]."""
-        w = self.wspec
-        if self.integer_kernel:
-            scale = self.w_scale if self.w_scale.numel() == 1 else self.w_scale[lo:hi]
-            act_scale = self.act_scale if self.static_act else self.w_scale.new_ones(1)
-            act_offset = self.act_offset if self.static_act else self.w_offset.new_zeros(1)
-            return _OPS.linear_int8(x2, self.weight_packed[lo:hi], scale, 8 if w.fmt == "int8" else 4, self.cols,
-                                    not self.static_act, act_scale, act_offset, bias)
-        per_row = w.strategy != "tensor" or w.is_mx
-        scale = self.w_scale[lo:hi] if per_row else self.w_scale
-        offset = self.w_offset[lo:hi] if per_row and self.w_offset.numel() > 1 else self.w_offset
-        scale1 = self.w_scale1[lo:hi] if self.two_level else None
-        return _OPS.linear_packed(x2, self.weight_packed[lo:hi], scale, offset, scale1, bias, w.fmt, w.strategy,
-                                  w.gs, w.symmetric, self.cols, self.weight_dtype)
+    def activation_args(self):
+        """The activation fake quantization linear_packed applies inside the op:
+        (format, granularity, group size, symmetric, scale, offset); format '' for none."""
+        a = self.aspec
+        if a is None or self.integer_kernel:
+            return "", "tensor", 0, True, None, None
+        if self.static_act:
+            return a.fmt, "tensor", 0, a.symmetric, self.act_scale, self.act_offset
+        if self.algorithm == "cast":  # HiF8 cast: no scale
+            return a.fmt, "tensor", 0, True, torch.ones(1, 1), None
+        return a.fmt, a.strategy, a.gs, a.symmetric, None, None  # dynamic: per token, or MX blocks
 
     def packed_bytes(self):
         return sum(b.numel() * b.element_size() for k, b in self.named_buffers()
@@ -102,8 +98,16 @@ class DeployLinear(LinearMath, DeployLayer):
         self.in_features, self.out_features = calib.in_features, calib.out_features
 
     def forward(self, x):
-        return self.rows_product(self.kernel_input(x), 0, self.out_features,
-                                 self.effective_bias(self.bias, x.dtype))
+        x2, w = self.smoothed(x), self.wspec
+        bias = self.effective_bias(self.bias, x.dtype)
+        if self.integer_kernel:  # activations quantized inside, with the same rule
+            act_scale = self.act_scale if self.static_act else self.w_scale.new_ones(1)
+            act_offset = self.act_offset if self.static_act else self.w_offset.new_zeros(1)
+            return _OPS.linear_int8(x2, self.weight_packed, self.w_scale.reshape(-1), 8 if w.fmt == "int8" else 4,
+                                    self.cols, not self.static_act, act_scale, act_offset, bias)
+        return _OPS.linear_packed(x2, self.weight_packed, self.w_scale, self.w_offset,
+                                  self.w_scale1 if self.two_level else None, bias, w.fmt, w.strategy, w.gs,
+                                  w.symmetric, self.cols, self.weight_dtype, *self.activation_args())
 
 
 class DeployConv2d(Conv2dMath, DeployLayer):
