@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "deploy/int8_tile.h"
@@ -31,7 +32,10 @@ struct Int8Kernels {
   Int8RowSumFn row_sum;
 };
 inline Int8Kernels int8_kernels() {
-  if (current_isa() == "avx512" && cpu_has_vnni()) return {"avx512_vnni", &int8_tile_vnni, &int8_rows_vnni, &int8_row_sum_vnni};
+  const std::string isa = current_isa();  // follows set_isa / LOWBIT_ISA like every kernel
+  if (isa == "avx512" && cpu_has_vnni())
+    return {"avx512_vnni", &int8_tile_vnni, &int8_rows_vnni, &int8_row_sum_vnni};
+  if (isa == "avx512" || isa == "avx2") return {"avx2", &int8_tile_avx2, &int8_rows_avx2, &int8_row_sum_avx2};
   return {"scalar", &int8_tile_scalar, &int8_rows_scalar, &int8_row_sum_scalar};
 }
 

@@ -27,6 +27,11 @@ int32_t int8_row_sum_vnni(const int8_t* w, int64_t k);
 void int8_tile_scalar(const int8_t* w, int64_t ldw, const uint8_t* xq, int64_t k4, int32_t* acc);
 void int8_rows_scalar(const int8_t* w, int64_t ldw, int64_t rows, int64_t k, const uint8_t* xu, int64_t M,
                       int64_t kpad, int32_t* acc);
+// AVX2 versions (int16 multiply-adds): call only when the CPU has AVX2.
+void int8_tile_avx2(const int8_t* w, int64_t ldw, const uint8_t* xq, int64_t k4, int32_t* acc);
+void int8_rows_avx2(const int8_t* w, int64_t ldw, int64_t rows, int64_t k, const uint8_t* xu, int64_t M,
+                    int64_t kpad, int32_t* acc);
+int32_t int8_row_sum_avx2(const int8_t* w, int64_t k);
 // AVX512-VNNI versions: call only when the CPU has it.
 void int8_tile_vnni(const int8_t* w, int64_t ldw, const uint8_t* xq, int64_t k4, int32_t* acc);
 void int8_rows_vnni(const int8_t* w, int64_t ldw, int64_t rows, int64_t k, const uint8_t* xu, int64_t M,

@@ -164,8 +164,9 @@ TEST(DeployKernels, ShapeErrorsNameTheArgument) {
   }
 }
 
-TEST(DeployKernels, Int8TileVnniEqualsPortableTile) {
-  if (best_isa() != "avx512" || int8_kernel_name() != "avx512_vnni") GTEST_SKIP() << "no AVX512-VNNI on this CPU";
+TEST(DeployKernels, Int8TilesEqualPortableTile) {
+  if (best_isa() == "scalar") GTEST_SKIP() << "no AVX2 on this CPU";
+  const bool vnni = best_isa() == "avx512" && int8_kernel_name() == "avx512_vnni";
   std::mt19937 rng(3);
   std::uniform_int_distribution<int> s8(-128, 127), u8(0, 255);
   for (int64_t k4 : {1, 9, 43}) {
@@ -174,21 +175,31 @@ TEST(DeployKernels, Int8TileVnniEqualsPortableTile) {
     std::vector<uint8_t> xq(size_t(k4 * kInt8TileM * 4));
     for (auto& v : w) v = int8_t(s8(rng));
     for (auto& v : xq) v = uint8_t(u8(rng));
-    std::vector<int32_t> a(size_t(kInt8TileN * kInt8TileM)), b(a.size());
+    std::vector<int32_t> a(size_t(kInt8TileN * kInt8TileM)), b(a.size()), c(a.size());
     int8_tile_scalar(w.data(), ldw, xq.data(), k4, a.data());
-    int8_tile_vnni(w.data(), ldw, xq.data(), k4, b.data());
-    EXPECT_EQ(a, b) << "k4=" << k4;
+    int8_tile_avx2(w.data(), ldw, xq.data(), k4, c.data());
+    EXPECT_EQ(a, c) << "avx2 k4=" << k4;
+    if (vnni) {
+      int8_tile_vnni(w.data(), ldw, xq.data(), k4, b.data());
+      EXPECT_EQ(a, b) << "vnni k4=" << k4;
+    }
     // the GEMV form, against the same sums, ragged k
     const int64_t k = 4 * k4 - 1, kpad = (k + 63) / 64 * 64;
     std::vector<uint8_t> xu(size_t(3 * kpad), 0);
     for (int64_t m = 0; m < 3; ++m)
       for (int64_t i = 0; i < k; ++i) xu[size_t(m * kpad + i)] = uint8_t(u8(rng));
-    std::vector<int32_t> r1(size_t(kInt8TileN * 3)), r2(r1.size());
+    std::vector<int32_t> r1(size_t(kInt8TileN * 3)), r2(r1.size()), r3(r1.size());
     int8_rows_scalar(w.data(), ldw, kInt8TileN, k, xu.data(), 3, kpad, r1.data());
-    int8_rows_vnni(w.data(), ldw, kInt8TileN, k, xu.data(), 3, kpad, r2.data());
-    EXPECT_EQ(r1, r2) << "k=" << k;
-    for (int64_t r = 0; r < kInt8TileN; ++r)
-      EXPECT_EQ(int8_row_sum_scalar(w.data() + r * ldw, k), int8_row_sum_vnni(w.data() + r * ldw, k));
+    int8_rows_avx2(w.data(), ldw, kInt8TileN, k, xu.data(), 3, kpad, r3.data());
+    EXPECT_EQ(r1, r3) << "avx2 k=" << k;
+    if (vnni) {
+      int8_rows_vnni(w.data(), ldw, kInt8TileN, k, xu.data(), 3, kpad, r2.data());
+      EXPECT_EQ(r1, r2) << "vnni k=" << k;
+    }
+    for (int64_t r = 0; r < kInt8TileN; ++r) {
+      EXPECT_EQ(int8_row_sum_scalar(w.data() + r * ldw, k), int8_row_sum_avx2(w.data() + r * ldw, k));
+      if (vnni) EXPECT_EQ(int8_row_sum_scalar(w.data() + r * ldw, k), int8_row_sum_vnni(w.data() + r * ldw, k));
+    }
   }
 }
 
