@@ -214,15 +214,16 @@ struct LinearKernels {
     void pack_block(int64_t m0, int64_t mb, int64_t MB, const int32_t* pos, int64_t kpad, float* dst) const {
       for (int64_t t = 0; t < mb; ++t) gather_x(x, m0 + t, pos, kpad, dst + t, MB);
     }
-    void store(const float* ct, int64_t ldc, int64_t N, const float* bias) const {
-      const int64_t M = x.rows, mt = (M + 31) / 32, nt = (N + 31) / 32;
+    // results of rows [m_begin, m_begin + M): ct[n * ldc + (m - m_begin)]
+    void store(const float* ct, int64_t ldc, int64_t N, const float* bias, int64_t m_begin, int64_t M) const {
+      const int64_t mt = (M + 31) / 32, nt = (N + 31) / 32;
       // 32 x 32 tiles: both sides stay in L1
 #pragma omp for schedule(static)
       for (int64_t t = 0; t < mt * nt; ++t) {
         const int64_t m0 = (t / nt) * 32, n0 = (t % nt) * 32;
         const int64_t m1 = min64(M, m0 + 32), n1 = min64(N, n0 + 32);
         for (int64_t m = m0; m < m1; ++m)
-          for (int64_t n = n0; n < n1; ++n) store_y(y, m, n, ct[n * ldc + m] + (bias ? bias[n] : 0.0f));
+          for (int64_t n = n0; n < n1; ++n) store_y(y, m_begin + m, n, ct[n * ldc + m] + (bias ? bias[n] : 0.0f));
       }
     }
   };
@@ -289,63 +290,74 @@ struct LinearKernels {
     void pack_block(int64_t m0, int64_t mb, int64_t MB, const int32_t* pos, int64_t kpad, float* dst) const {
       driver::with_dtype(a.dtype, [&](auto dt) { pack_typed<decltype(dt)::value>(m0, mb, MB, pos, kpad, dst); });
     }
-    void store(const float* ct, int64_t ldc, int64_t N, const float* bias) const {
-      const int64_t L = a.ho * a.wo;
+    void store(const float* ct, int64_t ldc, int64_t N, const float* bias, int64_t m_begin, int64_t M) const {
+      const int64_t L = a.ho * a.wo, es = a.dtype == DType::kF32 ? 4 : 2;
 #pragma omp for schedule(static)
-      for (int64_t t = 0; t < a.n * N; ++t) {  // (image, channel): L contiguous outputs
-        const int64_t img = t / N, n = t % N;
+      for (int64_t n = 0; n < N; ++n) {  // per channel: runs of one image are contiguous outputs
         const float b = bias ? bias[n] : 0.0f;
-        const MutMatrix plane{static_cast<char*>(a.y) + ((img * a.cout + o0 + n) * L) * (a.dtype == DType::kF32 ? 4 : 2),
-                              a.dtype, 1, L, L};
-        for (int64_t p = 0; p < L; ++p) store_y(plane, 0, p, ct[n * ldc + img * L + p] + b);
+        for (int64_t j = 0; j < M;) {
+          const int64_t m = m_begin + j, img = m / L, p = m % L, len = min64(M - j, L - p);
+          const MutMatrix run{static_cast<char*>(a.y) + ((img * a.cout + o0 + n) * L + p) * es, a.dtype, 1, len, len};
+          for (int64_t q = 0; q < len; ++q) store_y(run, 0, q, ct[n * ldc + j + q] + b);
+          j += len;
+        }
       }
     }
   };
+
+  // Activation rows per pass: bounds the packed activations and results (a few MB)
+  // whatever the batch; each pass decodes the weight again, which is cheap next to the
+  // products of this many rows.
+  static constexpr int64_t kRowsPerPass = 4096;
 
   template <int TN, int MV, class IO>
   static void gemm_mv(const IO& io, const WeightDecoder& d, const float* bias) {
     constexpr int64_t MB = MV * L;
     const PackedWeight& w = *d.w;
-    const int64_t M = io.rows(), N = w.rows, kpad = round_up(w.cols, kChunk);
-    const int64_t mblocks = (M + MB - 1) / MB, mpad = mblocks * MB;
+    const int64_t M_all = io.rows(), N = w.rows, kpad = round_up(w.cols, kChunk);
     const int64_t nblocks = (N + kBlockN - 1) / kBlockN, npad = nblocks * kBlockN;
+    const int64_t pass_rows = min64(round_up(M_all, MB), round_up(kRowsPerPass, MB));
     thread_local GrowBuffer xs, cs, ps;
-    float* xt = xs.get(mpad * kpad);
-    float* ct = cs.get(npad * mpad);  // C transposed: [n][m]
+    float* xt = xs.get(pass_rows * kpad);
+    float* ct = cs.get(npad * pass_rows);  // C transposed: [n][m]
     const int32_t* pos = column_positions(d, kpad, ps);
 #pragma omp parallel
     {
-#pragma omp for schedule(static)
-      for (int64_t b = 0; b < mblocks; ++b) {  // activations in blocks of MB rows, zero padded
-        float* dst = xt + b * kpad * MB;
-        const int64_t mb = min64(MB, M - b * MB);
-        if (mb < MB)
-          for (int64_t i = 0; i < kpad * MB; ++i) dst[i] = 0.0f;
-        io.pack_block(b * MB, mb, MB, pos, kpad, dst);
-      }
       driver::Scratch panel_bytes(kBlockN * kBlockK * 4 + 64);
       float* panel = reinterpret_cast<float*>(panel_bytes.p);
       driver::Scratch scratch(decode_scratch_bytes(kBlockK));
-      // Work items: (weight panel, part of the activation blocks). Few panels (a
-      // convolution's few output channels) are shared out over the activation rows.
-      const int64_t mparts = min64(mblocks, max64(1, (4 * omp_get_num_threads() + nblocks - 1) / nblocks));
-      for (int64_t k0 = 0; k0 < kpad; k0 += kBlockK) {
-        const int64_t kc = min64(kBlockK, kpad - k0);
+      for (int64_t m_begin = 0; m_begin < M_all; m_begin += pass_rows) {
+        const int64_t M = min64(pass_rows, M_all - m_begin);
+        const int64_t mblocks = (M + MB - 1) / MB, mpad = mblocks * MB;
 #pragma omp for schedule(static)
-        for (int64_t item = 0; item < nblocks * mparts; ++item) {
-          const int64_t nb = item / mparts, part = item % mparts;
-          const int64_t mb0 = part * mblocks / mparts, mb1 = (part + 1) * mblocks / mparts;
-          const int64_t n0 = nb * kBlockN, n1 = min64(N, n0 + kBlockN);
-          const int64_t rows = round_up(n1 - n0, TN);  // whole register tiles only
-          d.run(n0, n1, k0, k0 + kc, panel, kc, scratch.p);
-          for (int64_t i = (n1 - n0) * kc; i < rows * kc; ++i) panel[i] = 0.0f;
-          for (int64_t mb = mb0; mb < mb1; ++mb)
-            for (int64_t i = 0; i < rows; i += TN)
-              micro<TN, MV>(panel + i * kc, kc, xt + (mb * kpad + k0) * MB, kc, ct + (n0 + i) * mpad + mb * MB,
-                            mpad, k0 == 0);
+        for (int64_t b = 0; b < mblocks; ++b) {  // activations in blocks of MB rows, zero padded
+          float* dst = xt + b * kpad * MB;
+          const int64_t mb = min64(MB, M - b * MB);
+          if (mb < MB)
+            for (int64_t i = 0; i < kpad * MB; ++i) dst[i] = 0.0f;
+          io.pack_block(m_begin + b * MB, mb, MB, pos, kpad, dst);
         }
+        // Work items: (weight panel, part of the activation blocks). Few panels (a
+        // convolution's few output channels) are shared out over the activation rows.
+        const int64_t mparts = min64(mblocks, max64(1, (4 * omp_get_num_threads() + nblocks - 1) / nblocks));
+        for (int64_t k0 = 0; k0 < kpad; k0 += kBlockK) {
+          const int64_t kc = min64(kBlockK, kpad - k0);
+#pragma omp for schedule(static)
+          for (int64_t item = 0; item < nblocks * mparts; ++item) {
+            const int64_t nb = item / mparts, part = item % mparts;
+            const int64_t mb0 = part * mblocks / mparts, mb1 = (part + 1) * mblocks / mparts;
+            const int64_t n0 = nb * kBlockN, n1 = min64(N, n0 + kBlockN);
+            const int64_t rows = round_up(n1 - n0, TN);  // whole register tiles only
+            d.run(n0, n1, k0, k0 + kc, panel, kc, scratch.p);
+            for (int64_t i = (n1 - n0) * kc; i < rows * kc; ++i) panel[i] = 0.0f;
+            for (int64_t mb = mb0; mb < mb1; ++mb)
+              for (int64_t i = 0; i < rows; i += TN)
+                micro<TN, MV>(panel + i * kc, kc, xt + (mb * kpad + k0) * MB, kc, ct + (n0 + i) * mpad + mb * MB,
+                              mpad, k0 == 0);
+          }
+        }
+        io.store(ct, mpad, N, bias, m_begin, M);
       }
-      io.store(ct, mpad, N, bias);
     }
   }
 

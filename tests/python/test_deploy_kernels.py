@@ -270,3 +270,22 @@ def test_linear_packed_quantizes_activations_inside(act, dtype):
     assert not torch.equal(got, OPS.linear_packed(x, *args))  # the quantization did happen
     with pytest.raises(ValueError, match="act_scale: a static per-tensor activation needs one scale"):
         OPS.linear_packed(x, *args, "hifloat8", "tensor", 0, True, None, None)
+
+
+def test_many_rows_run_in_passes():
+    """More than 4096 activation rows: the GEMM works in passes of rows (bounded scratch);
+    results across the pass boundary are unchanged, for Linear and Conv2d."""
+    packed, scale, offset = packed_weight(7, 64, "int4", "group", 32, True)
+    x = torch.randn(4100, 64)
+    got = OPS.linear_packed(x, packed, scale, EMPTY, None, None, "int4", "group", 32, True, 64, torch.float32)
+    want = reference(x, packed, scale, offset, "int4", "group", 32, True, 64, torch.float32, None)
+    assert_close_to_reference(got, want, 64, magnitude=magnitude(x, packed, scale, offset, "int4", "group", 32, True,
+                                                                  64, None))
+    assert torch.equal(got[4090:], OPS.linear_packed(x[4090:], packed, scale, EMPTY, None, None, "int4", "group", 32,
+                                                     True, 64, torch.float32))
+    cp, cs, co = packed_weight(12, 27, "hifloat8", "channel", 0, True)
+    xc = torch.randn(5, 3, 30, 31)  # 5 x 30 x 31 = 4650 patch rows; the pass boundary falls inside an image
+    got = OPS.conv2d_packed(xc, cp, cs, EMPTY, None, None, "hifloat8", "channel", 0, True, 27, torch.float32,
+                            [3, 3], [1, 1], [1, 1], [1, 1], 1)
+    wd = formats.unpack(cp, "hifloat8", cs, 27, co, "channel", 0, True).reshape(12, 3, 3, 3)
+    assert_close_to_reference(got, F.conv2d(xc, wd, None, 1, 1), 27)
