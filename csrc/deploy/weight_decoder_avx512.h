@@ -28,11 +28,6 @@ struct Avx512Decoder {
     if (d == DType::kF16) return _mm512_cvtph_ps(_mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
     return v;
   }
-  static float round_value(float v, DType d) {
-    if (d == DType::kBF16) return bf16_to_float(float_to_bf16(v));
-    if (d == DType::kF16) return fp16_to_float(float_to_fp16(v));
-    return v;
-  }
 
   static const float* e8m0_table() {
     static const struct Table {
@@ -57,18 +52,14 @@ struct Avx512Decoder {
     return hif8 ? h.v : e.v;
   }
 
-  struct Params {  // one granule
-    float scale;
-    int32_t offset;
-  };
   enum Kind { kNibbles, kInt8, kE4M3, kHiF8 };
   static constexpr int kPrefetch = 2048;  // bytes ahead of the codes being decoded (streamed weights)
 
   // The 32 values of one chunk of codes in two vectors; `mask` selects the valid bytes.
   template <Kind kKind>
   static inline void chunk(const uint8_t* codes, uint32_t mask, bool full, const __m512& table,
-                           const __m512& scale, const __m512& offset, bool asym, const float* lut, DType vd,
-                           __m512& v0, __m512& v1, const uint16_t* lut16 = nullptr) {
+                           const __m512& scale, const __m512& offset, bool asym, DType vd, __m512& v0,
+                           __m512& v1, const uint16_t* lut16 = nullptr) {
     if constexpr (kKind == kHiF8 || kKind == kE4M3) {
       // |value| of codes 0..127 as bf16 (exact: at most 3 mantissa bits) from two 64-entry
       // word permutes picked by code bit 6; the sign is code bit 7 (weights never hold a
@@ -85,7 +76,6 @@ struct Avx512Decoder {
       const __m512 f1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(h, 1)), 16));
       v0 = round_value(_mm512_mul_ps(f0, scale), vd);
       v1 = round_value(_mm512_mul_ps(f1, scale), vd);
-      (void)lut;
     } else if constexpr (kKind == kNibbles) {
       const __m128i b = full ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes))
                              : _mm_maskz_loadu_epi8(__mmask16(mask), codes);
@@ -95,19 +85,18 @@ struct Avx512Decoder {
     } else {
       const __m256i b = full ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes))
                              : _mm256_maskz_loadu_epi8(__mmask32(mask), codes);
-      v0 = round_value(byte_values<kKind>(_mm256_castsi256_si128(b), scale, offset, asym, lut), vd);
-      v1 = round_value(byte_values<kKind>(_mm256_extracti128_si256(b, 1), scale, offset, asym, lut), vd);
+      static_assert(kKind == kInt8, "8-bit integer codes");
+      v0 = round_value(int8_values(_mm256_castsi256_si128(b), scale, offset, asym), vd);
+      v1 = round_value(int8_values(_mm256_extracti128_si256(b, 1), scale, offset, asym), vd);
     }
   }
-  template <Kind kKind>
-  static inline __m512 byte_values(__m128i b16, const __m512& scale, const __m512& offset, bool asym,
-                                   const float* lut) {
-    if constexpr (kKind == kInt8) {
-      __m512 v = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b16));
-      if (asym) v = _mm512_sub_ps(v, offset);
-      return _mm512_mul_ps(v, scale);
-    }
+  // (q - offset) * scale of 16 signed 8-bit codes
+  static inline __m512 int8_values(__m128i b16, const __m512& scale, const __m512& offset, bool asym) {
+    __m512 v = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b16));
+    if (asym) v = _mm512_sub_ps(v, offset);
+    return _mm512_mul_ps(v, scale);
   }
+
 
   // Everything about a weight that does not change from row to row.
   struct Layout {
@@ -165,7 +154,7 @@ struct Avx512Decoder {
           if (!kSimple && s1) table = _mm512_mul_ps(table, _mm512_set1_ps(s1r));
           if (!kSimple) table = round_value(table, vd);
           __m512 v0, v1;
-          chunk<kKind>(cp, 0, true, table, t.base, t.base, false, t.lut, DType::kF32, v0, v1);
+          chunk<kKind>(cp, 0, true, table, t.base, t.base, false, DType::kF32, v0, v1);
           fn(k, v0, v1);
         }
         if (k >= kend) return;
@@ -190,13 +179,13 @@ struct Avx512Decoder {
       const uint8_t* cp = row + (kKind == kNibbles ? uint64_t(k) / 2 : uint64_t(k));
       for (; k + kChunk <= gend; k += kChunk, cp += kStep) {
         _mm_prefetch(reinterpret_cast<const char*>(cp) + kPrefetch, _MM_HINT_T0);  // streamed weights
-        chunk<kKind>(cp, 0, true, table, scale, offset, asym, t.lut, vd, v0, v1, t.lut16);
+        chunk<kKind>(cp, 0, true, table, scale, offset, asym, vd, v0, v1, t.lut16);
         fn(k, v0, v1);
       }
       if (k < gend) {  // the ragged end of the row
         const int64_t valid = gend - k, bytes = kKind == kNibbles ? (valid + 1) / 2 : valid;
         chunk<kKind>(row + (kKind == kNibbles ? k / 2 : k), uint32_t((uint64_t(1) << bytes) - 1), false, table,
-                     scale, offset, asym, t.lut, vd, v0, v1, t.lut16);
+                     scale, offset, asym, vd, v0, v1, t.lut16);
         fn(k, v0, v1);
         k += kChunk;
       }
