@@ -140,6 +140,25 @@ WeightArgs int8_args(const at::Tensor& packed, const at::Tensor& w_scale, int64_
   return a;
 }
 
+// Activation fake quantization applied inside a product op ('' format: none).
+ActQuant act_args(const std::string& act_format, const std::string& act_granularity, int64_t act_group_size,
+                  bool act_symmetric, const c10::optional<at::Tensor>& act_scale,
+                  const c10::optional<at::Tensor>& act_offset) {
+  ActQuant a;
+  if (act_format.empty()) return a;
+  a.enabled = true;
+  a.spec = make_spec(act_format, act_granularity, act_group_size, act_symmetric, "auto");
+  a.dynamic = a.spec.granularity != Granularity::kTensor || format_info(a.spec.format).is_mx;
+  if (!a.dynamic) {
+    TORCH_CHECK_VALUE(act_scale.has_value() && act_scale->numel() == 1, "act_scale: a static per-tensor "
+                      "activation needs one scale");
+    a.scale = act_scale->to(at::kFloat).reshape(-1)[0].item<float>();
+    if (act_offset.has_value() && act_offset->numel() == 1)
+      a.offset = act_offset->to(at::kInt).reshape(-1)[0].item<int32_t>();
+  }
+  return a;
+}
+
 at::Tensor linear_packed_op(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale,
                             const at::Tensor& offset, const c10::optional<at::Tensor>& scale1,
                             const c10::optional<at::Tensor>& bias, const std::string& format,
@@ -149,18 +168,7 @@ at::Tensor linear_packed_op(const at::Tensor& x, const at::Tensor& packed, const
                             const c10::optional<at::Tensor>& act_scale, const c10::optional<at::Tensor>& act_offset) {
   WeightArgs w =
       packed_args(packed, scale, offset, scale1, format, granularity, group_size, symmetric, cols, weight_dtype);
-  if (!act_format.empty()) {  // activation fake quantization inside the op
-    ActQuant& a = w.act_quant;
-    a.enabled = true;
-    a.spec = make_spec(act_format, act_granularity, act_group_size, act_symmetric, "auto");
-    a.dynamic = a.spec.granularity != Granularity::kTensor || format_info(a.spec.format).is_mx;
-    if (!a.dynamic) {
-      TORCH_CHECK_VALUE(act_scale.has_value() && act_scale->numel() == 1, "act_scale: a static per-tensor "
-                        "activation needs one scale");
-      a.scale = act_scale->to(at::kFloat).reshape(-1)[0].item<float>();
-      if (act_offset.has_value() && act_offset->numel() == 1) a.offset = act_offset->to(at::kInt).reshape(-1)[0].item<int32_t>();
-    }
-  }
+  w.act_quant = act_args(act_format, act_granularity, act_group_size, act_symmetric, act_scale, act_offset);
   const int64_t n = packed.size(0);
   Operands o = operands(x, cols, n);
   at::Tensor b = float_bias(bias, n);
@@ -215,10 +223,22 @@ at::Tensor conv2d_packed_op(const at::Tensor& x, const at::Tensor& packed, const
                             const c10::optional<at::Tensor>& bias, const std::string& format,
                             const std::string& granularity, int64_t group_size, bool symmetric, int64_t cols,
                             at::ScalarType weight_dtype, at::IntArrayRef kernel, at::IntArrayRef stride,
-                            at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+                            at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                            const std::string& act_format, bool act_symmetric,
+                            const c10::optional<at::Tensor>& act_scale, const c10::optional<at::Tensor>& act_offset) {
   const WeightArgs w =
       packed_args(packed, scale, offset, scale1, format, granularity, group_size, symmetric, cols, weight_dtype);
-  ConvTensors t = conv_tensors(x, packed.size(0), bias, kernel, stride, padding, dilation, groups);
+  at::Tensor xin = x;
+  const ActQuant act = act_args(act_format, "tensor", 0, act_symmetric, act_scale, act_offset);
+  if (act.enabled) {  // static per-tensor activations: elementwise QDQ, before the patches are taken
+    at::Tensor src = x.contiguous();
+    xin = at::empty_like(src);
+    float s = act.scale;
+    int32_t o = act.offset;
+    const ConstMatrix xm{src.data_ptr(), float_dtype(src, "x"), src.numel() / src.size(-1), src.size(-1), src.size(-1)};
+    value_errors([&] { fake_quant(xm, act.spec, ScaleView{&s, &o, nullptr}, as_mut(xin.view({xm.rows, xm.cols}))); });
+  }
+  ConvTensors t = conv_tensors(xin, packed.size(0), bias, kernel, stride, padding, dilation, groups);
   value_errors([&] { conv2d_packed(t.a, w.packed, t.bias.defined() ? t.bias.data_ptr<float>() : nullptr); });
   return t.y;
 }
@@ -247,7 +267,8 @@ TORCH_LIBRARY_FRAGMENT(lowbit, m) {
   m.def("int8_kernel() -> str");
   m.def("conv2d_packed(Tensor x, Tensor packed, Tensor scale, Tensor offset, Tensor? scale1, Tensor? bias, "
         "str format, str granularity, int group_size, bool symmetric, int cols, ScalarType weight_dtype, "
-        "int[2] kernel, int[2] stride, int[2] padding, int[2] dilation, int groups) -> Tensor");
+        "int[2] kernel, int[2] stride, int[2] padding, int[2] dilation, int groups, str act_format='', "
+        "bool act_symmetric=True, Tensor? act_scale=None, Tensor? act_offset=None) -> Tensor");
   m.def("conv2d_int8(Tensor x, Tensor packed, Tensor w_scale, int bits, int cols, Tensor act_scale, "
         "Tensor act_offset, Tensor? bias, int[2] kernel, int[2] stride, int[2] padding, int[2] dilation, "
         "int groups) -> Tensor");

@@ -289,3 +289,20 @@ def test_many_rows_run_in_passes():
                             [3, 3], [1, 1], [1, 1], [1, 1], 1)
     wd = formats.unpack(cp, "hifloat8", cs, 27, co, "channel", 0, True).reshape(12, 3, 3, 3)
     assert_close_to_reference(got, F.conv2d(xc, wd, None, 1, 1), 27)
+
+
+@pytest.mark.parametrize("conv", [dict(padding=1, padding_mode="reflect"), dict(padding="same"),
+                                  dict(padding=2, padding_mode="circular", stride=1, dilation=2)])
+@pytest.mark.parametrize("acts", [{"type": "hifloat8"}, {"type": "int8"}, {"type": "float8_e4m3fn"}])
+def test_conv_padding_modes_with_quantized_activations(conv, acts):
+    import lowbit
+    from conftest import assert_deploy_layers_match
+    from lowbit.modules import DeployConv2d
+    model = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3, **conv), torch.nn.ReLU(), torch.nn.Conv2d(8, 6, 3, padding=1))
+    weights = {"type": acts["type"]}
+    lowbit.quantize(model, {"quant_cfg": {"weights": weights, "inputs": acts}, "batch_num": 1})
+    x = torch.randn(2, 4, 9, 9) + 0.3
+    model(x)
+    lowbit.convert(model)
+    assert isinstance(model[0], DeployConv2d)
+    assert assert_deploy_layers_match(model, x) == 2

@@ -4,8 +4,9 @@ directly in C++ (torch.ops.lowbit.linear_packed, or linear_int8 for INT8 x INT8;
 quantize the activations inside the op): no float copy of the weight is made. Their output equals the calibrated fake-quant output up to
 the order of the fp32 summation (``reference_forward`` computes the latter, for tests).
 
-Convolutions run in C++ too (torch.ops.lowbit.conv2d_packed / conv2d_int8): an im2col of a
-few images at a time into a reused patch matrix, then the same products, one per group.
+Convolutions run in C++ too (torch.ops.lowbit.conv2d_packed / conv2d_int8, activations
+quantized inside): input patches are packed straight into the GEMM tiles, one product per
+group, NCHW output.
 Everything in ``forward`` is a torch op, so deploy models can be traced and run from C++.
 """
 import torch
@@ -69,12 +70,6 @@ class DeployLayer(QuantLayerBase):
             return y.to(x.dtype)
         return self.compute(self.act_qdq(x), self.weight_dequant(), self.effective_bias(self.bias, x.dtype))
 
-    def kernel_input(self, x):
-        """What the convolution kernels take: smoothed activations, fake-quantized unless the
-        integer kernel quantizes them itself (with the same rule)."""
-        x = self.smoothed(x)
-        return x if self.integer_kernel else self.act_only(x)
-
     def activation_args(self):
         """The activation fake quantization linear_packed applies inside the op:
         (format, granularity, group size, symmetric, scale, offset); format '' for none."""
@@ -116,18 +111,28 @@ class DeployConv2d(Conv2dMath, DeployLayer):
         self._copy_conv_attrs(calib)
 
     def forward(self, x):
-        x = self.kernel_input(x)
+        x = self.smoothed(x)
         pad = self.padding
         if self.padding_mode != "zeros" or isinstance(pad, str):
+            # explicit padding (reflect, replicate, circular, "same"): float activations are
+            # quantized before it, as calibration does; the integer kernel quantizes the padded input
             mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
-            x = F.pad(x, self._reversed_padding_repeated_twice, mode=mode)
+            x = F.pad(self.act_only(x) if self.aspec is not None and not self.integer_kernel else x,
+                      self._reversed_padding_repeated_twice, mode=mode)
             pad = (0, 0)
+            pre_quantized = True
+        else:
+            pre_quantized = False
         bias = self.effective_bias(self.bias, x.dtype)
         geometry = (list(self.kernel_size), list(self.stride), list(pad), list(self.dilation), self.groups)
         w = self.wspec
         if self.integer_kernel:
             return _OPS.conv2d_int8(x, self.weight_packed, self.w_scale.reshape(-1), 8 if w.fmt == "int8" else 4,
                                     self.cols, self.act_scale, self.act_offset, bias, *geometry)
+        act_fmt, _, _, act_sym, act_scale, act_offset = self.activation_args()
+        if pre_quantized:
+            act_fmt = ""
         return _OPS.conv2d_packed(x, self.weight_packed, self.w_scale, self.w_offset,
                                   self.w_scale1 if self.two_level else None, bias, w.fmt, w.strategy, w.gs,
-                                  w.symmetric, self.cols, self.weight_dtype, *geometry)
+                                  w.symmetric, self.cols, self.weight_dtype, *geometry, act_fmt, act_sym, act_scale,
+                                  act_offset)
