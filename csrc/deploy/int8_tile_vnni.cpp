@@ -57,7 +57,8 @@ void int8_rows_vnni(const int8_t* w, int64_t ldw, int64_t rows, int64_t k, const
     __m512i c[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
     for (int64_t i = 0; i < k; i += 64) {
       const int64_t left = k - i;
-      _mm_prefetch(reinterpret_cast<const char*>(wr + i) + 2048, _MM_HINT_T0);  // streamed weights
+      _mm_prefetch(reinterpret_cast<const char*>(wr + i) + 2048, _MM_HINT_T0);  // streamed weights: L1
+      _mm_prefetch(reinterpret_cast<const char*>(wr + i) + 8192, _MM_HINT_T1);  // and further ahead, L2
       const __m512i b = left >= 64 ? _mm512_loadu_si512(wr + i)
                                    : _mm512_maskz_loadu_epi8(__mmask64((~0ull) >> (64 - left)), wr + i);
 #pragma GCC unroll 4

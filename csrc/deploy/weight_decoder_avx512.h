@@ -146,6 +146,7 @@ struct Avx512Decoder {
         const float s1r = s1 ? s1[r] : 1.0f;
         for (; k + kChunk <= kend; k += kChunk, cp += kChunk / 2) {
           _mm_prefetch(reinterpret_cast<const char*>(cp) + kPrefetch, _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(cp) + 4 * kPrefetch, _MM_HINT_T1);
           const int64_t g = k / kChunk;
           const float sc = kMx ? t.e8m0[erow[g]] : srow[g];
           __m512 table = t.base;
@@ -178,7 +179,8 @@ struct Avx512Decoder {
       constexpr int64_t kStep = kKind == kNibbles ? kChunk / 2 : kChunk;  // code bytes per chunk
       const uint8_t* cp = row + (kKind == kNibbles ? uint64_t(k) / 2 : uint64_t(k));
       for (; k + kChunk <= gend; k += kChunk, cp += kStep) {
-        _mm_prefetch(reinterpret_cast<const char*>(cp) + kPrefetch, _MM_HINT_T0);  // streamed weights
+        _mm_prefetch(reinterpret_cast<const char*>(cp) + kPrefetch, _MM_HINT_T0);  // streamed weights: L1
+        _mm_prefetch(reinterpret_cast<const char*>(cp) + 4 * kPrefetch, _MM_HINT_T1);  // and further ahead, L2
         chunk<kKind>(cp, 0, true, table, scale, offset, asym, vd, v0, v1, t.lut16);
         fn(k, v0, v1);
       }
