@@ -14,6 +14,7 @@
 
 #include "deploy/int8_tile.h"
 #include "deploy/packed_linear.h"
+#include "deploy/scratch.h"
 #include "formats/half.h"
 
 namespace lowbit {
@@ -87,21 +88,6 @@ inline bool has_nan(const void* p, DType dtype, int64_t n) {
     for (int64_t i = 0; i < n; ++i) found |= (u[i] & 0x7FFF) > inf;
   }
   return found != 0;
-}
-
-// Grow-only scratch of the calling thread: large activation buffers are reused from call
-// to call instead of being faulted in again.
-template <class T>
-T* scratch(std::vector<T>& v, size_t n) {
-  if (v.size() < n) v.resize(n);
-  return v.data();
-}
-
-inline void store_value(const MutMatrix& y, int64_t m, int64_t n, float v) {
-  char* row = static_cast<char*>(y.data) + m * y.ld * int64_t(y.dtype == DType::kF32 ? 4 : 2);
-  if (y.dtype == DType::kF32) reinterpret_cast<float*>(row)[n] = v;
-  else if (y.dtype == DType::kF16) reinterpret_cast<uint16_t*>(row)[n] = float_to_fp16(v);
-  else reinterpret_cast<uint16_t*>(row)[n] = float_to_bf16(v);
 }
 
 // The tiled product: xq holds the unsigned activation codes of M rows in tile order

@@ -1,5 +1,6 @@
 // INT8 x INT8 Conv2d deploy product (see int8_linear.cpp for the integer arithmetic).
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -29,8 +30,8 @@ void conv2d_int8(const Conv2dArgs& a, const Int8Activation& act, const IntWeight
   spec.symmetric = act.offset == 0;
   float sx = act.scale;
   int32_t zx = act.offset;
-  thread_local std::vector<uint8_t> codes_buf, nan_buf, xq_buf;
-  uint8_t* codes = scratch(codes_buf, size_t(pixels));
+  thread_local GrowBuffer<uint8_t> codes_buf, nan_buf, xq_buf;
+  uint8_t* codes = codes_buf.get(pixels);
   const int64_t plane = a.h * a.w;
   pack(ConstMatrix{a.x, a.dtype, a.n * a.c, plane, plane}, spec, ScaleView{&sx, spec.symmetric ? nullptr : &zx, nullptr},
        codes, plane, false);
@@ -40,8 +41,8 @@ void conv2d_int8(const Conv2dArgs& a, const Int8Activation& act, const IntWeight
   const int32_t zero_shift = 128 + act.offset;
   const Int8Kernels kern = int8_kernels();
   const int64_t k4 = (K + 3) / 4, mblocks = (M + kInt8TileM - 1) / kInt8TileM;
-  uint8_t* xq = scratch(xq_buf, size_t(mblocks * k4 * kInt8TileM * 4));
-  uint8_t* nan_row = scratch(nan_buf, size_t(M));
+  uint8_t* xq = xq_buf.get(mblocks * k4 * kInt8TileM * 4);
+  uint8_t* nan_row = nan_buf.get(M);
   const uint8_t* pix = codes;
   const char* raw = static_cast<const char*>(a.x);
   for (int64_t g = 0; g < a.groups; ++g) {
@@ -97,7 +98,6 @@ void conv2d_int8(const Conv2dArgs& a, const Int8Activation& act, const IntWeight
             }
           }
       if (any_nan) {  // rows whose patch reads a NaN pixel
-        const char* raw8 = raw;
         for (int64_t t = 0; t < mb; ++t) {
           bool nan = false;
           for (int64_t c = 0; c < a.cg && !nan; ++c)
@@ -106,10 +106,7 @@ void conv2d_int8(const Conv2dArgs& a, const Int8Activation& act, const IntWeight
                 const int64_t iy = iy0[t] + i * a.dy, ix = ix0[t] + j * a.dx;
                 if (uint64_t(iy) >= uint64_t(a.h) || uint64_t(ix) >= uint64_t(a.w)) continue;
                 const int64_t flat = base[t] + c * plane + iy * a.w + ix;
-                const float v = a.dtype == DType::kF32 ? reinterpret_cast<const float*>(raw8)[flat]
-                                : a.dtype == DType::kF16 ? fp16_to_float(reinterpret_cast<const uint16_t*>(raw8)[flat])
-                                                         : bf16_to_float(reinterpret_cast<const uint16_t*>(raw8)[flat]);
-                nan = v != v;
+                nan = std::isnan(load_element(raw, a.dtype, flat));
               }
           nan_row[m0 + t] = nan;
         }
@@ -121,7 +118,7 @@ void conv2d_int8(const Conv2dArgs& a, const Int8Activation& act, const IntWeight
     wg.codes += g * og * w.row_bytes;
     wg.rows = og;
     if (!w.per_tensor) wg.scale += g * og;
-    const int64_t es = a.dtype == DType::kF32 ? 4 : 2;
+    const int64_t es = dtype_bytes(a.dtype);
     int8_tiles(wg, kern, xq, M, [&](int64_t m0, int64_t mend, int64_t n0, int64_t rows, const int32_t* acc,
                                     const int32_t* rsum) {
       float v[kInt8TileM];
@@ -134,7 +131,7 @@ void conv2d_int8(const Conv2dArgs& a, const Int8Activation& act, const IntWeight
         for (int64_t j = 0; j < mend;) {  // runs of one image: contiguous outputs
           const int64_t m = m0 + j, img = m / L, p = m % L, n = std::min(mend - j, L - p);
           const MutMatrix out{static_cast<char*>(a.y) + ((img * a.cout + o) * L + p) * es, a.dtype, 1, n, n};
-          for (int64_t q = 0; q < n; ++q) store_value(out, 0, q, v[j + q]);
+          for (int64_t q = 0; q < n; ++q) store_at(out, 0, q, v[j + q]);
           j += n;
         }
       }

@@ -36,41 +36,33 @@ void linear_int8(const ConstMatrix& x, const Int8Activation& act, const IntWeigh
   spec.format = Format::kInt8;
   spec.granularity = act.per_token ? Granularity::kToken : Granularity::kTensor;
   spec.symmetric = act.per_token || act.offset == 0;
-  thread_local std::vector<float> sx_buf;
-  thread_local std::vector<int32_t> zx_buf;
-  thread_local std::vector<uint8_t> codes_buf, nan_buf, xq_buf;
-  float* sx = scratch(sx_buf, size_t(act.per_token ? M : 1));
-  int32_t* zx = scratch(zx_buf, size_t(act.per_token ? M : 1));
+  thread_local GrowBuffer<float> sx_buf;
+  thread_local GrowBuffer<int32_t> zx_buf;
+  thread_local GrowBuffer<uint8_t> codes_buf, nan_buf, xq_buf;
+  float* sx = sx_buf.get(act.per_token ? M : 1);
+  int32_t* zx = zx_buf.get(act.per_token ? M : 1);
   for (int64_t i = 0; i < (act.per_token ? M : 1); ++i) {
     sx[i] = act.scale;
     zx[i] = act.per_token ? 0 : act.offset;
   }
   if (act.per_token) compute_scales(x, spec, ScaleView{sx, nullptr, nullptr});
-  uint8_t* codes = scratch(codes_buf, size_t(M * K));
+  uint8_t* codes = codes_buf.get(M * K);
   pack(x, spec, ScaleView{sx, spec.symmetric ? nullptr : zx, nullptr}, codes, K, false);
   const int32_t zero_shift = 128 + (act.per_token ? 0 : act.offset);
 
   const Int8Kernels kern = int8_kernels();
   // NaN has no int8 code (pack stores 0); the fake-quant reference gives a NaN row, so do we.
-  uint8_t* nan_row = scratch(nan_buf, size_t(M));
+  uint8_t* nan_row = nan_buf.get(M);
 #pragma omp parallel for schedule(static) if (M * K >= (1 << 16))
   for (int64_t m = 0; m < M; ++m) {
-    nan_row[m] = 0;
-    const char* row = static_cast<const char*>(x.data) + m * x.ld * int64_t(x.dtype == DType::kF32 ? 4 : 2);
-    for (int64_t k = 0; k < K && !nan_row[m]; ++k) {
-      float v;
-      if (x.dtype == DType::kF32) v = reinterpret_cast<const float*>(row)[k];
-      else if (x.dtype == DType::kF16) v = fp16_to_float(reinterpret_cast<const uint16_t*>(row)[k]);
-      else v = bf16_to_float(reinterpret_cast<const uint16_t*>(row)[k]);
-      nan_row[m] = v != v;
-    }
+    nan_row[m] = has_nan(static_cast<const char*>(x.data) + m * x.ld * dtype_bytes(x.dtype), x.dtype, K);
   }
   auto output = [&](int64_t m, int64_t n, int32_t acc, int32_t rsum) {
-    if (nan_row[m]) return store_value(y, m, n, __builtin_nanf(""));
+    if (nan_row[m]) return store_at(y, m, n, __builtin_nanf(""));
     const float sw = w.per_tensor ? w.scale[0] : w.scale[n];
     const float s = (act.per_token ? sx[size_t(m)] : sx[0]) * sw;
     const float v = float(int64_t(acc) - int64_t(zero_shift) * rsum) * s;
-    store_value(y, m, n, bias ? v + bias[n] : v);
+    store_at(y, m, n, bias ? v + bias[n] : v);
   };
 
   if (M <= 4) {  // GEMV: each weight row once against every activation row
@@ -107,7 +99,7 @@ void linear_int8(const ConstMatrix& x, const Int8Activation& act, const IntWeigh
   }
 
   // Tiles: unsigned codes in quads [mblock][k4][kInt8TileM][4], zero padded
-  uint8_t* xq = scratch(xq_buf, size_t(mblocks * k4 * kInt8TileM * 4));
+  uint8_t* xq = xq_buf.get(mblocks * k4 * kInt8TileM * 4);
 #pragma omp parallel for schedule(static) if (M * K >= (1 << 16))
   for (int64_t m = 0; m < mblocks * kInt8TileM; ++m) {
     uint32_t* dst = reinterpret_cast<uint32_t*>(xq + (m / kInt8TileM) * k4 * kInt8TileM * 4) + m % kInt8TileM;

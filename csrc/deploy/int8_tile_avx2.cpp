@@ -7,36 +7,20 @@
 #include <cstring>
 
 #include "deploy/int8_tile.h"
+#include "deploy/scratch.h"
 
 namespace lowbit {
-
-namespace {
-// Grow-only per-thread buffer (no std:: templates in a unit with instruction-set flags).
-struct WideWeights {
-  __m256i* p = nullptr;
-  int64_t n = 0;
-  ~WideWeights() { delete[] p; }
-  __m256i* get(int64_t need) {
-    if (need > n) {
-      delete[] p;
-      p = new __m256i[size_t(need)];
-      n = need;
-    }
-    return p;
-  }
-};
-}  // namespace
 
 void int8_tile_avx2(const int8_t* w, int64_t ldw, const uint8_t* xq, int64_t k4, int32_t* acc) {
   static_assert(kInt8TileN == 8 && kInt8TileM == 32, "tile shape");
   // every weight quad widened and repeated once: wide[q * 8 + i] = (w0 w1 w2 w3) x 4 as int16
-  thread_local WideWeights buf;
-  __m256i* wide = buf.get(k4 * 8);
+  thread_local GrowBuffer<int16_t> buf;  // 16 int16 (one vector) per entry
+  int16_t* wide = buf.get(k4 * 8 * 16);
   for (int64_t q = 0; q < k4; ++q)
     for (int i = 0; i < 8; ++i) {
       int32_t quad;
       std::memcpy(&quad, w + i * ldw + 4 * q, 4);
-      wide[q * 8 + i] = _mm256_cvtepi8_epi16(_mm_set1_epi32(quad));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(wide + (q * 8 + i) * 16), _mm256_cvtepi8_epi16(_mm_set1_epi32(quad)));
     }
   for (int g = 0; g < 8; ++g) {  // activation rows 4g .. 4g + 3
     __m256i c[8];  // weight row i; lane 2t + p = activation row 4g + t, pair p of the quad
@@ -45,7 +29,9 @@ void int8_tile_avx2(const int8_t* w, int64_t ldw, const uint8_t* xq, int64_t k4,
     for (int64_t q = 0; q < k4; ++q) {
       const __m256i x = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xq + q * 128 + g * 16)));
 #pragma GCC unroll 8
-      for (int i = 0; i < 8; ++i) c[i] = _mm256_add_epi32(c[i], _mm256_madd_epi16(x, wide[q * 8 + i]));
+      for (int i = 0; i < 8; ++i)
+        c[i] = _mm256_add_epi32(
+            c[i], _mm256_madd_epi16(x, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wide + (q * 8 + i) * 16))));
     }
     for (int i = 0; i < 8; ++i) {
       alignas(32) int32_t lanes[8];

@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "deploy/linear_isa_table.h"
+#include "deploy/scratch.h"
 #include "deploy/weight_decoder.h"
 #include "kernels/quant_driver_impl.h"
 
@@ -18,21 +19,6 @@ namespace deploy {
 
 using driver::min64;
 inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
-
-// Grow-only fp32 scratch owned by the calling thread (no page faults per call).
-struct GrowBuffer {
-  float* p = nullptr;
-  int64_t n = 0;
-  ~GrowBuffer() { delete[] p; }
-  float* get(int64_t need) {
-    if (need > n) {
-      delete[] p;
-      p = new float[size_t(need)];
-      n = need;
-    }
-    return p;
-  }
-};
 
 template <class V>
 struct LinearKernels {
@@ -70,39 +56,26 @@ struct LinearKernels {
 
   // ---- activations in the decoder's column order, fp32, zero padded ----
   // GEMV layout: xp[m * kpad + p]. GEMM layout: blocks of MB rows, xt[(mb * kpad + p) * MB + i].
-  template <DType D>
-  static float load_x(const void* row, int64_t k) {
-    if constexpr (D == DType::kF32) return static_cast<const float*>(row)[k];
-    else if constexpr (D == DType::kF16) return fp16_to_float(static_cast<const uint16_t*>(row)[k]);
-    else return bf16_to_float(static_cast<const uint16_t*>(row)[k]);
-  }
   // dst[pos[k] * stride] = x[m, k] for k < cols, 0 up to kpad (pos: decoder order, or null).
   static void gather_x(const ConstMatrix& x, int64_t m, const int32_t* pos, int64_t kpad, float* dst, int64_t stride) {
     const void* row = K::row_ptr(x, m);
     driver::with_dtype(x.dtype, [&](auto dt) {
       constexpr DType D = decltype(dt)::value;
       if (pos) {
-        for (int64_t k = 0; k < x.cols; ++k) dst[pos[k] * stride] = load_x<D>(row, k);
+        for (int64_t k = 0; k < x.cols; ++k) dst[pos[k] * stride] = K::template sload<D>(row, k);
         for (int64_t k = x.cols; k < kpad; ++k) dst[pos[k] * stride] = 0.0f;
       } else {
-        for (int64_t k = 0; k < x.cols; ++k) dst[k * stride] = load_x<D>(row, k);
+        for (int64_t k = 0; k < x.cols; ++k) dst[k * stride] = K::template sload<D>(row, k);
         for (int64_t k = x.cols; k < kpad; ++k) dst[k * stride] = 0.0f;
       }
     });
   }
   // Column positions in the decoder's order (null when it keeps the natural order).
-  static const int32_t* column_positions(const WeightDecoder& d, int64_t kpad, GrowBuffer& buf) {
+  static const int32_t* column_positions(const WeightDecoder& d, int64_t kpad, GrowBuffer<int32_t>& buf) {
     if (!d.permuted) return nullptr;
-    int32_t* pos = reinterpret_cast<int32_t*>(buf.get(kpad));
+    int32_t* pos = buf.get(kpad);
     for (int64_t k = 0; k < kpad; ++k) pos[k] = int32_t(permuted_column(k, true));
     return pos;
-  }
-
-  static void store_y(const MutMatrix& y, int64_t m, int64_t n, float v) {
-    char* row = static_cast<char*>(y.data) + m * y.ld * int64_t(y.dtype == DType::kF32 ? 4 : 2);
-    if (y.dtype == DType::kF32) reinterpret_cast<float*>(row)[n] = v;
-    else if (y.dtype == DType::kF16) reinterpret_cast<uint16_t*>(row)[n] = float_to_fp16(v);
-    else reinterpret_cast<uint16_t*>(row)[n] = float_to_bf16(v);
   }
 
   // ---- GEMV: up to kGemvRows activation rows, each weight row read once ----
@@ -113,7 +86,8 @@ struct LinearKernels {
   static void gemv_rows(const ConstMatrix& x, const WeightDecoder& d, const float* bias, const MutMatrix& y) {
     const PackedWeight& w = *d.w;
     const int64_t N = w.rows, kpad = round_up(w.cols, kChunk);
-    thread_local GrowBuffer xs, ps;
+    thread_local GrowBuffer<float> xs;
+    thread_local GrowBuffer<int32_t> ps;
     float* xp = xs.get(MR * kpad);
     const int32_t* pos = column_positions(d, kpad, ps);
     const int64_t M = x.rows;  // <= MR; the rows beyond it are zeros
@@ -130,7 +104,7 @@ struct LinearKernels {
         const int64_t n1 = min64(N, n0 + kRows);
         for (int64_t k0 = 0; k0 < kpad; k0 += span) d.dot_rows(d, n0, n1, xp, MR, kpad, k0, min64(kpad, k0 + span), dots);
         for (int64_t n = n0; n < n1; ++n)
-          for (int m = 0; m < M; ++m) store_y(y, m, n, dots[(n - n0) * MR + m] + (bias ? bias[n] : 0.0f));
+          for (int m = 0; m < M; ++m) store_at(y, m, n, dots[(n - n0) * MR + m] + (bias ? bias[n] : 0.0f));
       }
       return;
     }
@@ -158,7 +132,7 @@ struct LinearKernels {
         }
 #pragma GCC unroll 16
         for (int m = 0; m < MR; ++m)  // constant indices keep acc in registers
-          if (m < M) store_y(y, m, n, V::reduce_add(V::add(acc[m][0], acc[m][1])) + (bias ? bias[n] : 0.0f));
+          if (m < M) store_at(y, m, n, V::reduce_add(V::add(acc[m][0], acc[m][1])) + (bias ? bias[n] : 0.0f));
       }
     }
   }
@@ -223,7 +197,7 @@ struct LinearKernels {
         const int64_t m0 = (t / nt) * 32, n0 = (t % nt) * 32;
         const int64_t m1 = min64(M, m0 + 32), n1 = min64(N, n0 + 32);
         for (int64_t m = m0; m < m1; ++m)
-          for (int64_t n = n0; n < n1; ++n) store_y(y, m_begin + m, n, ct[n * ldc + m] + (bias ? bias[n] : 0.0f));
+          for (int64_t n = n0; n < n1; ++n) store_at(y, m_begin + m, n, ct[n * ldc + m] + (bias ? bias[n] : 0.0f));
       }
     }
   };
@@ -236,7 +210,6 @@ struct LinearKernels {
     template <DType D>
     void pack_typed(int64_t m0, int64_t mb, int64_t MB, const int32_t* pos, int64_t kpad, float* dst) const {
       const int64_t L = a.ho * a.wo, plane = a.h * a.w;
-      const int64_t es = D == DType::kF32 ? 4 : 2;
       int64_t base[64], iy0[64], ix0[64];  // per row: image offset, top-left input corner
       for (int64_t t = 0; t < mb; ++t) {
         const int64_t m = m0 + t, img = m / L, p = m % L;
@@ -271,7 +244,7 @@ struct LinearKernels {
                 for (; t < lo; ++t) out[t] = 0.0f;
                 const int64_t first = base[t] + cp + iy * a.w + ix0[t] + dxj - t;  // input index of row t
                 for (; t + L <= hi; t += L) K::template vstore<DType::kF32>(out, t, K::template vload<D>(src, first + t));
-                for (; t < hi; ++t) out[t] = load_x<D>(src, first + t);
+                for (; t < hi; ++t) out[t] = K::template sload<D>(src, first + t);
                 for (; t < e; ++t) out[t] = 0.0f;
               }
               continue;
@@ -279,26 +252,25 @@ struct LinearKernels {
             for (int64_t t = 0; t < mb; ++t) {
               const int64_t iy = iy0[t] + dyi, ix = ix0[t] + dxj;
               out[t] = (uint64_t(iy) < uint64_t(a.h) && uint64_t(ix) < uint64_t(a.w))
-                           ? load_x<D>(src, base[t] + cp + iy * a.w + ix) : 0.0f;
+                           ? K::template sload<D>(src, base[t] + cp + iy * a.w + ix) : 0.0f;
             }
             for (int64_t t = mb; t < MB; ++t) out[t] = 0.0f;
           }
       for (; k < kpad; ++k)
         for (int64_t t = 0; t < MB; ++t) dst[(pos ? pos[k] : k) * MB + t] = 0.0f;
-      (void)es;
     }
     void pack_block(int64_t m0, int64_t mb, int64_t MB, const int32_t* pos, int64_t kpad, float* dst) const {
       driver::with_dtype(a.dtype, [&](auto dt) { pack_typed<decltype(dt)::value>(m0, mb, MB, pos, kpad, dst); });
     }
     void store(const float* ct, int64_t ldc, int64_t N, const float* bias, int64_t m_begin, int64_t M) const {
-      const int64_t L = a.ho * a.wo, es = a.dtype == DType::kF32 ? 4 : 2;
+      const int64_t L = a.ho * a.wo, es = dtype_bytes(a.dtype);
 #pragma omp for schedule(static)
       for (int64_t n = 0; n < N; ++n) {  // per channel: runs of one image are contiguous outputs
         const float b = bias ? bias[n] : 0.0f;
         for (int64_t j = 0; j < M;) {
           const int64_t m = m_begin + j, img = m / L, p = m % L, len = min64(M - j, L - p);
-          const MutMatrix run{static_cast<char*>(a.y) + ((img * a.cout + o0 + n) * L + p) * es, a.dtype, 1, len, len};
-          for (int64_t q = 0; q < len; ++q) store_y(run, 0, q, ct[n * ldc + j + q] + b);
+          char* run = static_cast<char*>(a.y) + ((img * a.cout + o0 + n) * L + p) * es;
+          for (int64_t q = 0; q < len; ++q) store_element(run, a.dtype, q, ct[n * ldc + j + q] + b);
           j += len;
         }
       }
@@ -317,7 +289,8 @@ struct LinearKernels {
     const int64_t M_all = io.rows(), N = w.rows, kpad = round_up(w.cols, kChunk);
     const int64_t nblocks = (N + kBlockN - 1) / kBlockN, npad = nblocks * kBlockN;
     const int64_t pass_rows = min64(round_up(M_all, MB), round_up(kRowsPerPass, MB));
-    thread_local GrowBuffer xs, cs, ps;
+    thread_local GrowBuffer<float> xs, cs;
+    thread_local GrowBuffer<int32_t> ps;
     float* xt = xs.get(pass_rows * kpad);
     float* ct = cs.get(npad * pass_rows);  // C transposed: [n][m]
     const int32_t* pos = column_positions(d, kpad, ps);
