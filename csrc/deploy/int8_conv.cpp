@@ -114,10 +114,7 @@ void conv2d_int8(const Conv2dArgs& a, const Int8Activation& act, const IntWeight
         for (int64_t t = 0; t < mb; ++t) nan_row[m0 + t] = 0;
       }
     }
-    IntWeight wg = w;  // this group's output channels
-    wg.codes += g * og * w.row_bytes;
-    wg.rows = og;
-    if (!w.per_tensor) wg.scale += g * og;
+    const IntWeight wg = weight_rows(w, g * og, (g + 1) * og);  // this group's output channels
     const int64_t es = dtype_bytes(a.dtype);
     int8_tiles(wg, kern, xq, M, [&](int64_t m0, int64_t mend, int64_t n0, int64_t rows, const int32_t* acc,
                                     const int32_t* rsum) {

@@ -78,6 +78,28 @@ void linear_packed(const ConstMatrix& x_in, const PackedWeight& w, const float* 
   t.linear(x, d, bias, y);
 }
 
+PackedWeight weight_rows(const PackedWeight& w, int64_t lo, int64_t hi) {
+  PackedWeight r = w;
+  r.codes += lo * w.row_bytes;
+  r.rows = hi - lo;
+  // scale entries per output row: none to skip for one tensor-wide scale
+  const int64_t per_row = w.spec.granularity == Granularity::kTensor && !format_info(w.spec.format).is_mx
+                              ? 0 : groups_per_row(w.spec, w.cols);
+  if (r.scales.scale) r.scales.scale += lo * per_row;
+  if (r.scales.offset) r.scales.offset += lo * per_row;
+  if (r.scales.e8m0) r.scales.e8m0 += lo * per_row;
+  if (r.row_scale1) r.row_scale1 += lo;
+  return r;
+}
+
+IntWeight weight_rows(const IntWeight& w, int64_t lo, int64_t hi) {
+  IntWeight r = w;
+  r.codes += lo * w.row_bytes;
+  r.rows = hi - lo;
+  if (!w.per_tensor) r.scale += lo;
+  return r;
+}
+
 void conv2d_packed(const Conv2dArgs& a, const PackedWeight& w, const float* bias) {
   check_weight(w);
   if (a.groups < 1 || a.c % a.groups != 0 || a.cout % a.groups != 0 || a.cg != a.c / a.groups)
@@ -91,15 +113,7 @@ void conv2d_packed(const Conv2dArgs& a, const PackedWeight& w, const float* bias
   const LinearIsaTable t = linear_table();
   const int64_t og = a.cout / a.groups;
   for (int64_t g = 0; g < a.groups; ++g) {
-    PackedWeight wg = w;  // this group's output channels
-    wg.codes += g * og * w.row_bytes;
-    wg.rows = og;
-    const int64_t per_row = w.spec.granularity == Granularity::kTensor && !format_info(w.spec.format).is_mx
-                                ? 0 : groups_per_row(w.spec, w.cols);
-    if (wg.scales.scale) wg.scales.scale += g * og * per_row;
-    if (wg.scales.offset) wg.scales.offset += g * og * per_row;
-    if (wg.scales.e8m0) wg.scales.e8m0 += g * og * per_row;
-    if (wg.row_scale1) wg.row_scale1 += g * og;
+    const PackedWeight wg = weight_rows(w, g * og, (g + 1) * og);  // this group's output channels
     const WeightDecoder d = t.decoder(wg);
     t.conv2d(a, g, d, bias ? bias + g * og : nullptr);
   }

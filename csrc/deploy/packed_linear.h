@@ -31,6 +31,9 @@ struct PackedWeight {
   DType value_dtype = DType::kF32;    // dequantized values are rounded to this dtype
 };
 
+// Output channels [lo, hi) of a weight (views into the same storage).
+PackedWeight weight_rows(const PackedWeight& w, int64_t lo, int64_t hi);
+
 // Activation fake quantization applied inside linear_packed (full quantization):
 // static per tensor (scale/offset given) or dynamic (per token, MX blocks), with exactly
 // the fake-quant kernels' result in x's dtype.
@@ -84,6 +87,9 @@ struct IntWeight {
 // bias times s_x * s_w when the model uses one).
 void linear_int8(const ConstMatrix& x, const Int8Activation& act, const IntWeight& w, const float* bias,
                  const MutMatrix& y);
+
+// Output channels [lo, hi) of an integer weight.
+IntWeight weight_rows(const IntWeight& w, int64_t lo, int64_t hi);
 
 // INT8 x INT8 convolution (static per-tensor activations; weights as for linear_int8).
 void conv2d_int8(const Conv2dArgs& a, const Int8Activation& act, const IntWeight& w, const float* bias);

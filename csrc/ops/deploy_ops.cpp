@@ -13,16 +13,6 @@
 namespace lowbit {
 namespace {
 
-DType dtype_of(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return DType::kF32;
-    case at::kHalf: return DType::kF16;
-    case at::kBFloat16: return DType::kBF16;
-    default:
-      TORCH_CHECK_TYPE(false, "weight_dtype: ", t, " is not supported; allowed: float32, float16, bfloat16");
-  }
-}
-
 at::Tensor float_bias(const c10::optional<at::Tensor>& bias, int64_t n) {
   if (!bias.has_value() || !bias->defined()) return at::Tensor();
   TORCH_CHECK_VALUE(bias->numel() == n, "bias: ", bias->numel(), " entries, expected ", n);
@@ -52,31 +42,13 @@ struct WeightArgs {
   PackedWeight packed;
   IntWeight intw;
   Int8Activation act;
-  at::Tensor codes, scale_keep, offset_keep, s1_keep, ws_keep;
+  at::Tensor codes, s1_keep, ws_keep;
   ScaleArgs sa;
-  int64_t per_row_scales = 0;  // scale entries per output row (0: one for the tensor)
-
-  // rows [lo, hi) of the weight
   ActQuant act_quant;  // float-activation full quantization
 
-  void run(const ConstMatrix& x, int64_t lo, int64_t hi, const float* bias, const MutMatrix& y) const {
-    if (integer) {
-      IntWeight w = intw;
-      w.codes += lo * w.row_bytes;
-      w.rows = hi - lo;
-      if (!w.per_tensor) w.scale += lo;
-      return value_errors([&] { linear_int8(x, act, w, bias, y); });
-    }
-    PackedWeight w = packed;
-    w.codes += lo * w.row_bytes;
-    w.rows = hi - lo;
-    if (per_row_scales) {
-      if (w.scales.scale) w.scales.scale += lo * per_row_scales;
-      if (w.scales.offset) w.scales.offset += lo * per_row_scales;
-      if (w.scales.e8m0) w.scales.e8m0 += lo * per_row_scales;
-    }
-    if (w.row_scale1) w.row_scale1 += lo;
-    value_errors([&] { linear_packed(x, w, bias, y, act_quant); });
+  void run(const ConstMatrix& x, const float* bias, const MutMatrix& y) const {
+    if (integer) return value_errors([&] { linear_int8(x, act, intw, bias, y); });
+    value_errors([&] { linear_packed(x, packed, bias, y, act_quant); });
   }
 };
 
@@ -94,8 +66,6 @@ WeightArgs packed_args(const at::Tensor& packed, const at::Tensor& scale, const 
   WeightArgs a;
   a.codes = packed.contiguous();
   a.sa = scale_args(spec, scale, offset, n, cols);
-  a.per_row_scales = spec.granularity == Granularity::kTensor && !format_info(spec.format).is_mx
-                         ? 0 : groups_per_row(spec, cols);
   PackedWeight& w = a.packed;
   w.codes = a.codes.data_ptr<uint8_t>();
   w.row_bytes = a.codes.size(1);
@@ -103,7 +73,7 @@ WeightArgs packed_args(const at::Tensor& packed, const at::Tensor& scale, const 
   w.cols = cols;
   w.spec = spec;
   w.scales = a.sa.view;
-  w.value_dtype = dtype_of(weight_dtype);
+  w.value_dtype = float_dtype(weight_dtype, "weight_dtype");
   if (scale1.has_value() && scale1->defined()) {
     TORCH_CHECK_VALUE(scale1->numel() == n, "scale1: ", scale1->numel(), " entries, expected ", n);
     a.s1_keep = scale1->to(at::kFloat).contiguous();
@@ -172,7 +142,7 @@ at::Tensor linear_packed_op(const at::Tensor& x, const at::Tensor& packed, const
   const int64_t n = packed.size(0);
   Operands o = operands(x, cols, n);
   at::Tensor b = float_bias(bias, n);
-  w.run(as_const(o.src), 0, n, b.defined() ? b.data_ptr<float>() : nullptr, as_mut(o.out));
+  w.run(as_const(o.src), b.defined() ? b.data_ptr<float>() : nullptr, as_mut(o.out));
   return o.out;
 }
 
@@ -183,7 +153,7 @@ at::Tensor linear_int8_op(const at::Tensor& x, const at::Tensor& packed, const a
   const int64_t n = packed.size(0);
   Operands o = operands(x, cols, n);
   at::Tensor b = float_bias(bias, n);
-  w.run(as_const(o.src), 0, n, b.defined() ? b.data_ptr<float>() : nullptr, as_mut(o.out));
+  w.run(as_const(o.src), b.defined() ? b.data_ptr<float>() : nullptr, as_mut(o.out));
   return o.out;
 }
 

@@ -34,16 +34,17 @@ inline QuantSpec make_spec(const std::string& format, const std::string& granula
   });
 }
 
-inline DType float_dtype(const at::Tensor& t, const char* arg) {
-  switch (t.scalar_type()) {
+// The kernels' dtype of a float scalar type; TypeError naming `arg` otherwise.
+inline DType float_dtype(at::ScalarType t, const char* arg) {
+  switch (t) {
     case at::kFloat: return DType::kF32;
     case at::kHalf: return DType::kF16;
     case at::kBFloat16: return DType::kBF16;
     default:
-      TORCH_CHECK_TYPE(false, arg, ": dtype ", t.scalar_type(),
-                       " is not supported; allowed: float32, float16, bfloat16");
+      TORCH_CHECK_TYPE(false, arg, ": dtype ", t, " is not supported; allowed: float32, float16, bfloat16");
   }
 }
+inline DType float_dtype(const at::Tensor& t, const char* arg) { return float_dtype(t.scalar_type(), arg); }
 
 inline void check_input(const at::Tensor& x, const char* arg) {
   TORCH_CHECK_VALUE(x.dim() >= 1 && x.dim() <= 6, arg, ": rank ", x.dim(), " is not supported; allowed ranks: 1 to 6");
