@@ -26,7 +26,7 @@ struct Avx2IntDot {
   static void dot(const PackedWeight& w, int64_t r0, int64_t r1, const float* xp, int64_t kpad, int64_t k0,
                   int64_t k1, float* out) {
     const bool tensor = w.spec.granularity == Granularity::kTensor;
-    const int64_t glen = w.spec.granularity == Granularity::kGroup ? w.spec.group_size : w.cols;
+    const int64_t glen = driver::Kernels<VecAvx2>::granule_len(w.spec, w.cols);
     const int64_t groups = groups_per_row(w.spec, w.cols);
     const bool asym = !w.spec.symmetric && w.scales.offset;
     const int64_t kend = k1 < w.cols ? k1 : w.cols;

@@ -113,7 +113,7 @@ struct Avx512Decoder {
       mx = format_info(f).is_mx;
       tensor = w.spec.granularity == Granularity::kTensor && !mx;
       asym = !w.spec.symmetric;
-      glen = mx ? kMxBlock : (w.spec.granularity == Granularity::kGroup ? w.spec.group_size : w.cols);
+      glen = driver::Kernels<VecAvx512>::granule_len(w.spec, w.cols);
       groups = groups_per_row(w.spec, w.cols);
       lut = decode_lut(f);
       vd = w.value_dtype;
