@@ -10,7 +10,6 @@
 #include <algorithm>
 #include <cstring>
 #include <string>
-#include <vector>
 
 #include "deploy/int8_tile.h"
 #include "deploy/packed_linear.h"
@@ -109,7 +108,8 @@ void int8_tiles(const IntWeight& w, const Int8Kernels& kern, const uint8_t* xq, 
   const int64_t mparts = std::min(mblocks, std::max<int64_t>(1, (4 * threads + nchunks - 1) / nchunks));
 #pragma omp parallel if (M * N * K >= (1 << 18))
   {
-    std::vector<int8_t> panel(size_t(kChunkTiles * kInt8TileN * kpad));  // padded copies, one slot per tile
+    thread_local GrowBuffer<int8_t> panel_buf;  // padded copies, one slot per tile (rows fully written)
+    int8_t* panel = panel_buf.get(kChunkTiles * kInt8TileN * kpad);
     int32_t acc[kInt8TileN * kInt8TileM], rsum[kChunkTiles][kInt8TileN];
     const int8_t* wp[kChunkTiles];
     int64_t ldw[kChunkTiles];
@@ -124,7 +124,7 @@ void int8_tiles(const IntWeight& w, const Int8Kernels& kern, const uint8_t* xq, 
           wp[t - t0] = reinterpret_cast<const int8_t*>(w.codes + n0 * w.row_bytes);
           ldw[t - t0] = w.row_bytes;
         } else {  // int4, K not a multiple of 4, or the last partial tile: one padded copy
-          int8_t* dst = panel.data() + (t - t0) * kInt8TileN * kpad;
+          int8_t* dst = panel + (t - t0) * kInt8TileN * kpad;
           for (int64_t i = 0; i < kInt8TileN; ++i) {
             if (i < rows) weight_row(w, n0 + i, dst + i * kpad, kpad);
             else std::memset(dst + i * kpad, 0, size_t(kpad));

@@ -3,10 +3,10 @@
 #include "deploy/packed_linear.h"
 
 #include <stdexcept>
-#include <vector>
 #include <string>
 
 #include "deploy/linear_isa_table.h"
+#include "deploy/scratch.h"
 #include "deploy/weight_decoder.h"
 #include "formats/half.h"
 
@@ -52,10 +52,9 @@ void linear_packed(const ConstMatrix& x_in, const PackedWeight& w, const float* 
                    const ActQuant& act) {
   ConstMatrix x = x_in;
   if (act.enabled && x.rows > 0) {  // quantize-dequantize the activations first, in x's dtype
-    thread_local std::vector<uint8_t> qbuf;
-    const int64_t es = x.dtype == DType::kF32 ? 4 : 2;
-    if (qbuf.size() < size_t(x.rows * x.cols * es)) qbuf.resize(size_t(x.rows * x.cols * es));
-    const MutMatrix q{qbuf.data(), x.dtype, x.rows, x.cols, x.cols};
+    thread_local GrowBuffer<uint8_t> qbuf;
+    uint8_t* qx = qbuf.get(x.rows * x.cols * dtype_bytes(x.dtype));
+    const MutMatrix q{qx, x.dtype, x.rows, x.cols, x.cols};
     if (act.dynamic) {
       fake_quant_dynamic(x, act.spec, q);
     } else {
@@ -63,7 +62,7 @@ void linear_packed(const ConstMatrix& x_in, const PackedWeight& w, const float* 
       int32_t o = act.offset;
       fake_quant(x, act.spec, ScaleView{&s, &o, nullptr}, q);
     }
-    x = ConstMatrix{qbuf.data(), x.dtype, x.rows, x.cols, x.cols};
+    x = ConstMatrix{qx, x.dtype, x.rows, x.cols, x.cols};
   }
   check_weight(w);
   if (x.cols != w.cols)
