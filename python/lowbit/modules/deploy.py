@@ -112,26 +112,20 @@ class DeployConv2d(Conv2dMath, DeployLayer):
 
     def forward(self, x):
         x = self.smoothed(x)
+        act_fmt, _, _, act_sym, act_scale, act_offset = self.activation_args()  # '' for none / integer kernel
         pad = self.padding
         if self.padding_mode != "zeros" or isinstance(pad, str):
             # explicit padding (reflect, replicate, circular, "same"): float activations are
             # quantized before it, as calibration does; the integer kernel quantizes the padded input
             mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
-            x = F.pad(self.act_only(x) if self.aspec is not None and not self.integer_kernel else x,
-                      self._reversed_padding_repeated_twice, mode=mode)
-            pad = (0, 0)
-            pre_quantized = True
-        else:
-            pre_quantized = False
+            x = F.pad(self.act_only(x) if act_fmt else x, self._reversed_padding_repeated_twice, mode=mode)
+            pad, act_fmt = (0, 0), ""
         bias = self.effective_bias(self.bias, x.dtype)
         geometry = (list(self.kernel_size), list(self.stride), list(pad), list(self.dilation), self.groups)
         w = self.wspec
         if self.integer_kernel:
             return _OPS.conv2d_int8(x, self.weight_packed, self.w_scale.reshape(-1), 8 if w.fmt == "int8" else 4,
                                     self.cols, self.act_scale, self.act_offset, bias, *geometry)
-        act_fmt, _, _, act_sym, act_scale, act_offset = self.activation_args()
-        if pre_quantized:
-            act_fmt = ""
         return _OPS.conv2d_packed(x, self.weight_packed, self.w_scale, self.w_offset,
                                   self.w_scale1 if self.two_level else None, bias, w.fmt, w.strategy, w.gs,
                                   w.symmetric, self.cols, self.weight_dtype, *geometry, act_fmt, act_sym, act_scale,
