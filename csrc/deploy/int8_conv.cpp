@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "deploy/conv_patches.h"
 #include "deploy/int8_common.h"
 
 namespace lowbit {
@@ -50,15 +51,8 @@ void conv2d_int8(const Conv2dArgs& a, const Int8Activation& act, const IntWeight
     for (int64_t blk = 0; blk < mblocks; ++blk) {
       constexpr int64_t T = kInt8TileM;
       const int64_t m0 = blk * T, mb = std::min(T, M - m0);
-      int64_t base[T], iy0[T], ix0[T], run_at[T + 1], runs = 0;
-      for (int64_t t = 0; t < mb; ++t) {
-        const int64_t m = m0 + t, img = m / L, p = m % L;
-        base[t] = (img * a.c + g * a.cg) * plane;
-        iy0[t] = (p / a.wo) * a.sy - a.py;
-        ix0[t] = (p % a.wo) * a.sx - a.px;
-        if (t == 0 || base[t] != base[t - 1] || iy0[t] != iy0[t - 1]) run_at[runs++] = t;
-      }
-      run_at[runs] = mb;
+      const PatchRows pr(a, g * a.cg, m0, mb);
+      const int64_t *base = pr.base, *iy0 = pr.iy0, *ix0 = pr.ix0;
       // patches as [K][T] bytes (unsigned codes), then interleaved into quads
       uint8_t col[4][T];
       uint8_t* dst = xq + blk * k4 * T * 4;
@@ -68,16 +62,16 @@ void conv2d_int8(const Conv2dArgs& a, const Int8Activation& act, const IntWeight
           for (int64_t j = 0; j < a.kw; ++j, ++k) {
             uint8_t* out = col[k & 3];
             const int64_t dyi = i * a.dy, dxj = j * a.dx, cp = c * plane;
-            for (int64_t r = 0; r < runs; ++r) {
-              int64_t t = run_at[r];
-              const int64_t e = run_at[r + 1], iy = iy0[t] + dyi;
+            for (int64_t r = 0; r < pr.runs; ++r) {
+              int64_t t = pr.run_at[r];
+              const int64_t e = pr.run_at[r + 1], iy = iy0[t] + dyi;
               if (uint64_t(iy) >= uint64_t(a.h)) {
                 for (; t < e; ++t) out[t] = pad_code;
                 continue;
               }
               if (a.sx == 1) {  // consecutive rows read consecutive pixels
-                const int64_t lo = std::min(e, std::max(t, t - (ix0[t] + dxj)));
-                const int64_t hi = std::max(lo, std::min(e, t + (a.w - (ix0[t] + dxj))));
+                int64_t lo, hi;
+                pr.inside(r, dxj, a.w, lo, hi);
                 const uint8_t* src = pix + base[t] + cp + iy * a.w + ix0[t] + dxj - t;
                 for (; t < lo; ++t) out[t] = pad_code;
                 for (; t < hi; ++t) out[t] = uint8_t(src[t] ^ 0x80u);

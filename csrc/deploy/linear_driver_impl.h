@@ -8,6 +8,7 @@
 
 #include <cstring>
 
+#include "deploy/conv_patches.h"
 #include "deploy/linear_isa_table.h"
 #include "deploy/scratch.h"
 #include "deploy/weight_decoder.h"
@@ -209,19 +210,8 @@ struct LinearKernels {
     // Patches of rows [m0, m0 + mb): for each column (channel, ky, kx), the mb values.
     template <DType D>
     void pack_typed(int64_t m0, int64_t mb, int64_t MB, const int32_t* pos, int64_t kpad, float* dst) const {
-      const int64_t L = a.ho * a.wo, plane = a.h * a.w;
-      int64_t base[64], iy0[64], ix0[64];  // per row: image offset, top-left input corner
-      for (int64_t t = 0; t < mb; ++t) {
-        const int64_t m = m0 + t, img = m / L, p = m % L;
-        base[t] = (img * a.c + c0) * plane;
-        iy0[t] = (p / a.wo) * a.sy - a.py;
-        ix0[t] = (p % a.wo) * a.sx - a.px;
-      }
-      // runs of rows on one output line of one image: [run_at[r], run_at[r + 1])
-      int64_t run_at[65], runs = 0;
-      for (int64_t t = 0; t < mb; ++t)
-        if (t == 0 || base[t] != base[t - 1] || iy0[t] != iy0[t - 1]) run_at[runs++] = t;
-      run_at[runs] = mb;
+      const int64_t plane = a.h * a.w;
+      const PatchRows pr(a, c0, m0, mb);
       const char* src = static_cast<const char*>(a.x);
       int64_t k = 0;
       for (int64_t c = 0; c < a.cg; ++c)
@@ -230,19 +220,18 @@ struct LinearKernels {
             float* out = dst + (pos ? pos[k] : k) * MB;
             const int64_t dyi = i * a.dy, dxj = j * a.dx, cp = c * plane;
             if (a.sx == 1) {  // rows of one output line read consecutive inputs: copy runs
-              for (int64_t r = 0; r < runs; ++r) {
-                int64_t t = run_at[r];
-                const int64_t e = run_at[r + 1];
-                const int64_t iy = iy0[t] + dyi;
+              for (int64_t r = 0; r < pr.runs; ++r) {
+                int64_t t = pr.run_at[r];
+                const int64_t e = pr.run_at[r + 1];
+                const int64_t iy = pr.iy0[t] + dyi;
                 if (uint64_t(iy) >= uint64_t(a.h)) {
                   for (; t < e; ++t) out[t] = 0.0f;
                   continue;
                 }
-                // valid t: 0 <= ix0[t] + dxj < w, with ix0 increasing by 1 along the run
-                const int64_t lo = min64(e, max64(t, t - (ix0[t] + dxj)));
-                const int64_t hi = max64(lo, min64(e, t + (a.w - (ix0[t] + dxj))));
+                int64_t lo, hi;
+                pr.inside(r, dxj, a.w, lo, hi);
                 for (; t < lo; ++t) out[t] = 0.0f;
-                const int64_t first = base[t] + cp + iy * a.w + ix0[t] + dxj - t;  // input index of row t
+                const int64_t first = pr.base[t] + cp + iy * a.w + pr.ix0[t] + dxj - t;  // input index of row t
                 for (; t + L <= hi; t += L) K::template vstore<DType::kF32>(out, t, K::template vload<D>(src, first + t));
                 for (; t < hi; ++t) out[t] = K::template sload<D>(src, first + t);
                 for (; t < e; ++t) out[t] = 0.0f;
@@ -250,9 +239,9 @@ struct LinearKernels {
               continue;
             }
             for (int64_t t = 0; t < mb; ++t) {
-              const int64_t iy = iy0[t] + dyi, ix = ix0[t] + dxj;
+              const int64_t iy = pr.iy0[t] + dyi, ix = pr.ix0[t] + dxj;
               out[t] = (uint64_t(iy) < uint64_t(a.h) && uint64_t(ix) < uint64_t(a.w))
-                           ? K::template sload<D>(src, base[t] + cp + iy * a.w + ix) : 0.0f;
+                           ? K::template sload<D>(src, pr.base[t] + cp + iy * a.w + ix) : 0.0f;
             }
             for (int64_t t = mb; t < MB; ++t) out[t] = 0.0f;
           }
