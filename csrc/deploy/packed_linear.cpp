@@ -26,6 +26,8 @@ void finish_row(const PackedWeight& w, int64_t r, float* row, int64_t n) {
 
 namespace {
 
+bool g_float8_vbmi_allowed = true;
+
 LinearIsaTable linear_table() {
   const std::string isa = current_isa();  // follows set_isa / LOWBIT_ISA like every kernel
   if (isa == "avx512") return linear_table_avx512();
@@ -47,6 +49,12 @@ void check_weight(const PackedWeight& w) {
 }
 
 }  // namespace
+
+bool float8_vbmi_enabled() {
+  static const bool has_vbmi = __builtin_cpu_supports("avx512vbmi");
+  return has_vbmi && g_float8_vbmi_allowed;
+}
+void allow_float8_vbmi(bool allowed) { g_float8_vbmi_allowed = allowed; }
 
 void linear_packed(const ConstMatrix& x_in, const PackedWeight& w, const float* bias, const MutMatrix& y,
                    const ActQuant& act) {

@@ -67,6 +67,10 @@ void conv2d_packed(const Conv2dArgs& a, const PackedWeight& w, const float* bias
 // values linear_packed multiplies with (natural column order). For tests and tools.
 void dequant_rows(const PackedWeight& w, int64_t r0, int64_t r1, float* out, int64_t ld);
 
+// With `false`, AVX-512 decodes 8-bit float codes without VBMI even where the CPU has it
+// (tests compare both decoders; the default is true).
+void allow_float8_vbmi(bool allowed);
+
 // INT8 x INT8: activations quantized inside the call, per tensor (static scale and
 // offset) or per token (dynamic, symmetric, absmax / 127); weights are int8 codes (one per
 // byte) or int4 codes (two per byte) with one scale per output channel (or one per tensor).

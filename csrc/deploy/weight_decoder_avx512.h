@@ -4,11 +4,16 @@
 //     with vpermps; low nibbles give the even columns, high nibbles the odd ones, so the
 //     chunk comes out permuted (even columns first).
 //   int8: sign extension, (q - offset) * scale.
+//   E4M3 (FP8, MXFP8) into fp32 weights: bit moves into fp16, vcvtph2ps, x scale.
 //   HiFloat8, E4M3 (FP8, MXFP8): |value| as bf16 (exact) from two 64-entry word permutes,
-//     the sign from bit 7, widened to fp32 by a shift.
+//     the sign from bit 7, widened to fp32 by a shift. Where the CPU has AVX512-VBMI the
+//     byte-table decoder of weight_decoder_float8_vbmi.h is used instead.
 #pragma once
 #include <immintrin.h>
 
+#include <cmath>
+
+#include "deploy/linear_isa_table.h"
 #include "deploy/weight_decoder.h"
 #include "kernels/codec_luts.h"
 #include "scales/granule_rule.h"
@@ -52,7 +57,7 @@ struct Avx512Decoder {
     return hif8 ? h.v : e.v;
   }
 
-  enum Kind { kNibbles, kInt8, kE4M3, kHiF8 };
+  enum Kind { kNibbles, kInt8, kE4M3, kHiF8, kE4M3Half };
   static constexpr int kPrefetch = 2048;  // bytes ahead of the codes being decoded (streamed weights)
 
   // The 32 values of one chunk of codes in two vectors; `mask` selects the valid bytes.
@@ -76,6 +81,21 @@ struct Avx512Decoder {
       const __m512 f1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(h, 1)), 16));
       v0 = round_value(_mm512_mul_ps(f0, scale), vd);
       v1 = round_value(_mm512_mul_ps(f1, scale), vd);
+    } else if constexpr (kKind == kE4M3Half) {
+      // E4M3 code s.eeee.mmm -> fp16 bits s.0eeee.mmm0000000: the fp16 value is the E4M3 one
+      // times 2^-8, subnormals included, widened exactly by vcvtph2ps; `scale` carries the
+      // 2^8 (`asym` here means the scale is too large for that, so 2^8 is applied first).
+      const __m256i b = full ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes))
+                             : _mm256_maskz_loadu_epi8(__mmask32(mask), codes);
+      const __m512i h = _mm512_and_si512(_mm512_slli_epi16(_mm512_cvtepi8_epi16(b), 7), _mm512_set1_epi16(int16_t(0xBF80)));
+      v0 = _mm512_cvtph_ps(_mm512_castsi512_si256(h));
+      v1 = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(h, 1));
+      if (asym) {
+        v0 = _mm512_mul_ps(v0, _mm512_set1_ps(256.0f));
+        v1 = _mm512_mul_ps(v1, _mm512_set1_ps(256.0f));
+      }
+      v0 = _mm512_mul_ps(v0, scale);
+      v1 = _mm512_mul_ps(v1, scale);
     } else if constexpr (kKind == kNibbles) {
       const __m128i b = full ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes))
                              : _mm_maskz_loadu_epi8(__mmask16(mask), codes);
@@ -166,6 +186,11 @@ struct Avx512Decoder {
       float sc;
       if constexpr (kSimple) sc = kMx ? t.e8m0[erow[g]] : srow[g * stride];
       else sc = kMx ? t.e8m0[erow ? erow[g] : 127] : (srow ? srow[g * stride] : 1.0f);
+      bool flag = asym;
+      if constexpr (kKind == kE4M3Half) {  // fp32 weights only: the 2^8 folded into the scale when it fits
+        flag = !(std::fabs(sc) * 256.0f <= 3.4028234663852886e38f);
+        if (!flag) sc *= 256.0f;
+      }
       const __m512 scale = _mm512_set1_ps(sc);
       const __m512 offset = _mm512_set1_ps(orow ? float(orow[g * stride]) : 0.0f);
       __m512 table = t.base;
@@ -181,27 +206,41 @@ struct Avx512Decoder {
       for (; k + kChunk <= gend; k += kChunk, cp += kStep) {
         _mm_prefetch(reinterpret_cast<const char*>(cp) + kPrefetch, _MM_HINT_T0);  // streamed weights: L1
         _mm_prefetch(reinterpret_cast<const char*>(cp) + 4 * kPrefetch, _MM_HINT_T1);  // and further ahead, L2
-        chunk<kKind>(cp, 0, true, table, scale, offset, asym, vd, v0, v1, t.lut16);
+        chunk<kKind>(cp, 0, true, table, scale, offset, flag, vd, v0, v1, t.lut16);
         fn(k, v0, v1);
       }
       if (k < gend) {  // the ragged end of the row
         const int64_t valid = gend - k, bytes = kKind == kNibbles ? (valid + 1) / 2 : valid;
         chunk<kKind>(row + (kKind == kNibbles ? k / 2 : k), uint32_t((uint64_t(1) << bytes) - 1), false, table,
-                     scale, offset, asym, vd, v0, v1, t.lut16);
+                     scale, offset, flag, vd, v0, v1, t.lut16);
         fn(k, v0, v1);
         k += kChunk;
       }
     }
   }
 
+  // The row walker of one decoding mode: walks row r over columns [k0, kend), calling
+  // fn(k, v0, v1) for each chunk of 32 columns.
   template <Kind kKind, bool kMx, bool kSimple>
-  static void decode_kind(const PackedWeight& w, int64_t r0, int64_t r1, int64_t k0, int64_t k1, float* out,
-                          int64_t ld) {
-    const Layout t(w);
-    const int64_t kend = driver::min64(k1, w.cols);
+  struct RowWalker {
+    static constexpr bool kPermuted = kKind == kNibbles;
+    const PackedWeight& w;
+    const Layout t;
+    explicit RowWalker(const PackedWeight& weight) : w(weight), t(weight) {}
+    template <class Fn>
+    void row(int64_t r, int64_t k0, int64_t kend, Fn&& fn) const {
+      walk_row<kKind, kMx, kSimple>(w, t, r, k0, kend, fn);
+    }
+  };
+
+  template <class Walker>
+  static void decode_rows(const WeightDecoder& d, int64_t r0, int64_t r1, int64_t k0, int64_t k1, float* out,
+                          int64_t ld, uint8_t*) {
+    const Walker walker(*d.w);
+    const int64_t kend = driver::min64(k1, d.w->cols);
     for (int64_t r = r0; r < r1; ++r) {
       float* dst = out + (r - r0) * ld - k0;
-      walk_row<kKind, kMx, kSimple>(w, t, r, k0, kend, [&](int64_t k, __m512 v0, __m512 v1) {
+      walker.row(r, k0, kend, [&](int64_t k, __m512 v0, __m512 v1) {
         _mm512_storeu_ps(dst + k, v0);
         _mm512_storeu_ps(dst + k + 16, v1);
       });
@@ -214,16 +253,16 @@ struct Avx512Decoder {
 
   // GEMV without a tile, over columns [k0, k1) (multiples of 32):
   // out[(r - r0) * MR + m] += sum_k w(r, k) x[m, k] (x in decoder order).
-  template <Kind kKind, bool kMx, bool kSimple, int MR>
-  static void dot_kind(const PackedWeight& w, int64_t r0, int64_t r1, const float* xp, int64_t kpad, int64_t k0,
-                       int64_t k1, float* out) {
-    const Layout t(w);
+  template <class Walker, int MR>
+  static void dot_rows_mr(const PackedWeight& w, int64_t r0, int64_t r1, const float* xp, int64_t kpad, int64_t k0,
+                          int64_t k1, float* out) {
+    const Walker walker(w);
     const int64_t kend = driver::min64(k1, w.cols);
     for (int64_t r = r0; r < r1; ++r) {
       __m512 acc[MR][2];
 #pragma GCC unroll 8
       for (int m = 0; m < MR; ++m) acc[m][0] = acc[m][1] = _mm512_setzero_ps();
-      walk_row<kKind, kMx, kSimple>(w, t, r, k0, kend, [&](int64_t k, __m512 v0, __m512 v1) {
+      walker.row(r, k0, kend, [&](int64_t k, __m512 v0, __m512 v1) {
 #pragma GCC unroll 8
         for (int m = 0; m < MR; ++m) {
           acc[m][0] = _mm512_fmadd_ps(v0, _mm512_loadu_ps(xp + m * kpad + k), acc[m][0]);
@@ -234,35 +273,34 @@ struct Avx512Decoder {
       for (int m = 0; m < MR; ++m) out[(r - r0) * MR + m] += _mm512_reduce_add_ps(_mm512_add_ps(acc[m][0], acc[m][1]));
     }
   }
-  template <Kind kKind, bool kMx, bool kSimple>
-  static void dot_fn(const WeightDecoder& d, int64_t r0, int64_t r1, const float* xp, int64_t M, int64_t kpad,
-                     int64_t k0, int64_t k1, float* out) {
+  template <class Walker>
+  static void dot_rows(const WeightDecoder& d, int64_t r0, int64_t r1, const float* xp, int64_t M, int64_t kpad,
+                       int64_t k0, int64_t k1, float* out) {
     switch (M) {
-      case 1: return dot_kind<kKind, kMx, kSimple, 1>(*d.w, r0, r1, xp, kpad, k0, k1, out);
-      case 2: return dot_kind<kKind, kMx, kSimple, 2>(*d.w, r0, r1, xp, kpad, k0, k1, out);
-      case 3: return dot_kind<kKind, kMx, kSimple, 3>(*d.w, r0, r1, xp, kpad, k0, k1, out);
-      case 4: return dot_kind<kKind, kMx, kSimple, 4>(*d.w, r0, r1, xp, kpad, k0, k1, out);
-      default: return dot_kind<kKind, kMx, kSimple, 8>(*d.w, r0, r1, xp, kpad, k0, k1, out);
+      case 1: return dot_rows_mr<Walker, 1>(*d.w, r0, r1, xp, kpad, k0, k1, out);
+      case 2: return dot_rows_mr<Walker, 2>(*d.w, r0, r1, xp, kpad, k0, k1, out);
+      case 3: return dot_rows_mr<Walker, 3>(*d.w, r0, r1, xp, kpad, k0, k1, out);
+      case 4: return dot_rows_mr<Walker, 4>(*d.w, r0, r1, xp, kpad, k0, k1, out);
+      default: return dot_rows_mr<Walker, 8>(*d.w, r0, r1, xp, kpad, k0, k1, out);
     }
   }
-  template <Kind kKind, bool kMx, bool kSimple>
-  static void decode_fn(const WeightDecoder& d, int64_t r0, int64_t r1, int64_t k0, int64_t k1, float* out,
-                        int64_t ld, uint8_t*) {
-    decode_kind<kKind, kMx, kSimple>(*d.w, r0, r1, k0, k1, out, ld);
+  template <class Walker>
+  static WeightDecoder make_walker(const PackedWeight& w) {
+    WeightDecoder d;
+    d.w = &w;
+    d.permuted = Walker::kPermuted;
+    d.decode = &decode_rows<Walker>;
+    d.dot_rows = &dot_rows<Walker>;
+    return d;
   }
   template <Kind kKind, bool kMx, bool kSimple>
   static WeightDecoder make_mode(const PackedWeight& w) {
-    WeightDecoder d;
-    d.w = &w;
-    d.permuted = kKind == kNibbles;
-    d.decode = &decode_fn<kKind, kMx, kSimple>;
-    d.dot_rows = &dot_fn<kKind, kMx, kSimple>;
-    return d;
+    return make_walker<RowWalker<kKind, kMx, kSimple>>(w);
   }
   template <Kind kKind>
   static WeightDecoder make_kind(const PackedWeight& w) {
     const Layout t(w);
-    if constexpr (kKind == kNibbles || kKind == kE4M3) {
+    if constexpr (kKind == kNibbles || kKind == kE4M3 || kKind == kE4M3Half) {
       if (t.mx) return t.simple ? make_mode<kKind, true, true>(w) : make_mode<kKind, true, false>(w);
     }
     return t.simple ? make_mode<kKind, false, true>(w) : make_mode<kKind, false, false>(w);
@@ -275,11 +313,13 @@ struct Avx512Decoder {
       case Format::kFloat4E1M2:
       case Format::kMxFp4E2M1: return make_kind<kNibbles>(w);
       case Format::kInt8: return make_kind<kInt8>(w);
-      case Format::kHiFloat8: return make_kind<kHiF8>(w);
+      case Format::kHiFloat8:
       case Format::kFloat8E4M3FN:
       case Format::kMxFp8E4M3FN: break;
     }
-    return make_kind<kE4M3>(w);
+    if (w.spec.format != Format::kHiFloat8 && w.value_dtype == DType::kF32) return make_kind<kE4M3Half>(w);
+    if (float8_vbmi_enabled()) return float8_decoder_avx512vbmi(w);  // byte tables: fewer permutes
+    return w.spec.format == Format::kHiFloat8 ? make_kind<kHiF8>(w) : make_kind<kE4M3>(w);
   }
 };
 

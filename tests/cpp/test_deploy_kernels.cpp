@@ -18,10 +18,14 @@ using namespace lowbit;
 
 namespace {
 
+// Instruction sets to run; "avx512-novbmi" is AVX-512 with the pre-VBMI float8 decoder.
 std::vector<std::string> isas() {
   std::vector<std::string> v{"scalar"};
   if (best_isa() != "scalar") v.push_back("avx2");
-  if (best_isa() == "avx512") v.push_back("avx512");
+  if (best_isa() == "avx512") {
+    v.push_back("avx512");
+    v.push_back("avx512-novbmi");
+  }
   return v;
 }
 
@@ -37,6 +41,7 @@ const Case kCases[] = {
     {Format::kInt4, Granularity::kChannel, 0, true},     {Format::kInt4, Granularity::kTensor, 0, false},
     {Format::kInt8, Granularity::kChannel, 0, false},    {Format::kInt8, Granularity::kGroup, 96, true},
     {Format::kFloat8E4M3FN, Granularity::kChannel, 0, true}, {Format::kHiFloat8, Granularity::kTensor, 0, true},
+    {Format::kFloat8E4M3FN, Granularity::kTensor, 0, true}, {Format::kHiFloat8, Granularity::kChannel, 0, true},
     {Format::kFloat4E2M1, Granularity::kGroup, 32, true}, {Format::kFloat4E1M2, Granularity::kGroup, 64, true},
     {Format::kMxFp4E2M1, Granularity::kGroup, 32, true},  {Format::kMxFp8E4M3FN, Granularity::kGroup, 32, true}};
 
@@ -84,8 +89,15 @@ Packed make(const Case& c, int64_t n, int64_t k, uint32_t seed) {
 }
 
 struct IsaGuard {
-  explicit IsaGuard(const std::string& isa) { set_isa(isa); }
-  ~IsaGuard() { set_isa("auto"); }
+  explicit IsaGuard(const std::string& isa) {
+    const bool novbmi = isa.size() > 7 && isa.compare(isa.size() - 7, 7, "-novbmi") == 0;
+    set_isa(novbmi ? isa.substr(0, isa.size() - 7) : isa);
+    allow_float8_vbmi(!novbmi);
+  }
+  ~IsaGuard() {
+    set_isa("auto");
+    allow_float8_vbmi(true);
+  }
 };
 
 TEST(DeployKernels, DequantRowsEqualUnpackOnEveryIsa) {

@@ -1,0 +1,176 @@
+// AVX-512 decoder of 8-bit float codes (FP8 E4M3, MXFP8, HiFloat8) built on AVX512-VBMI's
+// 128-entry byte permute (vpermi2b ignores index bit 7, so a code indexes its magnitude
+// directly). Each code's 16-bit value lives in two byte tables, low and high bytes; 32 codes
+// take two lookups, one bit-select to add the sign (code bit 7 -> bit 15), and one byte
+// interleave into 32 words, which widen to fp32 by a shift (bf16) or vcvtph2ps (fp16).
+//
+// The tables hold, per mode:
+//   kMagnitude: |value| as bf16 (exact: at most 3 mantissa bits), then x scale in fp32 (fp32
+//     weights, and MX blocks whose scale is a power of two) and rounding to the weight dtype;
+//   kValuesBf16 / kValuesF16: the final weight, round(|value| x scale) in the weight's 16-bit
+//     dtype, rebuilt per granule (per row for channel scales): no arithmetic per code.
+// bf16 words come out even columns first, then odd ones (the nibble decoders' order); fp16
+// words in natural order. Weights never hold a NaN code (quantization saturates).
+#pragma once
+#include <immintrin.h>
+
+#include "deploy/weight_decoder_avx512.h"
+
+namespace lowbit {
+namespace {
+namespace deploy {
+
+struct Float8Vbmi {
+  enum Mode { kMagnitude, kValuesBf16, kValuesF16 };
+  using Base = Avx512Decoder;
+
+  struct ByteTables {
+    __m512i lo0, lo1, hi0, hi1;  // low / high bytes of the words of codes 0..63 and 64..127
+  };
+
+  struct ByteIndex {
+    alignas(64) uint8_t even[64], odd[64], interleave[64];
+    ByteIndex() {
+      for (int j = 0; j < 64; ++j) {
+        even[j] = uint8_t(2 * j);
+        odd[j] = uint8_t(2 * j + 1);
+      }
+      for (int j = 0; j < 32; ++j) {
+        interleave[2 * j] = uint8_t(j);        // low byte of word j: lo[j]
+        interleave[2 * j + 1] = uint8_t(64 + j);  // high byte: hi[j]
+      }
+    }
+  };
+  static const ByteIndex& byte_index() {
+    static const ByteIndex b;
+    return b;
+  }
+
+  // |value| of codes 0..127 in fp32
+  static const float* magnitudes(Format f) {
+    struct Table {
+      alignas(64) float v[128];
+      explicit Table(Format fmt) {
+        const float* lut = decode_lut(fmt);
+        for (int c = 0; c < 128; ++c) v[c] = lut[c];
+      }
+    };
+    static const Table h(Format::kHiFloat8), e(Format::kFloat8E4M3FN);
+    return f == Format::kHiFloat8 ? h.v : e.v;
+  }
+
+  // Byte tables of round(mag[c] x sc) in vd (bf16 or fp16 bits) for c = 0..127.
+  static ByteTables value_tables(const float* mag, float sc, DType vd) {
+    const __m512 s = _mm512_set1_ps(sc);
+    __m512i words[4];
+    for (int i = 0; i < 4; ++i) {
+      __m256i half[2];
+      for (int h = 0; h < 2; ++h) {
+        const __m512 v = _mm512_mul_ps(_mm512_load_ps(mag + 32 * i + 16 * h), s);
+        half[h] = vd == DType::kF16
+                      ? _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+                      : _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_castps_si512(Base::round_value(v, DType::kBF16)), 16));
+      }
+      words[i] = _mm512_inserti64x4(_mm512_castsi256_si512(half[0]), half[1], 1);
+    }
+    const ByteIndex& bi = byte_index();
+    const __m512i even = _mm512_load_si512(bi.even), odd = _mm512_load_si512(bi.odd);
+    return {_mm512_permutex2var_epi8(words[0], even, words[1]), _mm512_permutex2var_epi8(words[2], even, words[3]),
+            _mm512_permutex2var_epi8(words[0], odd, words[1]), _mm512_permutex2var_epi8(words[2], odd, words[3])};
+  }
+
+  // The 16-bit words of 32 codes, in column order.
+  static inline __m512i words(const uint8_t* codes, uint32_t mask, bool full, const ByteTables& t,
+                              const __m512i& interleave) {
+    const __m256i b = full ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes))
+                           : _mm256_maskz_loadu_epi8(__mmask32(mask), codes);
+    const __m512i idx = _mm512_zextsi256_si512(b);
+    const __m512i lo = _mm512_permutex2var_epi8(t.lo0, idx, t.lo1);
+    const __m512i hi = _mm512_permutex2var_epi8(t.hi0, idx, t.hi1);
+    // hi | (code & 0x80): the sign bit
+    const __m512i hs = _mm512_ternarylogic_epi32(hi, idx, _mm512_set1_epi8(char(0x80)), 0xF8);
+    return _mm512_permutex2var_epi8(lo, interleave, hs);
+  }
+
+  template <Mode kMode, bool kMx, bool kSimple>
+  struct Walker {
+    static constexpr bool kPermuted = kMode != kValuesF16;
+    const PackedWeight& w;
+    const Base::Layout t;
+    const float* mag;
+    ByteTables mag_tables;
+    __m512i interleave;
+    explicit Walker(const PackedWeight& weight)
+        : w(weight), t(weight), mag(magnitudes(weight.spec.format)),
+          mag_tables(value_tables(mag, 1.0f, DType::kBF16)),
+          interleave(_mm512_load_si512(byte_index().interleave)) {}
+
+    inline void values(const uint8_t* codes, uint32_t mask, bool full, const ByteTables& tb, const __m512& scale,
+                       DType vd, __m512& v0, __m512& v1) const {
+      const __m512i wd = words(codes, mask, full, tb, interleave);
+      if constexpr (kMode == kValuesF16) {
+        v0 = _mm512_cvtph_ps(_mm512_castsi512_si256(wd));
+        v1 = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(wd, 1));
+      } else {
+        v0 = _mm512_castsi512_ps(_mm512_slli_epi32(wd, 16));  // even columns
+        v1 = _mm512_castsi512_ps(_mm512_and_si512(wd, _mm512_set1_epi32(int32_t(0xFFFF0000u))));  // odd ones
+        if constexpr (kMode == kMagnitude) {
+          v0 = _mm512_mul_ps(v0, scale);
+          v1 = _mm512_mul_ps(v1, scale);
+          if constexpr (!kSimple) {
+            v0 = Base::round_value(v0, vd);
+            v1 = Base::round_value(v1, vd);
+          }
+        }
+      }
+    }
+
+    template <class Fn>
+    void row(int64_t r, int64_t k0, int64_t kend, Fn&& fn) const {
+      const uint8_t* codes = w.codes + r * w.row_bytes;
+      const DType vd = kSimple ? DType::kF32 : t.vd;
+      const int64_t first = t.tensor ? 0 : r * t.groups, stride = t.tensor ? 0 : 1;
+      const float* srow = kMx || !w.scales.scale ? nullptr : w.scales.scale + first;
+      const uint8_t* erow = kMx && w.scales.e8m0 ? w.scales.e8m0 + first : nullptr;
+      int64_t k = k0;
+      for (int64_t g = k / t.glen; k < kend; ++g) {  // chunks never straddle granules (glen % 32 == 0)
+        const int64_t gend = driver::min64(kend, (g + 1) * t.glen);
+        float sc;
+        if constexpr (kSimple) sc = kMx ? t.e8m0[erow[g]] : srow[g * stride];
+        else sc = kMx ? t.e8m0[erow ? erow[g] : 127] : (srow ? srow[g * stride] : 1.0f);
+        const __m512 scale = _mm512_set1_ps(sc);
+        ByteTables tb;
+        if constexpr (kMode == kMagnitude) tb = mag_tables;
+        else tb = value_tables(mag, sc, vd);
+        __m512 v0, v1;
+        const uint8_t* cp = codes + k;
+        for (; k + kChunk <= gend; k += kChunk, cp += kChunk) {
+          _mm_prefetch(reinterpret_cast<const char*>(cp) + Base::kPrefetch, _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(cp) + 4 * Base::kPrefetch, _MM_HINT_T1);
+          values(cp, 0, true, tb, scale, vd, v0, v1);
+          fn(k, v0, v1);
+        }
+        if (k < gend) {  // the ragged end of the row
+          values(cp, uint32_t((uint64_t(1) << (gend - k)) - 1), false, tb, scale, vd, v0, v1);
+          fn(k, v0, v1);
+          k += kChunk;
+        }
+      }
+    }
+  };
+
+  static WeightDecoder make(const PackedWeight& w) {
+    const Base::Layout t(w);
+    if (t.mx)
+      return t.simple ? Base::make_walker<Walker<kMagnitude, true, true>>(w)
+                      : Base::make_walker<Walker<kMagnitude, true, false>>(w);
+    if (t.vd == DType::kBF16) return Base::make_walker<Walker<kValuesBf16, false, false>>(w);
+    if (t.vd == DType::kF16) return Base::make_walker<Walker<kValuesF16, false, false>>(w);
+    return t.simple ? Base::make_walker<Walker<kMagnitude, false, true>>(w)
+                    : Base::make_walker<Walker<kMagnitude, false, false>>(w);
+  }
+};
+
+}  // namespace deploy
+}  // namespace
+}  // namespace lowbit
