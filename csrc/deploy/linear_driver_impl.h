@@ -186,8 +186,23 @@ struct LinearKernels {
     const MutMatrix& y;
     int64_t rows() const { return x.rows; }
     // rows [m0, m0 + mb) (at most MB of them) into dst[pos[k] * MB + t]
+    // (in tiles of 16 columns x the block's rows, so that reads and writes stay in L1)
     void pack_block(int64_t m0, int64_t mb, int64_t MB, const int32_t* pos, int64_t kpad, float* dst) const {
-      for (int64_t t = 0; t < mb; ++t) gather_x(x, m0 + t, pos, kpad, dst + t, MB);
+      driver::with_dtype(x.dtype, [&](auto dt) {
+        constexpr DType D = decltype(dt)::value;
+        for (int64_t k0 = 0; k0 < x.cols; k0 += 16) {
+          const int64_t k1 = min64(x.cols, k0 + 16);
+          for (int64_t t = 0; t < mb; ++t) {
+            const void* row = K::row_ptr(x, m0 + t);
+            if (pos)
+              for (int64_t k = k0; k < k1; ++k) dst[pos[k] * MB + t] = K::template sload<D>(row, k);
+            else
+              for (int64_t k = k0; k < k1; ++k) dst[k * MB + t] = K::template sload<D>(row, k);
+          }
+        }
+      });
+      for (int64_t k = x.cols; k < kpad; ++k)
+        for (int64_t t = 0; t < mb; ++t) dst[(pos ? pos[k] : k) * MB + t] = 0.0f;
     }
     // results of rows [m_begin, m_begin + M): ct[n * ldc + (m - m_begin)]
     void store(const float* ct, int64_t ldc, int64_t N, const float* bias, int64_t m_begin, int64_t M) const {

@@ -29,7 +29,7 @@ struct Float8Vbmi {
   };
 
   struct ByteIndex {
-    alignas(64) uint8_t even[64], odd[64], interleave[64];
+    alignas(64) uint8_t even[64], odd[64], interleave[64], interleave_hi[64];
     ByteIndex() {
       for (int j = 0; j < 64; ++j) {
         even[j] = uint8_t(2 * j);
@@ -38,6 +38,8 @@ struct Float8Vbmi {
       for (int j = 0; j < 32; ++j) {
         interleave[2 * j] = uint8_t(j);        // low byte of word j: lo[j]
         interleave[2 * j + 1] = uint8_t(64 + j);  // high byte: hi[j]
+        interleave_hi[2 * j] = uint8_t(32 + j);   // the same for codes 32..63
+        interleave_hi[2 * j + 1] = uint8_t(96 + j);
       }
     }
   };
@@ -92,6 +94,17 @@ struct Float8Vbmi {
     return _mm512_permutex2var_epi8(lo, interleave, hs);
   }
 
+  // The same for 64 codes: the lookups of both halves share two permutes.
+  static inline void words64(const uint8_t* codes, const ByteTables& t, const __m512i& interleave,
+                             const __m512i& interleave_hi, __m512i& w0, __m512i& w1) {
+    const __m512i idx = _mm512_loadu_si512(codes);
+    const __m512i lo = _mm512_permutex2var_epi8(t.lo0, idx, t.lo1);
+    const __m512i hi = _mm512_permutex2var_epi8(t.hi0, idx, t.hi1);
+    const __m512i hs = _mm512_ternarylogic_epi32(hi, idx, _mm512_set1_epi8(char(0x80)), 0xF8);
+    w0 = _mm512_permutex2var_epi8(lo, interleave, hs);
+    w1 = _mm512_permutex2var_epi8(lo, interleave_hi, hs);
+  }
+
   template <Mode kMode, bool kMx, bool kSimple>
   struct Walker {
     static constexpr bool kPermuted = kMode != kValuesF16;
@@ -99,15 +112,19 @@ struct Float8Vbmi {
     const Base::Layout t;
     const float* mag;
     ByteTables mag_tables;
-    __m512i interleave;
+    __m512i interleave, interleave_hi;
     explicit Walker(const PackedWeight& weight)
         : w(weight), t(weight), mag(magnitudes(weight.spec.format)),
           mag_tables(value_tables(mag, 1.0f, DType::kBF16)),
-          interleave(_mm512_load_si512(byte_index().interleave)) {}
+          interleave(_mm512_load_si512(byte_index().interleave)),
+          interleave_hi(_mm512_load_si512(byte_index().interleave_hi)) {}
 
     inline void values(const uint8_t* codes, uint32_t mask, bool full, const ByteTables& tb, const __m512& scale,
                        DType vd, __m512& v0, __m512& v1) const {
-      const __m512i wd = words(codes, mask, full, tb, interleave);
+      widen(words(codes, mask, full, tb, interleave), scale, vd, v0, v1);
+    }
+    // 32 words -> two vectors of values
+    static inline void widen(const __m512i& wd, const __m512& scale, DType vd, __m512& v0, __m512& v1) {
       if constexpr (kMode == kValuesF16) {
         v0 = _mm512_cvtph_ps(_mm512_castsi512_si256(wd));
         v1 = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(wd, 1));
@@ -144,6 +161,16 @@ struct Float8Vbmi {
         else tb = value_tables(mag, sc, vd);
         __m512 v0, v1;
         const uint8_t* cp = codes + k;
+        for (; k + 2 * kChunk <= gend; k += 2 * kChunk, cp += 2 * kChunk) {
+          _mm_prefetch(reinterpret_cast<const char*>(cp) + Base::kPrefetch, _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(cp) + 4 * Base::kPrefetch, _MM_HINT_T1);
+          __m512i w0, w1;
+          words64(cp, tb, interleave, interleave_hi, w0, w1);
+          widen(w0, scale, vd, v0, v1);
+          fn(k, v0, v1);
+          widen(w1, scale, vd, v0, v1);
+          fn(k + kChunk, v0, v1);
+        }
         for (; k + kChunk <= gend; k += kChunk, cp += kChunk) {
           _mm_prefetch(reinterpret_cast<const char*>(cp) + Base::kPrefetch, _MM_HINT_T0);
           _mm_prefetch(reinterpret_cast<const char*>(cp) + 4 * Base::kPrefetch, _MM_HINT_T1);
