@@ -21,6 +21,9 @@ namespace deploy {
 using driver::min64;
 inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
+template <class V, class LK>
+struct ConvDirect;  // deploy/conv_direct_impl.h (included at the end)
+
 template <class V>
 struct LinearKernels {
   using F = typename V::F;
@@ -354,7 +357,9 @@ struct LinearKernels {
   }
 
   // One convolution group: input channels [c0, c0 + cg), weight rows = its output channels.
+  // (direct from padded input planes where a tiling suits the layer, else packed patches)
   static void conv2d(const Conv2dArgs& a, int64_t group, const WeightDecoder& d, const float* bias) {
+    if (ConvDirect<V, LinearKernels>::conv2d(a, group, d, bias)) return;
     gemm(ConvIO{a, group * a.cg, group * (a.cout / a.groups)}, d, bias);
   }
 
@@ -372,3 +377,5 @@ struct LinearKernels {
 }  // namespace deploy
 }  // namespace
 }  // namespace lowbit
+
+#include "deploy/conv_direct_impl.h"

@@ -17,6 +17,10 @@ struct VecAvx2 {
 
   static F load(const float* p) { return _mm256_loadu_ps(p); }
   static void store(float* p, F v) { _mm256_storeu_ps(p, v); }
+  // the first n (< kLanes) elements; the other lanes read as 0 / are not written
+  static __m256i first_mask(int n) { return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)); }
+  static F load_first(const float* p, int n) { return _mm256_maskload_ps(p, first_mask(n)); }
+  static void store_first(float* p, F v, int n) { _mm256_maskstore_ps(p, first_mask(n), v); }
   static F load_f16(const uint16_t* p) {
     return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
   }

@@ -19,6 +19,9 @@ struct VecScalar {
 
   static F load(const float* p) { return *p; }
   static void store(float* p, F v) { *p = v; }
+  // the first n (< kLanes, so 0) elements
+  static F load_first(const float*, int) { return 0.0f; }
+  static void store_first(float*, F, int) {}
   static F load_f16(const uint16_t* p) { return fp16_to_float(*p); }
   static void store_f16(uint16_t* p, F v) { *p = float_to_fp16(v); }
   static F load_bf16(const uint16_t* p) { return bf16_to_float(*p); }

@@ -192,13 +192,18 @@ def test_converted_model_keeps_no_float_weights():
 
 @pytest.mark.parametrize("isa", ISAS)
 def test_conv2d_packed_geometries_and_dtypes(isa):
-    """Patches packed straight into the GEMM tiles: strides, dilation, uneven padding,
-    groups, non-square kernels, every activation dtype, against F.conv2d on unpack()."""
+    """Direct convolution from padded input planes (and, where that would waste too much,
+    patches packed into the GEMM tiles): strides, dilation, uneven padding, groups,
+    non-square kernels, every activation dtype, against F.conv2d on unpack()."""
     OPS.set_isa(isa)
     geometries = [  # (cin, cout, kernel, stride, padding, dilation, groups, h, w)
         (3, 16, (3, 3), (1, 1), (1, 1), (1, 1), 1, 9, 11), (8, 12, (3, 3), (2, 2), (1, 1), (1, 1), 2, 10, 7),
         (4, 8, (1, 3), (1, 2), (0, 1), (1, 1), 1, 5, 9), (6, 6, (3, 3), (1, 1), (2, 2), (2, 2), 6, 8, 8),
-        (16, 33, (1, 1), (1, 1), (0, 0), (1, 1), 1, 4, 4)]
+        (16, 33, (1, 1), (1, 1), (0, 0), (1, 1), 1, 4, 4),
+        (5, 7, (5, 5), (1, 1), (0, 0), (1, 1), 1, 7, 7),  # packed patches (a direct conv would waste 4/7)
+        # output channels in the vectors (32, 48 per group, 64)
+        (8, 32, (3, 3), (2, 2), (1, 1), (1, 1), 1, 9, 10), (12, 96, (3, 3), (1, 1), (2, 2), (2, 2), 2, 6, 7),
+        (4, 64, (3, 3), (1, 1), (1, 1), (2, 2), 1, 7, 6)]
     for (cin, cout, kern, stride, pad, dil, groups, h, w), fmt, dtype in itertools.product(
             geometries, [("int4", "group", 32), ("hifloat8", "channel", 0), ("float4_e2m1", "group", 32)], DTYPES):
         fmt, gran, gs = fmt
@@ -289,6 +294,16 @@ def test_many_rows_run_in_passes():
                             [3, 3], [1, 1], [1, 1], [1, 1], 1)
     wd = formats.unpack(cp, "hifloat8", cs, 27, co, "channel", 0, True).reshape(12, 3, 3, 3)
     assert_close_to_reference(got, F.conv2d(xc, wd, None, 1, 1), 27)
+    # direct convolution: 4 images per pass here, so the passes are 4 + 1 images
+    assert torch.equal(got[4:], OPS.conv2d_packed(xc[4:], cp, cs, EMPTY, None, None, "hifloat8", "channel", 0, True, 27,
+                                                  torch.float32, [3, 3], [1, 1], [1, 1], [1, 1], 1))
+    # packed patches (5 x 5 kernel on 7 x 7 images): 460 x 9 = 4140 rows
+    cp, cs, co = packed_weight(12, 75, "hifloat8", "channel", 0, True)
+    xc = torch.randn(460, 3, 7, 7)
+    got = OPS.conv2d_packed(xc, cp, cs, EMPTY, None, None, "hifloat8", "channel", 0, True, 75, torch.float32,
+                            [5, 5], [1, 1], [0, 0], [1, 1], 1)
+    wd = formats.unpack(cp, "hifloat8", cs, 75, co, "channel", 0, True).reshape(12, 3, 5, 5)
+    assert_close_to_reference(got, F.conv2d(xc, wd), 75)
 
 
 @pytest.mark.parametrize("conv", [dict(padding=1, padding_mode="reflect"), dict(padding="same"),
