@@ -30,11 +30,14 @@ struct ConvDirect {
 
   // Planes of one image: sy x sx phases (or one padded plane, sy = sx = 1, when the tiling
   // does not need consecutive positions to be consecutive floats) x cg channels.
+  // With nhwc (channels-last input, one padded plane), an image is [R][C][cg] instead.
   struct Geometry {
+    bool nhwc;
     int64_t sy, sx;               // phase strides
     int64_t R, C, plane, image;   // plane rows and columns, floats per plane and per image
     int64_t ext;                  // output positions per image (ho * C)
-    Geometry(const Conv2dArgs& a, bool phased) : sy(phased ? a.sy : 1), sx(phased ? a.sx : 1) {
+    Geometry(const Conv2dArgs& a, bool phased)
+        : nhwc(a.channels_last && !phased), sy(phased ? a.sy : 1), sx(phased ? a.sx : 1) {
       R = (a.h + 2 * a.py + sy - 1) / sy;
       C = (a.w + 2 * a.px + sx - 1) / sx;
       plane = R * C;
@@ -49,6 +52,7 @@ struct ConvDirect {
   static int64_t column_offset(const Conv2dArgs& a, const Geometry& g, int64_t k) {
     const int64_t c = k / (a.kh * a.kw), ky = (k / a.kw) % a.kh, kx = k % a.kw;
     const int64_t ty = ky * a.dy, tx = kx * a.dx;
+    if (g.nhwc) return (ty * g.C + tx) * a.cg + c;
     const int64_t phase = (ty % g.sy) * g.sx + tx % g.sx;
     return (phase * a.cg + c) * g.plane + (ty / g.sy) * g.C + tx / g.sx;
   }
@@ -95,6 +99,28 @@ struct ConvDirect {
         zero(row + q1, g.C - q1);
       }
     }
+  }
+
+  // Channels-last input: padded row r of image img (work item t = img * R + r), [C][cg].
+  template <DType D>
+  static void fill_nhwc_row(const Conv2dArgs& a, const Geometry& g, int64_t c0, int64_t img0, int64_t t, float* buf) {
+    const int64_t img = t / g.R, r = t % g.R, iy = r - a.py, cg = a.cg;
+    float* row = buf + img * g.image + r * g.C * cg;
+    if (uint64_t(iy) >= uint64_t(a.h)) return zero(row, g.C * cg);
+    const int64_t x0 = min64(a.px, g.C), x1 = min64(g.C, a.px + a.w);  // [x0, x1): inside the image
+    zero(row, x0 * cg);
+    const int64_t first = (((img0 + img) * a.h + iy) * a.w) * a.c + c0;  // input index of (iy, ix = 0, c0)
+    if (cg == a.c) {  // one run: the whole image row
+      const int64_t n = (x1 - x0) * cg;
+      float* dst = row + x0 * cg;
+      int64_t q = 0;
+      for (; q + L <= n; q += L) LK::K::template vstore<DType::kF32>(dst, q, LK::K::template vload<D>(a.x, first + q));
+      for (; q < n; ++q) dst[q] = LK::K::template sload<D>(a.x, first + q);
+    } else {
+      for (int64_t q = x0; q < x1; ++q)
+        for (int64_t c = 0; c < cg; ++c) row[q * cg + c] = LK::K::template sload<D>(a.x, first + (q - x0) * a.c + c);
+    }
+    zero(row + x1 * cg, (g.C - x1) * cg);
   }
 
   static constexpr int64_t kMaxBlockK = 320;  // columns per weight panel (48 x 320 fp32 = 60 KiB, L2)
@@ -154,8 +180,13 @@ struct ConvDirect {
     void fill(const Conv2dArgs& a, int64_t img0, int64_t nimg) const {
       driver::with_dtype(a.dtype, [&](auto dt) {
         constexpr DType D = decltype(dt)::value;
+        if (g.nhwc) {
 #pragma omp for schedule(static)
-        for (int64_t t = 0; t < nimg * g.sy * g.sx; ++t) fill_planes<D>(a, g, c0, img0, t, buf);
+          for (int64_t t = 0; t < nimg * g.R; ++t) fill_nhwc_row<D>(a, g, c0, img0, t, buf);
+        } else {
+#pragma omp for schedule(static)
+          for (int64_t t = 0; t < nimg * g.sy * g.sx; ++t) fill_planes<D>(a, g, c0, img0, t, buf);
+        }
       });
 #pragma omp for schedule(static)
       for (int64_t i = 0; i < slack; ++i) buf[nimg * g.image + i] = 0.0f;
@@ -168,26 +199,26 @@ struct ConvDirect {
   static void micro(const float* wd, int64_t ldw, const int32_t* kk, const int64_t* off, int64_t count,
                     const float* x, float* c, int64_t ldc, bool first) {
     F acc[TN][MV];
-#pragma GCC unroll 16
+#pragma GCC unroll 32
     for (int i = 0; i < TN; ++i)
-#pragma GCC unroll 16
+#pragma GCC unroll 32
       for (int v = 0; v < MV; ++v) acc[i][v] = first ? V::set1(0.0f) : V::load(c + i * ldc + v * L);
     for (int64_t j = 0; j < count; ++j) {
       const float* xj = x + off[j];
       const float* wj = wd + kk[j];
       F xv[MV];
-#pragma GCC unroll 16
+#pragma GCC unroll 32
       for (int v = 0; v < MV; ++v) xv[v] = V::load(xj + v * L);
-#pragma GCC unroll 16
+#pragma GCC unroll 32
       for (int i = 0; i < TN; ++i) {
         const F b = V::set1(wj[i * ldw]);
-#pragma GCC unroll 16
+#pragma GCC unroll 32
         for (int v = 0; v < MV; ++v) acc[i][v] = V::fmadd(b, xv[v], acc[i][v]);
       }
     }
-#pragma GCC unroll 16
+#pragma GCC unroll 32
     for (int i = 0; i < TN; ++i)
-#pragma GCC unroll 16
+#pragma GCC unroll 32
       for (int v = 0; v < MV; ++v) V::store(c + i * ldc + v * L, acc[i][v]);
   }
 
@@ -260,25 +291,25 @@ struct ConvDirect {
                              int64_t ldc, bool first) {
     constexpr int64_t NB = MV * L;
     F acc[TP][MV];
-#pragma GCC unroll 16
+#pragma GCC unroll 32
     for (int p = 0; p < TP; ++p)
-#pragma GCC unroll 16
+#pragma GCC unroll 32
       for (int v = 0; v < MV; ++v) acc[p][v] = first ? V::set1(0.0f) : V::load(c + p * ldc + v * L);
     for (int64_t j = 0; j < count; ++j) {
       const int64_t o = off[j];
       F wv[MV];
-#pragma GCC unroll 16
+#pragma GCC unroll 32
       for (int v = 0; v < MV; ++v) wv[v] = V::load(wt + j * NB + v * L);
-#pragma GCC unroll 16
+#pragma GCC unroll 32
       for (int p = 0; p < TP; ++p) {
         const F b = V::set1(px[p][o]);
-#pragma GCC unroll 16
+#pragma GCC unroll 32
         for (int v = 0; v < MV; ++v) acc[p][v] = V::fmadd(b, wv[v], acc[p][v]);
       }
     }
-#pragma GCC unroll 16
+#pragma GCC unroll 32
     for (int p = 0; p < TP; ++p)
-#pragma GCC unroll 16
+#pragma GCC unroll 32
       for (int v = 0; v < MV; ++v) V::store(c + p * ldc + v * L, acc[p][v]);
   }
 
@@ -306,7 +337,7 @@ struct ConvDirect {
 #pragma omp for schedule(static)
         for (int64_t p = 0; p < ppad; ++p) {
           const int64_t q = p < P ? p : P - 1, img = q / hw, oy = (q % hw) / a.wo, ox = q % a.wo;
-          pix[p] = img * g.image + oy * a.sy * g.C + ox * a.sx;
+          pix[p] = img * g.image + (oy * a.sy * g.C + ox * a.sx) * (g.nhwc ? a.cg : 1);
         }
         // one part per thread and channel block: each transposes its weight panel once per k block
         const int64_t groups = ppad / TP;
@@ -326,15 +357,32 @@ struct ConvDirect {
             }
             for (int64_t gi = g0; gi < g1; ++gi) {
               const float* px[TP];
-#pragma GCC unroll 16
+#pragma GCC unroll 32
               for (int p = 0; p < TP; ++p) px[p] = pl.buf + pix[gi * TP + p];
               micro_channels<TP, MV>(wt, pl.off + pl.start[kb], cnt, px, ct + gi * TP * npad + n0, npad, kb == 0);
             }
           }
         }
+        if (a.channels_last) {  // NHWC output: each pixel's channels are one run
+          driver::with_dtype(a.dtype, [&](auto dt) {
+            constexpr DType D = decltype(dt)::value;
+#pragma omp for schedule(static)
+            for (int64_t p = 0; p < P; ++p) {
+              const float* src = ct + p * npad;
+              const int64_t o = ((img0 * hw + p) * a.cout + pl.o0);
+              int64_t n = 0;
+              for (; n + L <= N; n += L)
+                LK::K::template vstore<D>(a.y, o + n, V::add(V::load(src + n), bias ? V::load(bias + n) : V::set1(0.0f)));
+              for (; n < N; ++n) store_element(a.y, D, o + n, src[n] + (bias ? bias[n] : 0.0f));
+            }
+          });
+          continue;
+        }
         // NCHW output from [pixel][channel], in tiles of 64 pixels that stay in L1
         driver::with_dtype(a.dtype, [&](auto dt) {
           constexpr DType D = decltype(dt)::value;
+          alignas(64) static const float iota[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+          const auto stride = V::cvtfi(V::mul(V::load(iota), V::set1(float(npad))));  // lane i: i * npad
           const int64_t tiles = (hw + 63) / 64;
 #pragma omp for schedule(static)
           for (int64_t t = 0; t < nimg * tiles; ++t) {
@@ -343,7 +391,10 @@ struct ConvDirect {
             char* dst = static_cast<char*>(a.y) + ((img0 + img) * a.cout + pl.o0) * hw * dtype_bytes(D);
             for (int64_t n = 0; n < N; ++n) {
               const float b = bias ? bias[n] : 0.0f;
-              for (int64_t q = q0; q < q1; ++q) store_element(dst, D, n * hw + q, src[q * npad + n] + b);
+              int64_t q = q0;
+              for (; q + L <= q1; q += L)  // L pixels of channel n: a gather down the [pixel][channel] rows
+                LK::K::template vstore<D>(dst, n * hw + q, V::add(V::gather(src + q * npad + n, stride), V::set1(b)));
+              for (; q < q1; ++q) store_element(dst, D, n * hw + q, src[q * npad + n] + b);
             }
           }
         });
@@ -353,17 +404,28 @@ struct ConvDirect {
 
   // Runs one group with the tiling that suits it; false when neither does (few output
   // channels and positions that would mostly be dropped): the caller packs patches then.
+  // Whether output channels fill the vectors (the channels tiling, which alone reads
+  // channels-last input): the caller converts channels-last layers for which it is false.
+  static bool channels_tiling(int64_t rows) {
+    if constexpr (L == 16) return rows % 16 == 0;
+    if constexpr (L == 8) return rows % 8 == 0;
+    return false;
+  }
+
   static bool conv2d(const Conv2dArgs& a, int64_t group, const WeightDecoder& d, const float* bias) {
     const int64_t n = d.w->rows;
+    if (a.channels_last && !channels_tiling(n)) return false;  // (never asked: see channels_tiling)
     if constexpr (L == 16) {
       if (n % 64 == 0) return run_channels<6, 4>(a, group, d, bias), true;
       if (n % 48 == 0) return run_channels<8, 3>(a, group, d, bias), true;
       if (n % 32 == 0) return run_channels<12, 2>(a, group, d, bias), true;
+      if (n % 16 == 0) return run_channels<24, 1>(a, group, d, bias), true;
       if (!positions_worthwhile(a)) return false;
       if (n % 12 == 0 || n < 8) return run_positions<12, 2>(a, group, d, bias), true;
       return run_positions<8, 3>(a, group, d, bias), true;
     } else if constexpr (L == 8) {
       if (n % 16 == 0) return run_channels<6, 2>(a, group, d, bias), true;
+      if (n % 8 == 0) return run_channels<12, 1>(a, group, d, bias), true;
       if (!positions_worthwhile(a)) return false;
       return run_positions<4, 2>(a, group, d, bias), true;
     } else {

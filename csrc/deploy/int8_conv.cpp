@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "deploy/conv_patches.h"
+#include "deploy/conv_layout.h"
 #include "deploy/int8_common.h"
 
 namespace lowbit {
@@ -25,6 +26,7 @@ void conv2d_int8(const Conv2dArgs& a, const Int8Activation& act, const IntWeight
     throw std::invalid_argument("weight: shape does not match the convolution");
   const int64_t L = a.ho * a.wo, M = a.n * L, pixels = a.n * a.c * a.h * a.w;
   if (M == 0) return;
+  if (a.channels_last) return conv2d_through_nchw(a, [&](const Conv2dArgs& b) { conv2d_int8(b, act, w, bias); });
   // 1. codes of every input pixel, and where the NaNs are
   QuantSpec spec;
   spec.format = Format::kInt8;

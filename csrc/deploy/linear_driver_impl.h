@@ -370,7 +370,7 @@ struct LinearKernels {
     return d;
   }
   static LinearIsaTable table(WeightDecoder (*decoder)(const PackedWeight&) = &generic_decoder) {
-    return {V::kName, decoder, &linear, &conv2d};
+    return {V::kName, decoder, &linear, &conv2d, &ConvDirect<V, LinearKernels>::channels_tiling};
   }
 };
 

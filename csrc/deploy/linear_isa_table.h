@@ -10,6 +10,9 @@ struct LinearIsaTable {
   WeightDecoder (*decoder)(const PackedWeight& w);
   void (*linear)(const ConstMatrix& x, const WeightDecoder& d, const float* bias, const MutMatrix& y);
   void (*conv2d)(const Conv2dArgs& a, int64_t group, const WeightDecoder& d, const float* bias);
+  // Whether conv2d reads channels-last input (and writes channels-last output) directly for
+  // groups of this many output channels; otherwise the caller converts.
+  bool (*conv2d_channels_last)(int64_t rows);
 };
 
 LinearIsaTable linear_table_scalar();

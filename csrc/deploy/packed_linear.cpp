@@ -5,6 +5,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "deploy/conv_layout.h"
 #include "deploy/linear_isa_table.h"
 #include "deploy/scratch.h"
 #include "deploy/weight_decoder.h"
@@ -119,6 +120,8 @@ void conv2d_packed(const Conv2dArgs& a, const PackedWeight& w, const float* bias
   if (a.n == 0 || a.ho <= 0 || a.wo <= 0) return;
   const LinearIsaTable t = linear_table();
   const int64_t og = a.cout / a.groups;
+  if (a.channels_last && !t.conv2d_channels_last(og))
+    return conv2d_through_nchw(a, [&](const Conv2dArgs& b) { conv2d_packed(b, w, bias); });
   for (int64_t g = 0; g < a.groups; ++g) {
     const PackedWeight wg = weight_rows(w, g * og, (g + 1) * og);  // this group's output channels
     const WeightDecoder d = t.decoder(wg);

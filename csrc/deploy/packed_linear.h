@@ -59,6 +59,7 @@ struct Conv2dArgs {
   DType dtype = DType::kF32;
   int64_t n = 0, c = 0, h = 0, w = 0, cout = 0, groups = 1, cg = 0;
   int64_t kh = 1, kw = 1, sy = 1, sx = 1, py = 0, px = 0, dy = 1, dx = 1, ho = 0, wo = 0;
+  bool channels_last = false;  // x and y are laid out [n, h, w, c] (torch's channels_last)
 };
 // w: all cout rows; bias: cout floats or null. Fills ho/wo-dependent output.
 void conv2d_packed(const Conv2dArgs& a, const PackedWeight& w, const float* bias);

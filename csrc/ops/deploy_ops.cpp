@@ -171,8 +171,10 @@ ConvTensors conv_tensors(const at::Tensor& x_in, int64_t cout, const c10::option
   TORCH_CHECK_VALUE(groups >= 1 && x_in.size(1) % groups == 0, "groups: ", groups, " does not divide ", x_in.size(1),
                     " input channels");
   ConvTensors t;
-  t.x = x_in.contiguous();
   Conv2dArgs& a = t.a;
+  // channels-last input stays so (the kernels read it, or convert); the output follows it, as torch's does
+  a.channels_last = !x_in.is_contiguous() && x_in.is_contiguous(at::MemoryFormat::ChannelsLast);
+  t.x = a.channels_last ? x_in : x_in.contiguous();
   a.dtype = float_dtype(t.x, "x");
   a.n = t.x.size(0), a.c = t.x.size(1), a.h = t.x.size(2), a.w = t.x.size(3);
   a.cout = cout, a.groups = groups, a.cg = a.c / groups;
@@ -181,7 +183,9 @@ ConvTensors conv_tensors(const at::Tensor& x_in, int64_t cout, const c10::option
   a.ho = (a.h + 2 * a.py - a.dy * (a.kh - 1) - 1) / a.sy + 1;
   a.wo = (a.w + 2 * a.px - a.dx * (a.kw - 1) - 1) / a.sx + 1;
   TORCH_CHECK_VALUE(a.ho > 0 && a.wo > 0, "x: ", a.h, "x", a.w, " is smaller than the kernel");
-  t.y = at::empty({a.n, a.cout, a.ho, a.wo}, t.x.options());
+  t.y = at::empty({a.n, a.cout, a.ho, a.wo},
+                  t.x.options().memory_format(a.channels_last ? at::MemoryFormat::ChannelsLast
+                                                              : at::MemoryFormat::Contiguous));
   t.bias = float_bias(bias, cout);
   a.x = t.x.data_ptr();
   a.y = t.y.data_ptr();

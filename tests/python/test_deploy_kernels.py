@@ -223,6 +223,36 @@ def test_conv2d_packed_geometries_and_dtypes(isa):
 
 
 @pytest.mark.parametrize("isa", ISAS)
+def test_conv2d_reads_and_writes_channels_last(isa):
+    """A channels-last input (what CIFAR images permuted from NHWC are) gives a channels-last
+    output equal to the NCHW result: read directly by the channel-vector tiling (32/64
+    output channels), converted for the others (12 channels, groups, the INT8 kernel)."""
+    OPS.set_isa(isa)
+    for cin, cout, stride, groups, dtype in [(16, 32, 1, 1, torch.float32), (8, 64, 2, 1, torch.bfloat16),
+                                             (16, 64, 1, 2, torch.float32), (6, 12, 1, 1, torch.float16)]:
+        k = cin // groups * 9
+        packed, scale, _ = packed_weight(cout, k, "int8", "channel", 0, True, seed=cout)
+        x = torch.randn(3, cin, 11, 10).to(dtype)
+        xl = x.contiguous(memory_format=torch.channels_last)
+        geometry = ([3, 3], [stride, stride], [1, 1], [1, 1], groups)
+        args = (packed, scale, EMPTY, None, torch.randn(cout), "int8", "channel", 0, True, k, dtype, *geometry)
+        want = OPS.conv2d_packed(x, *args)
+        got = OPS.conv2d_packed(xl, *args)
+        assert got.is_contiguous(memory_format=torch.channels_last) and not got.is_contiguous()
+        assert want.is_contiguous()
+        assert_close_to_reference(got, want, k, what=f"{isa} channels-last {cin}->{cout} s{stride} g{groups} {dtype}")
+    w = torch.randn(16, 72)
+    ws, wo = formats.compute_scales(w, "int8", "channel", 0, True)
+    packed = formats.pack(w, "int8", ws, wo, "channel", 0, True)
+    x = torch.randn(2, 8, 9, 9)
+    a_s, a_o = formats.compute_scales(x, "int8", "tensor", 0, True)
+    args = (packed, ws.reshape(-1), 8, 72, a_s, a_o, None, [3, 3], [1, 1], [1, 1], [1, 1], 1)
+    got = OPS.conv2d_int8(x.contiguous(memory_format=torch.channels_last), *args)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(got, OPS.conv2d_int8(x, *args))
+
+
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("asym,bits", [(False, 8), (True, 8), (True, 4)])
 def test_conv2d_int8_matches_reference_and_propagates_nan(isa, asym, bits):
     OPS.set_isa(isa)
