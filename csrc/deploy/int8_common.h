@@ -73,18 +73,34 @@ inline void interleave_quads(const uint8_t (*col)[kInt8TileM], uint8_t* d) {
   }
 }
 
-// Whether n values hold a NaN (exponent all ones, mantissa not zero), in parallel.
+// INT8 x INT8 convolution without patches where AVX512-VNNI and the layer allow it
+// (output channels per group a multiple of 16, no NaN in the input); false otherwise,
+// before or after writing some outputs (int8_conv_direct.cpp). pad_code: the unsigned
+// code of 0.
+bool conv2d_int8_direct(const Conv2dArgs& a, const Int8Activation& act, const IntWeight& w, const float* bias,
+                        uint8_t pad_code);
+
+// Whether n values hold a NaN (exponent all ones, mantissa not zero), in parallel, four or
+// eight values per SSE2 compare (SSE2: every x86-64 CPU).
 inline bool has_nan(const void* p, DType dtype, int64_t n) {
   int found = 0;
-  if (dtype == DType::kF32) {
-    const uint32_t* u = static_cast<const uint32_t*>(p);
+  const bool wide = dtype == DType::kF32;
+  const int64_t per = wide ? 4 : 8, vecs = n / per;
+  const __m128i mask = wide ? _mm_set1_epi32(0x7FFFFFFF) : _mm_set1_epi16(0x7FFF);
+  const __m128i inf = wide ? _mm_set1_epi32(0x7F800000) : _mm_set1_epi16(dtype == DType::kF16 ? 0x7C00 : 0x7F80);
+  const __m128i* v = static_cast<const __m128i*>(p);
 #pragma omp parallel for reduction(| : found) schedule(static) if (n >= (1 << 16))
-    for (int64_t i = 0; i < n; ++i) found |= (u[i] & 0x7FFFFFFFu) > 0x7F800000u;
-  } else {
-    const uint16_t* u = static_cast<const uint16_t*>(p);
-    const uint16_t inf = dtype == DType::kF16 ? 0x7C00 : 0x7F80;
-#pragma omp parallel for reduction(| : found) schedule(static) if (n >= (1 << 16))
-    for (int64_t i = 0; i < n; ++i) found |= (u[i] & 0x7FFF) > inf;
+  for (int64_t c = 0; c < (vecs + 1023) / 1024; ++c) {  // chunks of 1024 vectors
+    __m128i any = _mm_setzero_si128();
+    for (int64_t i = c * 1024; i < std::min(vecs, (c + 1) * 1024); ++i) {
+      const __m128i m = _mm_and_si128(_mm_loadu_si128(v + i), mask);
+      any = _mm_or_si128(any, wide ? _mm_cmpgt_epi32(m, inf) : _mm_cmpgt_epi16(m, inf));
+    }
+    found |= _mm_movemask_epi8(any) != 0;
+  }
+  for (int64_t i = vecs * per; i < n && !found; ++i) {
+    if (wide) found = (static_cast<const uint32_t*>(p)[i] & 0x7FFFFFFFu) > 0x7F800000u;
+    else found = (static_cast<const uint16_t*>(p)[i] & 0x7FFF) > (dtype == DType::kF16 ? 0x7C00 : 0x7F80);
   }
   return found != 0;
 }

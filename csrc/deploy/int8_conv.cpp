@@ -26,6 +26,9 @@ void conv2d_int8(const Conv2dArgs& a, const Int8Activation& act, const IntWeight
     throw std::invalid_argument("weight: shape does not match the convolution");
   const int64_t L = a.ho * a.wo, M = a.n * L, pixels = a.n * a.c * a.h * a.w;
   if (M == 0) return;
+  // the code of 0.0 (what zero padding quantizes to), made unsigned
+  const uint8_t pad_code = uint8_t(uint8_t(int8_t(std::max(-128, std::min(127, act.offset)))) ^ 0x80u);
+  if (conv2d_int8_direct(a, act, w, bias, pad_code)) return;
   if (a.channels_last) return conv2d_through_nchw(a, [&](const Conv2dArgs& b) { conv2d_int8(b, act, w, bias); });
   // 1. codes of every input pixel, and where the NaNs are
   QuantSpec spec;
@@ -39,8 +42,6 @@ void conv2d_int8(const Conv2dArgs& a, const Int8Activation& act, const IntWeight
   pack(ConstMatrix{a.x, a.dtype, a.n * a.c, plane, plane}, spec, ScaleView{&sx, spec.symmetric ? nullptr : &zx, nullptr},
        codes, plane, false);
   const bool any_nan = has_nan(a.x, a.dtype, pixels);
-  // the code of 0.0 (what zero padding quantizes to), made unsigned
-  const uint8_t pad_code = uint8_t(uint8_t(int8_t(std::max(-128, std::min(127, zx)))) ^ 0x80u);
   const int32_t zero_shift = 128 + act.offset;
   const Int8Kernels kern = int8_kernels();
   const int64_t k4 = (K + 3) / 4, mblocks = (M + kInt8TileM - 1) / kInt8TileM;

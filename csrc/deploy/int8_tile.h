@@ -32,7 +32,26 @@ void int8_tile_avx2(const int8_t* w, int64_t ldw, const uint8_t* xq, int64_t k4,
 void int8_rows_avx2(const int8_t* w, int64_t ldw, int64_t rows, int64_t k, const uint8_t* xu, int64_t M,
                     int64_t kpad, int32_t* acc);
 int32_t int8_row_sum_avx2(const int8_t* w, int64_t k);
+// Direct convolution tile (AVX512-VNNI), output channels in the vectors: for TP pixels
+// (int8_conv_tile_pixels(mv)) and 16 mv channels (mv = 1, 2, 4),
+//   out[p * ldo + ch] = float(sum_q u8x4(px[p] + off[q]) . wt[q][ch] - corr[ch]) * scale[ch] + bias[ch]
+// with wt as [nq][16 mv][4] signed bytes (4 input channels of one tap per quad).
+struct Int8ConvTile {
+  int mv = 1;
+  const int8_t* wt = nullptr;
+  const int64_t* off = nullptr;
+  int64_t nq = 0;
+  const uint8_t* const* px = nullptr;
+  const int32_t* corr = nullptr;
+  const float* scale = nullptr;
+  const float* bias = nullptr;
+  float* out = nullptr;
+  int64_t ldo = 0;
+};
+inline int int8_conv_tile_pixels(int mv) { return mv == 4 ? 6 : 12; }
+
 // AVX512-VNNI versions: call only when the CPU has it.
+void int8_conv_tile_vnni(const Int8ConvTile& t);
 void int8_tile_vnni(const int8_t* w, int64_t ldw, const uint8_t* xq, int64_t k4, int32_t* acc);
 void int8_rows_vnni(const int8_t* w, int64_t ldw, int64_t rows, int64_t k, const uint8_t* xu, int64_t M,
                     int64_t kpad, int32_t* acc);

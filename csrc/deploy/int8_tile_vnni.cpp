@@ -69,3 +69,49 @@ void int8_rows_vnni(const int8_t* w, int64_t ldw, int64_t rows, int64_t k, const
 }
 
 }  // namespace lowbit
+
+namespace lowbit {
+namespace {
+
+template <int TP, int MV>
+void conv_tile(const Int8ConvTile& t) {
+  __m512i acc[TP][MV];
+#pragma GCC unroll 32
+  for (int p = 0; p < TP; ++p)
+#pragma GCC unroll 32
+    for (int v = 0; v < MV; ++v) acc[p][v] = _mm512_setzero_si512();
+  for (int64_t q = 0; q < t.nq; ++q) {
+    const int64_t o = t.off[q];
+    __m512i wv[MV];
+#pragma GCC unroll 32
+    for (int v = 0; v < MV; ++v) wv[v] = _mm512_loadu_si512(t.wt + (q * MV + v) * 64);
+#pragma GCC unroll 32
+    for (int p = 0; p < TP; ++p) {
+      int32_t quad;
+      std::memcpy(&quad, t.px[p] + o, 4);
+      const __m512i b = _mm512_set1_epi32(quad);
+#pragma GCC unroll 32
+      for (int v = 0; v < MV; ++v) acc[p][v] = _mm512_dpbusd_epi32(acc[p][v], b, wv[v]);
+    }
+  }
+  // (acc - corr) * scale + bias, as int8_conv.cpp's portable epilogue computes it
+#pragma GCC unroll 32
+  for (int v = 0; v < MV; ++v) {
+    const __m512i corr = _mm512_loadu_si512(t.corr + 16 * v);
+    const __m512 s = _mm512_loadu_ps(t.scale + 16 * v), b = _mm512_loadu_ps(t.bias + 16 * v);
+#pragma GCC unroll 32
+    for (int p = 0; p < TP; ++p)
+      _mm512_storeu_ps(t.out + p * t.ldo + 16 * v,
+                       _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[p][v], corr)), s), b));
+  }
+}
+
+}  // namespace
+
+void int8_conv_tile_vnni(const Int8ConvTile& t) {
+  if (t.mv == 4) return conv_tile<6, 4>(t);
+  if (t.mv == 2) return conv_tile<12, 2>(t);
+  return conv_tile<12, 1>(t);
+}
+
+}  // namespace lowbit

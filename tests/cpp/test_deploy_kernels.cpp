@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "deploy/int8_common.h"
 #include "deploy/int8_tile.h"
 #include "deploy/packed_linear.h"
 #include "formats/half.h"
@@ -216,3 +217,26 @@ TEST(DeployKernels, Int8TilesEqualPortableTile) {
 }
 
 }  // namespace
+
+TEST(DeployKernels, HasNanFindsEveryPositionInEveryDtype) {
+  for (DType d : {DType::kF32, DType::kBF16, DType::kF16}) {
+    for (int64_t n : {1, 3, 4, 7, 8, 9, 1000, 70001}) {
+      const int64_t es = d == DType::kF32 ? 4 : 2;
+      std::vector<uint8_t> buf(size_t(n * es), 0);
+      auto put = [&](int64_t i, float v) {
+        if (d == DType::kF32) std::memcpy(buf.data() + i * 4, &v, 4);
+        else {
+          const uint16_t h = d == DType::kBF16 ? float_to_bf16(v) : float_to_fp16(v);
+          std::memcpy(buf.data() + i * 2, &h, 2);
+        }
+      };
+      for (int64_t i = 0; i < n; ++i) put(i, i % 2 ? INFINITY : -INFINITY);  // infinities are not NaN
+      EXPECT_FALSE(int8_detail::has_nan(buf.data(), d, n)) << int(d) << " n=" << n;
+      for (int64_t at : {int64_t(0), n / 2, n - 1}) {
+        put(at, NAN);
+        EXPECT_TRUE(int8_detail::has_nan(buf.data(), d, n)) << int(d) << " n=" << n << " at " << at;
+        put(at, INFINITY);
+      }
+    }
+  }
+}

@@ -257,9 +257,12 @@ def test_conv2d_reads_and_writes_channels_last(isa):
 def test_conv2d_int8_matches_reference_and_propagates_nan(isa, asym, bits):
     OPS.set_isa(isa)
     torch.manual_seed(bits)
+    # (the first and the last two run the VNNI direct kernel where the CPU has it: 16/32/64 output channels)
     for cin, cout, kern, stride, pad, groups, dtype in [(3, 16, (3, 3), (1, 1), (1, 1), 1, torch.float32),
                                                           (8, 12, (3, 3), (2, 2), (1, 1), 2, torch.bfloat16),
-                                                          (4, 8, (1, 3), (1, 2), (0, 1), 1, torch.float32)]:
+                                                          (4, 8, (1, 3), (1, 2), (0, 1), 1, torch.float32),
+                                                          (12, 64, (3, 3), (2, 2), (1, 1), 2, torch.float32),
+                                                          (8, 64, (3, 2), (1, 1), (1, 0), 1, torch.float16)]:
         k = cin // groups * kern[0] * kern[1]
         fmt = "int8" if bits == 8 else "int4"
         w = torch.randn(cout, k)
