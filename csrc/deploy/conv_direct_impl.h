@@ -124,6 +124,9 @@ struct ConvDirect {
   }
 
   static constexpr int64_t kMaxBlockK = 320;  // columns per weight panel (48 x 320 fp32 = 60 KiB, L2)
+  // Output positions per pass: few passes (each costs a handful of thread barriers), with
+  // planes and results of a few MB.
+  static constexpr int64_t kPositionsPerPass = 16384;
 
   // What both tilings share: equal k blocks, the real columns of each block in the
   // decoder's order (kk: position in the block, off: offset in an image's planes; columns
@@ -147,7 +150,7 @@ struct ConvDirect {
       // equal blocks: no short last block costing a full extra pass over the results
       kBlockK = round_up((kpad + kMaxBlockK - 1) / ((kpad + kMaxBlockK - 1) / kMaxBlockK), kChunk);
       nkb = (kpad + kBlockK - 1) / kBlockK;
-      ipp = max64(1, min64(a.n, LK::kRowsPerPass / positions_per_image));
+      ipp = max64(1, min64(a.n, kPositionsPerPass / positions_per_image));
       slack = round_up(tail + g.plane + g.C, 16);
       thread_local GrowBuffer<int32_t> kks, invs;
       thread_local GrowBuffer<int64_t> offs, starts;
@@ -334,11 +337,14 @@ struct ConvDirect {
       for (int64_t img0 = 0; img0 < a.n; img0 += pl.ipp) {
         const int64_t nimg = min64(pl.ipp, a.n - img0), P = nimg * hw, ppad = round_up(P, TP);
         pl.fill(a, img0, nimg);
+        const int64_t unit = g.nhwc ? a.cg : 1;  // floats per plane position
 #pragma omp for schedule(static)
-        for (int64_t p = 0; p < ppad; ++p) {
-          const int64_t q = p < P ? p : P - 1, img = q / hw, oy = (q % hw) / a.wo, ox = q % a.wo;
-          pix[p] = img * g.image + (oy * a.sy * g.C + ox * a.sx) * (g.nhwc ? a.cg : 1);
+        for (int64_t t = 0; t < nimg * a.ho; ++t) {  // output row oy of image img
+          const int64_t img = t / a.ho, oy = t % a.ho, first = img * g.image + oy * a.sy * g.C * unit;
+          for (int64_t ox = 0; ox < a.wo; ++ox) pix[t * a.wo + ox] = first + ox * a.sx * unit;
         }
+#pragma omp single
+        for (int64_t p = P; p < ppad; ++p) pix[p] = pix[P - 1];  // the last group's extra pixels
         // one part per thread and channel block: each transposes its weight panel once per k block
         const int64_t groups = ppad / TP;
         const int64_t parts = min64(groups, max64(1, (omp_get_num_threads() + nblocks - 1) / nblocks));
@@ -419,7 +425,7 @@ struct ConvDirect {
       if (n % 64 == 0) return run_channels<6, 4>(a, group, d, bias), true;
       if (n % 48 == 0) return run_channels<8, 3>(a, group, d, bias), true;
       if (n % 32 == 0) return run_channels<12, 2>(a, group, d, bias), true;
-      if (n % 16 == 0) return run_channels<24, 1>(a, group, d, bias), true;
+      if (n % 16 == 0) return run_channels<12, 1>(a, group, d, bias), true;
       if (!positions_worthwhile(a)) return false;
       if (n % 12 == 0 || n < 8) return run_positions<12, 2>(a, group, d, bias), true;
       return run_positions<8, 3>(a, group, d, bias), true;

@@ -205,12 +205,16 @@ at::Tensor conv2d_packed_op(const at::Tensor& x, const at::Tensor& packed, const
   at::Tensor xin = x;
   const ActQuant act = act_args(act_format, "tensor", 0, act_symmetric, act_scale, act_offset);
   if (act.enabled) {  // static per-tensor activations: elementwise QDQ, before the patches are taken
-    at::Tensor src = x.contiguous();
-    xin = at::empty_like(src);
+    // (over the dense memory of a contiguous or channels-last input, which keeps its layout)
+    const bool dense = x.dim() == 4 && (x.is_contiguous() || x.is_contiguous(at::MemoryFormat::ChannelsLast));
+    at::Tensor src = dense ? x : x.contiguous();
+    xin = at::empty_like(src);  // (same layout)
     float s = act.scale;
     int32_t o = act.offset;
-    const ConstMatrix xm{src.data_ptr(), float_dtype(src, "x"), src.numel() / src.size(-1), src.size(-1), src.size(-1)};
-    value_errors([&] { fake_quant(xm, act.spec, ScaleView{&s, &o, nullptr}, as_mut(xin.view({xm.rows, xm.cols}))); });
+    const int64_t n = src.numel(), cols = n > 0 ? n / src.size(0) : 1;
+    const ConstMatrix xm{src.data_ptr(), float_dtype(src, "x"), n / cols, cols, cols};
+    const MutMatrix ym{xin.data_ptr(), xm.dtype, xm.rows, cols, cols};
+    value_errors([&] { fake_quant(xm, act.spec, ScaleView{&s, &o, nullptr}, ym); });
   }
   ConvTensors t = conv_tensors(xin, packed.size(0), bias, kernel, stride, padding, dilation, groups);
   value_errors([&] { conv2d_packed(t.a, w.packed, t.bias.defined() ? t.bias.data_ptr<float>() : nullptr); });

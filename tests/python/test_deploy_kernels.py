@@ -241,6 +241,15 @@ def test_conv2d_reads_and_writes_channels_last(isa):
         assert got.is_contiguous(memory_format=torch.channels_last) and not got.is_contiguous()
         assert want.is_contiguous()
         assert_close_to_reference(got, want, k, what=f"{isa} channels-last {cin}->{cout} s{stride} g{groups} {dtype}")
+    # full quantization: the activation QDQ keeps the layout too
+    packed, scale, _ = packed_weight(32, 72, "hifloat8", "channel", 0, True, seed=3)
+    x = torch.randn(2, 8, 9, 9)
+    a_scale = torch.tensor([float(x.abs().max()) / 15])
+    args = (packed, scale, EMPTY, None, None, "hifloat8", "channel", 0, True, 72, torch.float32, [3, 3], [1, 1],
+            [1, 1], [1, 1], 1, "hifloat8", True, a_scale, torch.zeros(1, dtype=torch.int32))
+    got = OPS.conv2d_packed(x.contiguous(memory_format=torch.channels_last), *args)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    assert_close_to_reference(got, OPS.conv2d_packed(x, *args), 72, what=f"{isa} channels-last hif8 x hif8")
     w = torch.randn(16, 72)
     ws, wo = formats.compute_scales(w, "int8", "channel", 0, True)
     packed = formats.pack(w, "int8", ws, wo, "channel", 0, True)
