@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "deploy/packed_linear.h"
 #include "ops/tensor_views.h"
@@ -208,7 +209,11 @@ at::Tensor conv2d_packed_op(const at::Tensor& x, const at::Tensor& packed, const
     // (over the dense memory of a contiguous or channels-last input, which keeps its layout)
     const bool dense = x.dim() == 4 && (x.is_contiguous() || x.is_contiguous(at::MemoryFormat::ChannelsLast));
     at::Tensor src = dense ? x : x.contiguous();
-    xin = at::empty_like(src);  // (same layout)
+    // the quantized copy lives in a per-thread buffer reused from call to call (a fresh
+    // tensor of this size would be page-faulted in on every call)
+    thread_local std::vector<char> qdq_buf;
+    qdq_buf.resize(std::max(qdq_buf.size(), size_t(src.numel() * src.element_size())));
+    xin = at::from_blob(qdq_buf.data(), src.sizes(), src.strides(), src.options());  // (same layout)
     float s = act.scale;
     int32_t o = act.offset;
     const int64_t n = src.numel(), cols = n > 0 ? n / src.size(0) : 1;
