@@ -20,8 +20,23 @@
 namespace lowbit {
 namespace {
 
-// Columns per inner sub-block: rank-1 updates within it, GEMMs beyond (two-level lazy
-// updates: the outer level is block_size).
+// w[j][n] -= sum_t u[t * ldu + j] * e[t * N + n] for j < rows, t < k, n < N (rows of w
+// N floats apart): each row of w stays in L1 while the k error rows are applied. One clone
+// per instruction set, picked at load time, each vectorised.
+__attribute__((target_clones("avx512f", "avx2", "default"), optimize("O3"))) void rank_k_update(
+    float* w, int64_t N, int64_t rows, const float* u, int64_t ldu, const float* e, int64_t k) {
+  for (int64_t j = 0; j < rows; ++j) {
+    float* __restrict wj = w + j * N;
+    for (int64_t t = 0; t < k; ++t) {
+      const float* __restrict et = e + t * N;
+      const float ut = u[t * ldu + j];
+      for (int64_t n = 0; n < N; ++n) wj[n] -= et[n] * ut;
+    }
+  }
+}
+
+// Columns per inner sub-block: rank-1 updates within it, one rank-16 pass beyond it
+// (two-level lazy updates: the outer level is block_size, with GEMMs).
 constexpr int64_t kSubBlock = 16;
 
 struct ColumnScales {
@@ -61,11 +76,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gptq_quantize(
   const int64_t N = W2d.size(0), K = W2d.size(1);
   TORCH_CHECK_VALUE(H_in.size(0) == K && H_in.size(1) == K, "gptq: H ", H_in.sizes(), " does not match K=", K);
   at::Tensor W0 = W2d.to(at::kFloat).clone();  // the caller's tensor is never modified
-  at::Tensor H = H_in.to(at::kDouble).clone();
-
   // dead inputs: no signal ever reached them
-  at::Tensor dead = H.diagonal() == 0;
-  H.diagonal().masked_fill_(dead, 1.0);
+  const at::Tensor dead = H_in.diagonal() == 0;
   W0.index_put_({at::indexing::Slice(), dead}, 0.0f);
 
   const int64_t glen = spec.granularity == Granularity::kGroup ? (mx ? 32 : spec.group_size) : K;
@@ -100,19 +112,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gptq_quantize(
   }
 
   // act-order: most informative inputs first
-  at::Tensor perm = act_order ? at::argsort(H.diagonal(), 0, true) : at::arange(K, at::kLong);
+  at::Tensor perm = act_order ? at::argsort(H_in.diagonal().to(at::kDouble).masked_fill(dead, 1.0), 0, true)
+                              : at::arange(K, at::kLong);
   at::Tensor invperm = at::argsort(perm);
   const int64_t* p = perm.data_ptr<int64_t>();
-  at::Tensor W = W0.index_select(1, perm).contiguous();
-  H = H.index_select(0, perm).index_select(1, perm);
+  // the weight transposed, [column][row]: a block of columns is a contiguous row range
+  at::Tensor WT = W0.index_select(1, perm).t().contiguous();
+  // H in the solve's order and dtype, dead inputs given a unit diagonal
+  auto permuted_h = [&](at::ScalarType dtype) {
+    at::Tensor h = H_in.to(dtype).index_select(0, perm).index_select(1, perm);
+    h.diagonal().masked_fill_(dead.index_select(0, perm), 1.0);
+    return h;
+  };
 
   // damping, raised until H is positive definite; float32 factorisations as in the
   // reference (4x faster here), float64 when float32 fails
-  const double mean_diag = H.diagonal().mean().item<double>();
+  const double mean_diag = H_in.diagonal().to(at::kDouble).masked_fill(dead, 1.0).mean().item<double>();
   at::Tensor U;
+  at::Tensor H32 = permuted_h(at::kFloat), H64;
   for (double ratio = damp_ratio; !U.defined(); ratio *= 10.0) {
     for (auto dtype : {at::kFloat, at::kDouble}) {
-      at::Tensor Hd = H.to(dtype);
+      if (dtype == at::kDouble && !H64.defined()) H64 = permuted_h(at::kDouble);
+      at::Tensor Hd = (dtype == at::kFloat ? H32 : H64).clone();
       Hd.diagonal().add_(ratio * mean_diag);
       auto [L, info] = at::linalg_cholesky_ex(Hd);
       if (info.item<int>() != 0) continue;
@@ -124,7 +145,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gptq_quantize(
     TORCH_CHECK_VALUE(U.defined() || ratio < 1e4, "gptq: the Hessian stays singular even with heavy damping");
   }
 
-  at::Tensor Q = at::zeros_like(W);
+  at::Tensor QT = at::empty_like(WT);
   // element codec of the format, applied with scale 1 to w / s (+ o)
   QuantSpec unit;
   unit.format = spec.format == Format::kMxFp8E4M3FN ? Format::kFloat8E4M3FN
@@ -133,12 +154,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gptq_quantize(
   float one = 1.0f;
   int32_t zero = 0;
   std::vector<float> colv(static_cast<size_t>(N)), colq(static_cast<size_t>(N));
+  // Everything is transposed ([column][row]), so that a column's quantization, its error
+  // and the updates are contiguous, vectorisable loops over the N rows.
   for (int64_t i1 = 0; i1 < K; i1 += block_size) {
     const int64_t i2 = std::min(i1 + block_size, K), count = i2 - i1;
-    at::Tensor W1 = W.narrow(1, i1, count).contiguous();  // [N, count], updated in place
-    at::Tensor Err1 = at::empty({N, count}, at::kFloat);
-    at::Tensor Q1 = at::empty({N, count}, at::kFloat);  // block-local: no strided writes into Q
-    float* q1 = Q1.data_ptr<float>();
+    at::Tensor W1 = WT.narrow(0, i1, count);  // [count, N], updated in place
+    at::Tensor Err1 = at::empty({count, N}, at::kFloat);
+    float* q1 = QT.data_ptr<float>() + i1 * N;
     at::Tensor U1 = U.narrow(0, i1, count).narrow(1, i1, count).contiguous();
     float* w1 = W1.data_ptr<float>();
     float* e1 = Err1.data_ptr<float>();
@@ -150,48 +172,48 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gptq_quantize(
         std::vector<at::Tensor> cols;
         for (int64_t c = g * glen; c < std::min(K, (g + 1) * glen); ++c) {
           const int64_t pos = invperm[c].item<int64_t>();
-          cols.push_back(pos >= i1 && pos < i2 ? W1.select(1, pos - i1) : W.select(1, pos));
+          cols.push_back(WT.select(0, pos));
         }
         store(g, slice_scales(at::stack(cols, 1), spec));
       }
       const ColumnScales& cs = gs[size_t(g)];
       const float* sc = cs.scale.data_ptr<float>();
       const float* off = cs.offset.data_ptr<float>();
+      float* wi = w1 + i * N;
       // column QDQ with the kernels' arithmetic, on raw buffers
       for (int64_t n = 0; n < N; ++n) {
-        const float v = w1[n * count + i] / sc[n];
+        const float v = wi[n] / sc[n];
         colv[size_t(n)] = asym ? v + off[n] : v;
       }
       fake_quant(ConstMatrix{colv.data(), DType::kF32, 1, N, N}, unit, ScaleView{&one, &zero, nullptr},
                  MutMatrix{colq.data(), DType::kF32, 1, N, N});
       const float d = u1[i * count + i];
       const float* urow = u1 + i * count;
-      // rank-1 update inside the current sub-block only (the rest of the block is
-      // updated by one GEMM per sub-block, below): single-threaded, as an OpenMP region
-      // between BLAS calls makes both thread pools spin against each other on few cores
-      const int64_t sub_end = std::min(count, (i / kSubBlock + 1) * kSubBlock);
-      for (int64_t n = 0; n < N; ++n) {
+      float* qi = q1 + i * N;
+      float* ei = e1 + i * N;
+      for (int64_t n = 0; n < N; ++n) {  // err = (w - q) / d
         const float q = (asym ? colq[size_t(n)] - off[n] : colq[size_t(n)]) * sc[n];
-        q1[n * count + i] = q;
-        float* row = w1 + n * count;
-        const float e = (row[i] - q) / d;  // err = (w - q) / d, then the rank-1 update
-        e1[n * count + i] = e;
-        for (int64_t j = i + 1; j < sub_end; ++j) row[j] -= e * urow[j];
+        qi[n] = q;
+        ei[n] = (wi[n] - q) / d;
       }
-      if (i + 1 == sub_end && sub_end < count) {  // lazy update of the block's later columns
+      // rank-1 update of the block's later columns: contiguous rows of the transposed
+      // block (L2-resident), single-threaded (an OpenMP region between BLAS calls makes
+      // both thread pools spin against each other on few cores; small GEMMs here cost
+      // more in thread wake-ups than they save)
+      const int64_t sub_end = std::min(count, (i / kSubBlock + 1) * kSubBlock);
+      rank_k_update(w1 + (i + 1) * N, N, sub_end - i - 1, urow + i + 1, 0, ei, 1);
+      if (i + 1 == sub_end && sub_end < count) {  // the sub-block's errors on the block's later columns
         const int64_t s0 = sub_end - ((sub_end - 1) % kSubBlock + 1);
-        W1.narrow(1, sub_end, count - sub_end)
-            .addmm_(Err1.narrow(1, s0, sub_end - s0), U1.narrow(0, s0, sub_end - s0).narrow(1, sub_end, count - sub_end),
-                    1.0, -1.0);
+        rank_k_update(w1 + sub_end * N, N, count - sub_end, u1 + s0 * count + sub_end, count, e1 + s0 * N,
+                      sub_end - s0);
       }
     }
-    Q.narrow(1, i1, count).copy_(Q1);
     if (i2 < K) {  // lazy update of the columns after the block, in place (no N x K temporary)
-      at::Tensor rest = W.narrow(1, i2, K - i2);
-      rest.addmm_(Err1, U.narrow(0, i1, count).narrow(1, i2, K - i2), 1.0, -1.0);
+      at::Tensor rest = WT.narrow(0, i2, K - i2);
+      rest.addmm_(U.narrow(0, i1, count).narrow(1, i2, K - i2).t(), Err1, 1.0, -1.0);
     }
   }
-  Q = Q.index_select(1, invperm).contiguous();
+  at::Tensor Q = QT.index_select(0, invperm).t().contiguous();
 
   return {Q, scale_out, offset_out};
 }
