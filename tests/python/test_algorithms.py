@@ -132,9 +132,13 @@ def test_ofmr_never_worse_than_minmax_on_calibration_data(fmt, full):
     assert_close_to_reference(of(xs[0]), y, of.cols)
 
 
-def test_ofmr_rejects_non_finite_calibration():
+@pytest.mark.parametrize("bad,dtype", [(float("nan"), torch.float32), (float("inf"), torch.float32),
+                                       (float("-inf"), torch.bfloat16), (float("nan"), torch.float16)])
+def test_ofmr_rejects_non_finite_calibration(bad, dtype):
     lin, xs, _ = layer_and_data()
-    xs[1][0, 0] = float("nan")
+    lin = lin.to(dtype)
+    xs = [x.to(dtype) for x in xs]
+    xs[1][0, 0] = bad
     with pytest.raises(ValueError, match=r"layer '', calibration batch 2: activations contain NaN or Inf"):
         run(lin, {"quant_cfg": {"weights": {"type": "hifloat8"}}, "algorithm": "ofmr"}, xs)
 

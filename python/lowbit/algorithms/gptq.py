@@ -40,6 +40,12 @@ class GPTQMixin(HessianMixin):
         self.free_hessian()
         return False
 
+    def weight_fake_quant(self):
+        if self.weight_q_packed.numel() == 0 or self.two_level:
+            return super().weight_fake_quant()
+        # the solved weight is on the grid already: unpacking it is its fake quantization
+        return self.weight_source().to(self.weight_dtype).reshape(self.weight_shape)
+
     def weight_source(self):
         if self.weight_q_packed.numel() == 0:
             return super().weight_source()

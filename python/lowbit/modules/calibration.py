@@ -125,17 +125,24 @@ class CalibLayer(QuantLayerBase):
 
     def _observe(self, x):
         xd = x.detach()
-        if not torch.isfinite(xd).all():
+        # one pass for the NaN/Inf check and the range (min and max propagate NaN)
+        if not xd.numel():
+            lo = hi = xd.new_zeros(())
+        elif xd.dtype == torch.float16:  # (torch 1.13 has no fp16 aminmax on CPU)
+            lo, hi = xd.min(), xd.max()
+        else:
+            lo, hi = torch.aminmax(xd)
+        if not (torch.isfinite(lo) and torch.isfinite(hi)):
             raise ValueError(f"layer '{self.layer_name}', calibration batch {int(self.calib_calls) + 1}: "
                              f"activations contain NaN or Inf")
         if self.static_act and self.algorithm == "quantile":  # EMA of the per-call max |x|
-            m = xd.abs().max().float()
+            m = torch.maximum(-lo, hi).float()
             first = int(self.calib_calls) == 0
             self.act_max.copy_(m if first else 0.99 * self.act_max + 0.01 * m)
             self.act_min.copy_(torch.zeros(()))
         elif self.static_act:
-            self.act_min.copy_(torch.minimum(self.act_min, xd.min().float()))
-            self.act_max.copy_(torch.maximum(self.act_max, xd.max().float()))
+            self.act_min.copy_(torch.minimum(self.act_min, lo.float()))
+            self.act_max.copy_(torch.maximum(self.act_max, hi.float()))
         self.observe_algorithm(xd)
         self.calib_calls += 1
         if int(self.calib_calls) == self.batch_num:
