@@ -4,7 +4,9 @@ Part 1, layers: the 3x3 convolutions of the CIFAR ResNets (16/32/64 channels, st
 and 2) at several batch sizes, each weight format through torch.ops.lowbit.conv2d_packed
 (and INT8 x INT8 through conv2d_int8), against F.conv2d on the float weight.
 Part 2, models: images/s of the real ResNet-20/56 (../shared/data) in float and after
-convert() with INT8 x INT8, HiF8 x HiF8 (OFMR) and W4 per-channel weights.
+convert() with INT8 x INT8, HiF8 x HiF8 (OFMR) and W4 per-channel weights, fed the test
+images as they load (channels-last views of the NHWC array, which every layer keeps) and
+as contiguous NCHW copies.
 Calls alternate between the two sides, several rounds; the tables show medians.
 
     PYTHONPATH=python python3 bench/bench_conv.py [--batches 1,64,256] [--rounds 7]
@@ -75,7 +77,7 @@ def model_table(batches, rounds):
                ("HIFP8_OFMR", lowbit.HIFP8_OFMR_CFG),
                ("W4 channel", {"quant_cfg": {"weights": {"type": "int4", "strategy": "channel"}}})]
     print("\nReal models (CIFAR-10 test images), images/s; ratio = float time / converted time")
-    print(f"{'model':>10} {'batch':>5} {'float img/s':>12} | " + " | ".join(f"{n:>17}" for n, _ in configs))
+    print(f"{'model':>10} {'batch':>5} {'input':>6} {'float img/s':>12} | " + " | ".join(f"{n:>17}" for n, _ in configs))
     for depth in (20, 56):
         model = cifar.load_resnet(depth).eval()
         converted = []
@@ -90,11 +92,13 @@ def model_table(batches, rounds):
             lowbit.convert(q)
             converted.append(q.eval())
         for b in batches:
-            xb = x[250:250 + b]
-            with torch.no_grad():
-                t = medians([lambda: model(xb)] + [lambda q=q: q(xb) for q in converted], rounds)
-            cells = " | ".join(f"{b / v:9.0f} {t[0] / v:5.2f}x" for v in t[1:])
-            print(f"{f'ResNet-{depth}':>10} {b:>5} {b / t[0]:12.0f} | {cells}")
+            for layout in ("NHWC", "NCHW"):  # the test images are channels-last views; NCHW copies
+                xb = x[250:250 + b]
+                xb = xb if layout == "NHWC" else xb.contiguous()
+                with torch.no_grad():
+                    t = medians([lambda: model(xb)] + [lambda q=q: q(xb) for q in converted], rounds)
+                cells = " | ".join(f"{b / v:9.0f} {t[0] / v:5.2f}x" for v in t[1:])
+                print(f"{f'ResNet-{depth}':>10} {b:>5} {layout:>6} {b / t[0]:12.0f} | {cells}")
 
 
 def main():

@@ -16,6 +16,21 @@
 
 namespace lowbit {
 namespace int8_detail {
+namespace {
+
+// 16 x 16 bytes transposed in registers: four rounds of interleaving row i with row i + 8.
+inline void transpose16(__m128i r[16]) {
+  for (int step = 0; step < 4; ++step) {
+    __m128i t[16];
+    for (int i = 0; i < 8; ++i) {
+      t[2 * i] = _mm_unpacklo_epi8(r[i], r[i + 8]);
+      t[2 * i + 1] = _mm_unpackhi_epi8(r[i], r[i + 8]);
+    }
+    for (int i = 0; i < 16; ++i) r[i] = t[i];
+  }
+}
+
+}  // namespace
 
 bool conv2d_int8_direct(const Conv2dArgs& a, const Int8Activation& act, const IntWeight& w, const float* bias,
                         uint8_t pad_code) {
@@ -92,7 +107,31 @@ bool conv2d_int8_direct(const Conv2dArgs& a, const Int8Activation& act, const In
             std::memset(dst, pad_code, size_t(C * cgp));
             continue;
           }
-          for (int64_t q = 0; q < C; ++q, dst += cgp) {
+          int64_t q_done = 0;  // NCHW: whole 16 x 16 tiles (16 pixels x 16 channels) first
+          if (!nhwc && a.cg >= 16) {
+            const int64_t x0 = std::min(a.px, C), x1 = std::min(C, a.px + a.w);
+            std::memset(dst, pad_code, size_t(x0 * cgp));
+            int64_t q = x0;
+            for (; q + 16 <= x1; q += 16) {
+              for (int64_t c = 0; c + 16 <= a.cg; c += 16) {
+                __m128i rows[16];
+                for (int64_t i = 0; i < 16; ++i)
+                  rows[i] = _mm_loadu_si128(
+                      reinterpret_cast<const __m128i*>(codes + ((img * a.c + c0 + c + i) * a.h + iy) * a.w + q - a.px));
+                transpose16(rows);
+                for (int64_t j = 0; j < 16; ++j)
+                  _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + (q + j) * cgp + c),
+                                   _mm_xor_si128(rows[j], _mm_set1_epi8(char(0x80))));
+              }
+              for (int64_t j = 0; j < 16; ++j)  // channels past the last 16
+                for (int64_t c = a.cg / 16 * 16; c < cgp; ++c)
+                  dst[(q + j) * cgp + c] = c < a.cg ? uint8_t(codes[((img * a.c + c0 + c) * a.h + iy) * a.w + q + j - a.px] ^ 0x80u)
+                                                    : pad_code;
+            }
+            q_done = q;
+          }
+          dst += q_done * cgp;
+          for (int64_t q = q_done; q < C; ++q, dst += cgp) {
             const int64_t ix = q - a.px;
             if (uint64_t(ix) >= uint64_t(a.w)) {
               std::memset(dst, pad_code, size_t(cgp));
@@ -139,9 +178,22 @@ bool conv2d_int8_direct(const Conv2dArgs& a, const Int8Activation& act, const In
             t.corr = corr + nb * NB;
             t.scale = scale + nb * NB;
             t.bias = bv + nb * NB;
-            const bool straight = nhwc && a.dtype == DType::kF32 && valid == TP;
-            t.out = straight ? static_cast<float*>(a.y) + (img0 * hw + p0) * a.cout + o : buf;
-            t.ldo = straight ? a.cout : NB;
+            // fp32 outputs are written by the tile: channels-last rows, or (when the pixels
+            // lie in one image) one NCHW run per channel
+            const int64_t q0 = img0 * hw + p0;  // global pixel
+            const bool one_image = q0 / hw == (q0 + TP - 1) / hw;
+            const bool straight = a.dtype == DType::kF32 && valid == TP && (nhwc || one_image);
+            if (!straight) {
+              t.out = buf;
+              t.ldo = NB;
+            } else if (nhwc) {
+              t.out = static_cast<float*>(a.y) + q0 * a.cout + o;
+              t.ldo = a.cout;
+            } else {
+              t.out = static_cast<float*>(a.y) + ((q0 / hw) * a.cout + o) * hw + q0 % hw;
+              t.ldo = hw;
+              t.channel_major = true;
+            }
             int8_conv_tile_vnni(t);
             if (straight) continue;
             for (int64_t p = 0; p < valid; ++p) {

@@ -47,6 +47,7 @@ struct Int8ConvTile {
   const float* bias = nullptr;
   float* out = nullptr;
   int64_t ldo = 0;
+  bool channel_major = false;  // out[ch * ldo + p] instead (an NCHW plane run per channel)
 };
 inline int int8_conv_tile_pixels(int mv) { return mv == 4 ? 6 : 12; }
 

@@ -99,10 +99,14 @@ void conv_tile(const Int8ConvTile& t) {
   for (int v = 0; v < MV; ++v) {
     const __m512i corr = _mm512_loadu_si512(t.corr + 16 * v);
     const __m512 s = _mm512_loadu_ps(t.scale + 16 * v), b = _mm512_loadu_ps(t.bias + 16 * v);
+    const __m512i lanes = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                             _mm512_set1_epi32(int32_t(t.ldo)));
 #pragma GCC unroll 32
-    for (int p = 0; p < TP; ++p)
-      _mm512_storeu_ps(t.out + p * t.ldo + 16 * v,
-                       _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[p][v], corr)), s), b));
+    for (int p = 0; p < TP; ++p) {
+      const __m512 r = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[p][v], corr)), s), b);
+      if (t.channel_major) _mm512_i32scatter_ps(t.out + 16 * v * t.ldo + p, lanes, r, 4);
+      else _mm512_storeu_ps(t.out + p * t.ldo + 16 * v, r);
+    }
   }
 }
 

@@ -259,6 +259,18 @@ def test_conv2d_reads_and_writes_channels_last(isa):
     got = OPS.conv2d_int8(x.contiguous(memory_format=torch.channels_last), *args)
     assert got.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(got, OPS.conv2d_int8(x, *args))
+    # wide rows and 40 channels: the NCHW input is regrouped in 16 x 16 byte tiles plus tails
+    w = torch.randn(32, 360)
+    ws, wo = formats.compute_scales(w, "int8", "channel", 0, True)
+    packed = formats.pack(w, "int8", ws, wo, "channel", 0, True)
+    x = torch.randn(2, 40, 7, 37)
+    a_s, a_o = formats.compute_scales(x, "int8", "tensor", 0, True)
+    args = (packed, ws.reshape(-1), 8, 360, a_s, a_o, None, [3, 3], [1, 1], [1, 1], [1, 1], 1)
+    got = OPS.conv2d_int8(x, *args)
+    assert torch.equal(got, OPS.conv2d_int8(x.contiguous(memory_format=torch.channels_last), *args))
+    wd = formats.unpack(packed, "int8", ws, 360, wo, "channel", 0, True).reshape(32, 40, 3, 3)
+    want = F.conv2d(formats.fake_quant(x, "int8", "tensor", 0, True, scale=a_s, offset=a_o), wd, None, 1, 1)
+    assert_close_to_reference(got, want, 360, what=f"{isa} int8 conv, 40 channels, NCHW")
 
 
 @pytest.mark.parametrize("isa", ISAS)
