@@ -6,6 +6,8 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
+#include <new>
 
 #include "formats/half.h"
 #include "kernels/quant_kernels.h"
@@ -13,6 +15,7 @@
 namespace lowbit {
 namespace {
 
+// (T: plain numbers. 64-byte aligned, so whole-vector loads never straddle cache lines.)
 template <class T>
 struct GrowBuffer {
   T* p = nullptr;
@@ -20,11 +23,12 @@ struct GrowBuffer {
   GrowBuffer() = default;
   GrowBuffer(const GrowBuffer&) = delete;
   GrowBuffer& operator=(const GrowBuffer&) = delete;
-  ~GrowBuffer() { delete[] p; }
+  ~GrowBuffer() { std::free(p); }
   T* get(int64_t need) {  // contents are not kept when it grows
     if (need > n) {
-      delete[] p;
-      p = new T[size_t(need)];
+      std::free(p);
+      p = static_cast<T*>(std::aligned_alloc(64, (size_t(need) * sizeof(T) + 63) / 64 * 64));
+      if (!p) throw std::bad_alloc();
       n = need;
     }
     return p;

@@ -2,6 +2,7 @@
 // instruction-set translation unit (quant_scalar.cpp, quant_avx2.cpp, quant_avx512.cpp)
 // includes this file with its own V and gets its own copy of every kernel.
 #pragma once
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <type_traits>
@@ -25,10 +26,14 @@ inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 inline float maxf(float a, float b) { return a > b ? a : b; }
 inline float minf(float a, float b) { return a < b ? a : b; }
 
-// A zero-filled scratch row per thread.
+// A zero-filled scratch row per thread, 64-byte aligned (whole-vector loads never straddle
+// two cache lines).
 struct Scratch {
-  explicit Scratch(int64_t n) : p(new uint8_t[size_t(n)]()) {}
-  ~Scratch() { delete[] p; }
+  explicit Scratch(int64_t n)
+      : p(static_cast<uint8_t*>(std::aligned_alloc(64, size_t((n + 63) / 64 * 64)))) {
+    std::memset(p, 0, size_t((n + 63) / 64 * 64));
+  }
+  ~Scratch() { std::free(p); }
   Scratch(const Scratch&) = delete;
   Scratch& operator=(const Scratch&) = delete;
   uint8_t* p;
