@@ -164,6 +164,7 @@ struct LinearKernels {
 #pragma GCC unroll 16
       for (int v = 0; v < MV; ++v) acc[i][v] = first ? V::set1(0.0f) : V::load(c + i * ldc + v * L);
     for (int64_t k = 0; k < kc; ++k) {
+      __builtin_prefetch(xt + (k + 8) * MV * L);  // the activation block streams from L2
       F a[MV];
 #pragma GCC unroll 16
       for (int v = 0; v < MV; ++v) a[v] = V::load(xt + k * MV * L + v * L);
