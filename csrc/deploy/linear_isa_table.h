@@ -20,8 +20,8 @@ LinearIsaTable linear_table_avx2();
 LinearIsaTable linear_table_avx512();
 
 // The AVX-512 decoder of 8-bit float codes (E4M3, MXFP8, HiF8) built on AVX512-VBMI byte
-// permutes (float8_decoder_vbmi.cpp); used when float8_vbmi_enabled().
-WeightDecoder float8_decoder_avx512vbmi(const PackedWeight& w);
-bool float8_vbmi_enabled();
+// permutes (decoder_vbmi.cpp); used when vbmi_decoders_enabled().
+WeightDecoder vbmi_decoder_avx512(const PackedWeight& w);
+bool vbmi_decoders_enabled();
 
 }  // namespace lowbit

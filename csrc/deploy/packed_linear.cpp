@@ -51,11 +51,11 @@ void check_weight(const PackedWeight& w) {
 
 }  // namespace
 
-bool float8_vbmi_enabled() {
+bool vbmi_decoders_enabled() {
   static const bool has_vbmi = __builtin_cpu_supports("avx512vbmi");
   return has_vbmi && g_float8_vbmi_allowed;
 }
-void allow_float8_vbmi(bool allowed) { g_float8_vbmi_allowed = allowed; }
+void allow_vbmi_decoders(bool allowed) { g_float8_vbmi_allowed = allowed; }
 
 void linear_packed(const ConstMatrix& x_in, const PackedWeight& w, const float* bias, const MutMatrix& y,
                    const ActQuant& act) {

@@ -70,7 +70,7 @@ void dequant_rows(const PackedWeight& w, int64_t r0, int64_t r1, float* out, int
 
 // With `false`, AVX-512 decodes 8-bit float codes without VBMI even where the CPU has it
 // (tests compare both decoders; the default is true).
-void allow_float8_vbmi(bool allowed);
+void allow_vbmi_decoders(bool allowed);
 
 // INT8 x INT8: activations quantized inside the call, per tensor (static scale and
 // offset) or per token (dynamic, symmetric, absmax / 127); weights are int8 codes (one per

@@ -7,7 +7,7 @@
 //   E4M3 (FP8, MXFP8) into fp32 weights: bit moves into fp16, vcvtph2ps, x scale.
 //   HiFloat8, E4M3 (FP8, MXFP8): |value| as bf16 (exact) from two 64-entry word permutes,
 //     the sign from bit 7, widened to fp32 by a shift. Where the CPU has AVX512-VBMI the
-//     byte-table decoder of weight_decoder_float8_vbmi.h is used instead.
+//     byte-table decoder of weight_decoder_vbmi.h is used instead.
 #pragma once
 #include <immintrin.h>
 
@@ -312,13 +312,18 @@ struct Avx512Decoder {
       case Format::kFloat4E2M1:
       case Format::kFloat4E1M2:
       case Format::kMxFp4E2M1: return make_kind<kNibbles>(w);
-      case Format::kInt8: return make_kind<kInt8>(w);
+      case Format::kInt8:
+        // symmetric codes into bf16/fp16 weights: byte tables of the rounded weights
+        if (vbmi_decoders_enabled() && w.spec.symmetric && w.value_dtype != DType::kF32 && !w.row_scale1 &&
+            w.scales.scale)
+          return vbmi_decoder_avx512(w);
+        return make_kind<kInt8>(w);
       case Format::kHiFloat8:
       case Format::kFloat8E4M3FN:
       case Format::kMxFp8E4M3FN: break;
     }
     if (w.spec.format != Format::kHiFloat8 && w.value_dtype == DType::kF32) return make_kind<kE4M3Half>(w);
-    if (float8_vbmi_enabled()) return float8_decoder_avx512vbmi(w);  // byte tables: fewer permutes
+    if (vbmi_decoders_enabled()) return vbmi_decoder_avx512(w);  // byte tables: fewer permutes
     return w.spec.format == Format::kHiFloat8 ? make_kind<kHiF8>(w) : make_kind<kE4M3>(w);
   }
 };

@@ -93,11 +93,11 @@ struct IsaGuard {
   explicit IsaGuard(const std::string& isa) {
     const bool novbmi = isa.size() > 7 && isa.compare(isa.size() - 7, 7, "-novbmi") == 0;
     set_isa(novbmi ? isa.substr(0, isa.size() - 7) : isa);
-    allow_float8_vbmi(!novbmi);
+    allow_vbmi_decoders(!novbmi);
   }
   ~IsaGuard() {
     set_isa("auto");
-    allow_float8_vbmi(true);
+    allow_vbmi_decoders(true);
   }
 };
 

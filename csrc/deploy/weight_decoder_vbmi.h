@@ -1,6 +1,7 @@
-// AVX-512 decoder of 8-bit float codes (FP8 E4M3, MXFP8, HiFloat8) built on AVX512-VBMI's
-// 128-entry byte permute (vpermi2b ignores index bit 7, so a code indexes its magnitude
-// directly). Each code's 16-bit value lives in two byte tables, low and high bytes; 32 codes
+// AVX-512 decoder of 8-bit codes through 128-entry byte tables (AVX512-VBMI's vpermi2b,
+// which ignores index bit 7, so an 8-bit float code indexes its magnitude directly): FP8
+// E4M3, MXFP8 and HiFloat8, and symmetric int8 into bf16/fp16 weights (the table indexed by
+// |q|, code -128 patched in afterwards). Each code's 16-bit value lives in two byte tables, low and high bytes; 32 codes
 // take two lookups, one bit-select to add the sign (code bit 7 -> bit 15), and one byte
 // interleave into 32 words, which widen to fp32 by a shift (bf16) or vcvtph2ps (fp16).
 //
@@ -15,12 +16,13 @@
 #include <immintrin.h>
 
 #include "deploy/weight_decoder_avx512.h"
+#include "formats/half.h"
 
 namespace lowbit {
 namespace {
 namespace deploy {
 
-struct Float8Vbmi {
+struct VbmiDecoder {
   enum Mode { kMagnitude, kValuesBf16, kValuesF16 };
   using Base = Avx512Decoder;
 
@@ -58,7 +60,13 @@ struct Float8Vbmi {
       }
     };
     static const Table h(Format::kHiFloat8), e(Format::kFloat8E4M3FN);
-    return f == Format::kHiFloat8 ? h.v : e.v;
+    static const struct Ints {
+      alignas(64) float v[128];
+      Ints() {
+        for (int c = 0; c < 128; ++c) v[c] = float(c);
+      }
+    } q;
+    return f == Format::kInt8 ? q.v : f == Format::kHiFloat8 ? h.v : e.v;
   }
 
   // Byte tables of round(mag[c] x sc) in vd (bf16 or fp16 bits) for c = 0..127.
@@ -82,30 +90,44 @@ struct Float8Vbmi {
   }
 
   // The 16-bit words of 32 codes, in column order.
+  // kInt8: codes are two's complement; the tables are indexed by |q| and code -128 (|q| =
+  // 128, past the table) gets the word w128 = round(-128 x scale).
+  template <bool kInt8>
   static inline __m512i words(const uint8_t* codes, uint32_t mask, bool full, const ByteTables& t,
-                              const __m512i& interleave) {
+                              const __m512i& interleave, uint16_t w128) {
     const __m256i b = full ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes))
                            : _mm256_maskz_loadu_epi8(__mmask32(mask), codes);
-    const __m512i idx = _mm512_zextsi256_si512(b);
+    const __m512i code = _mm512_zextsi256_si512(b);
+    const __m512i idx = kInt8 ? _mm512_abs_epi8(code) : code;
     const __m512i lo = _mm512_permutex2var_epi8(t.lo0, idx, t.lo1);
     const __m512i hi = _mm512_permutex2var_epi8(t.hi0, idx, t.hi1);
     // hi | (code & 0x80): the sign bit
-    const __m512i hs = _mm512_ternarylogic_epi32(hi, idx, _mm512_set1_epi8(char(0x80)), 0xF8);
-    return _mm512_permutex2var_epi8(lo, interleave, hs);
+    const __m512i hs = _mm512_ternarylogic_epi32(hi, code, _mm512_set1_epi8(char(0x80)), 0xF8);
+    const __m512i w = _mm512_permutex2var_epi8(lo, interleave, hs);
+    if constexpr (!kInt8) return w;
+    const __mmask64 m128 = _mm512_cmpeq_epi8_mask(code, _mm512_set1_epi8(char(0x80)));
+    return _mm512_mask_blend_epi16(__mmask32(m128), w, _mm512_set1_epi16(int16_t(w128)));
   }
 
   // The same for 64 codes: the lookups of both halves share two permutes.
+  template <bool kInt8>
   static inline void words64(const uint8_t* codes, const ByteTables& t, const __m512i& interleave,
-                             const __m512i& interleave_hi, __m512i& w0, __m512i& w1) {
-    const __m512i idx = _mm512_loadu_si512(codes);
+                             const __m512i& interleave_hi, uint16_t w128, __m512i& w0, __m512i& w1) {
+    const __m512i code = _mm512_loadu_si512(codes);
+    const __m512i idx = kInt8 ? _mm512_abs_epi8(code) : code;
     const __m512i lo = _mm512_permutex2var_epi8(t.lo0, idx, t.lo1);
     const __m512i hi = _mm512_permutex2var_epi8(t.hi0, idx, t.hi1);
-    const __m512i hs = _mm512_ternarylogic_epi32(hi, idx, _mm512_set1_epi8(char(0x80)), 0xF8);
+    const __m512i hs = _mm512_ternarylogic_epi32(hi, code, _mm512_set1_epi8(char(0x80)), 0xF8);
     w0 = _mm512_permutex2var_epi8(lo, interleave, hs);
     w1 = _mm512_permutex2var_epi8(lo, interleave_hi, hs);
+    if constexpr (kInt8) {
+      const __mmask64 m128 = _mm512_cmpeq_epi8_mask(code, _mm512_set1_epi8(char(0x80)));
+      w0 = _mm512_mask_blend_epi16(__mmask32(m128), w0, _mm512_set1_epi16(int16_t(w128)));
+      w1 = _mm512_mask_blend_epi16(__mmask32(m128 >> 32), w1, _mm512_set1_epi16(int16_t(w128)));
+    }
   }
 
-  template <Mode kMode, bool kMx, bool kSimple>
+  template <Mode kMode, bool kMx, bool kSimple, bool kInt8 = false>
   struct Walker {
     static constexpr bool kPermuted = kMode != kValuesF16;
     const PackedWeight& w;
@@ -119,9 +141,9 @@ struct Float8Vbmi {
           interleave(_mm512_load_si512(byte_index().interleave)),
           interleave_hi(_mm512_load_si512(byte_index().interleave_hi)) {}
 
-    inline void values(const uint8_t* codes, uint32_t mask, bool full, const ByteTables& tb, const __m512& scale,
-                       DType vd, __m512& v0, __m512& v1) const {
-      widen(words(codes, mask, full, tb, interleave), scale, vd, v0, v1);
+    inline void values(const uint8_t* codes, uint32_t mask, bool full, const ByteTables& tb, uint16_t w128,
+                       const __m512& scale, DType vd, __m512& v0, __m512& v1) const {
+      widen(words<kInt8>(codes, mask, full, tb, interleave, w128), scale, vd, v0, v1);
     }
     // 32 words -> two vectors of values
     static inline void widen(const __m512i& wd, const __m512& scale, DType vd, __m512& v0, __m512& v1) {
@@ -157,15 +179,20 @@ struct Float8Vbmi {
         else sc = kMx ? t.e8m0[erow ? erow[g] : 127] : (srow ? srow[g * stride] : 1.0f);
         const __m512 scale = _mm512_set1_ps(sc);
         ByteTables tb;
-        if constexpr (kMode == kMagnitude) tb = mag_tables;
-        else tb = value_tables(mag, sc, vd);
+        uint16_t w128 = 0;  // int8 code -128
+        if constexpr (kMode == kMagnitude) {
+          tb = mag_tables;
+        } else {
+          tb = value_tables(mag, sc, vd);
+          if constexpr (kInt8) w128 = kMode == kValuesF16 ? float_to_fp16(-128.0f * sc) : float_to_bf16(-128.0f * sc);
+        }
         __m512 v0, v1;
         const uint8_t* cp = codes + k;
         for (; k + 2 * kChunk <= gend; k += 2 * kChunk, cp += 2 * kChunk) {
           _mm_prefetch(reinterpret_cast<const char*>(cp) + Base::kPrefetch, _MM_HINT_T0);
           _mm_prefetch(reinterpret_cast<const char*>(cp) + 4 * Base::kPrefetch, _MM_HINT_T1);
           __m512i w0, w1;
-          words64(cp, tb, interleave, interleave_hi, w0, w1);
+          words64<kInt8>(cp, tb, interleave, interleave_hi, w128, w0, w1);
           widen(w0, scale, vd, v0, v1);
           fn(k, v0, v1);
           widen(w1, scale, vd, v0, v1);
@@ -174,11 +201,11 @@ struct Float8Vbmi {
         for (; k + kChunk <= gend; k += kChunk, cp += kChunk) {
           _mm_prefetch(reinterpret_cast<const char*>(cp) + Base::kPrefetch, _MM_HINT_T0);
           _mm_prefetch(reinterpret_cast<const char*>(cp) + 4 * Base::kPrefetch, _MM_HINT_T1);
-          values(cp, 0, true, tb, scale, vd, v0, v1);
+          values(cp, 0, true, tb, w128, scale, vd, v0, v1);
           fn(k, v0, v1);
         }
         if (k < gend) {  // the ragged end of the row
-          values(cp, uint32_t((uint64_t(1) << (gend - k)) - 1), false, tb, scale, vd, v0, v1);
+          values(cp, uint32_t((uint64_t(1) << (gend - k)) - 1), false, tb, w128, scale, vd, v0, v1);
           fn(k, v0, v1);
           k += kChunk;
         }
@@ -188,6 +215,9 @@ struct Float8Vbmi {
 
   static WeightDecoder make(const PackedWeight& w) {
     const Base::Layout t(w);
+    if (w.spec.format == Format::kInt8)
+      return t.vd == DType::kBF16 ? Base::make_walker<Walker<kValuesBf16, false, false, true>>(w)
+                                  : Base::make_walker<Walker<kValuesF16, false, false, true>>(w);
     if (t.mx)
       return t.simple ? Base::make_walker<Walker<kMagnitude, true, true>>(w)
                       : Base::make_walker<Walker<kMagnitude, true, false>>(w);
