@@ -61,6 +61,22 @@ def test_gptq_beats_round_to_nearest_and_deploys(weights):
     assert_close_to_reference(gptq(test[0]), before, gptq.cols)
 
 
+@pytest.mark.parametrize("weights", [{"type": "int4"}, W4G])
+def test_gptq_clips_symmetric_integer_scales(weights):
+    """Rows with one outlier mostly get a scale below max-abs (the clipping search); per channel
+    the scale stays within [0.8, 1] of max-abs (group scales are taken later, from the
+    error-compensated weights, so only the clipping itself is checked there)."""
+    lin, xs, _ = layer_and_data()
+    with torch.no_grad():
+        lin.weight[::2, 3] = 12.0 * lin.weight.abs().max()  # an outlier in every other row
+    rtn = run(copy.deepcopy(lin), {"quant_cfg": {"weights": weights}}, xs)
+    gptq = run(copy.deepcopy(lin), {"quant_cfg": {"weights": weights}, "algorithm": "gptq"}, xs)
+    ratio = (gptq.w_scale / rtn.w_scale).reshape(gptq.w_scale.shape[0], -1)
+    if weights.get("strategy") != "group":
+        assert (ratio >= 0.8 - 1e-6).all() and (ratio <= 1.0 + 1e-6).all()
+    assert (ratio[::2, 0] < 0.99).float().mean() > 0.8  # most outlier rows (first group) are clipped
+
+
 def test_gptq_leaves_user_weights_alone_and_handles_dead_inputs():
     lin, xs, _ = layer_and_data()
     for x in xs:
