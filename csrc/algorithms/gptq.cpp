@@ -11,8 +11,11 @@
 //    the stored contiguous group, so act-order needs no column reordering at deploy);
 //  - damping that grows until the Cholesky factorisation succeeds (float64 if float32 fails);
 //  - symmetric integer scales (channel, and each group when it is reached) are shrunk by
-//    the factor in [0.80, 1.00] that minimises the row's squared rounding error before
-//    the columns are solved (a clipping search, as the reference code's optional `mse`).
+//    the factor in [0.80, 1.00] that minimises the row's rounding error weighted by the
+//    inputs' energy (the Hessian diagonal) before the columns are solved (a clipping
+//    search, like the reference code's optional `mse`, aimed at the layer's output). The
+//    caller turns it off for convolutions, where it measured worse (ResNet-20/56 W4
+//    channel: -0.5 point), while it helps Linear layers (stories260K W4 channel 4.61 -> 4.48).
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -48,10 +51,10 @@ struct ColumnScales {
   at::Tensor e8m0;    // uint8 [N] for MX
 };
 
-// Squared rounding error of c values on the symmetric integer grid [qmin, qmax] * s
+// Rounding error sum_k h_k (q_k s - w_k)^2 of c values on the symmetric integer grid [qmin, qmax] * s
 // (round half to even by the 1.5 * 2^23 trick: |w / s| stays far below 2^22 here).
 __attribute__((target_clones("avx512f", "avx2", "default"), optimize("O3"))) float grid_error(
-    const float* w, int64_t c, float s, float qmin, float qmax) {
+    const float* w, const float* h, int64_t c, float s, float qmin, float qmax) {
   const float inv = 1.0f / s, magic = 12582912.0f;
   float part[16] = {};  // 16 running sums: a vectorisable loop without reassociating floats
   int64_t k = 0;
@@ -60,35 +63,36 @@ __attribute__((target_clones("avx512f", "avx2", "default"), optimize("O3"))) flo
       float q = (w[k + j] * inv + magic) - magic;
       q = q < qmin ? qmin : (q > qmax ? qmax : q);
       const float d = q * s - w[k + j];
-      part[j] += d * d;
+      part[j] += h[k + j] * d * d;
     }
   float err = 0.0f;
   for (; k < c; ++k) {
     float q = (w[k] * inv + magic) - magic;
     q = q < qmin ? qmin : (q > qmax ? qmax : q);
     const float d = q * s - w[k];
-    err += d * d;
+    err += h[k] * d * d;
   }
   for (int j = 0; j < 16; ++j) err += part[j];
   return err;
 }
 
 // Clipping search for symmetric integer scales: each row's scale is shrunk by the factor
-// in 1.00, 0.99, ..., 0.80 that gives the smallest squared rounding error of that row's
-// values (a max-abs scale leaves most values on a coarse grid to fit one outlier; the
+// in 1.00, 0.99, ..., 0.80 that gives the smallest rounding error of that row's values,
+// each squared error weighted by its input's energy h (a max-abs scale leaves most values on a coarse grid to fit one outlier; the
 // reference GPTQ code offers the same search as an option).
-void shrink_scales(const at::Tensor& slice, const QuantSpec& spec, at::Tensor& scale) {
+void shrink_scales(const at::Tensor& slice, const at::Tensor& hdiag, const QuantSpec& spec, at::Tensor& scale) {
   const int64_t n = slice.size(0), c = slice.size(1);
   const float qmax = spec.format == Format::kInt4 ? 7.0f : 127.0f, qmin = -qmax - 1.0f;
   const float* w = slice.data_ptr<float>();
+  const float* h = hdiag.data_ptr<float>();
   float* sc = scale.data_ptr<float>();
   for (int64_t r = 0; r < n; ++r) {
     const float s0 = sc[r];
     if (!(s0 > 0.0f)) continue;
-    float best = s0, best_err = grid_error(w + r * c, c, s0, qmin, qmax);
+    float best = s0, best_err = grid_error(w + r * c, h, c, s0, qmin, qmax);
     for (int step = 1; step <= 20; ++step) {
       const float st = s0 * (1.0f - 0.01f * float(step));
-      const float e = grid_error(w + r * c, c, st, qmin, qmax);
+      const float e = grid_error(w + r * c, h, c, st, qmin, qmax);
       if (e < best_err) best_err = e, best = st;
     }
     sc[r] = best;
@@ -96,7 +100,9 @@ void shrink_scales(const at::Tensor& slice, const QuantSpec& spec, at::Tensor& s
 }
 
 // Scales of one granule column-slice [N, c] under `spec` (one granule per row).
-ColumnScales slice_scales(const at::Tensor& slice, const QuantSpec& spec) {
+// hdiag: the Hessian diagonal of the slice's columns (weights of the clipping search, run
+// when `clip` is set).
+ColumnScales slice_scales(const at::Tensor& slice, const QuantSpec& spec, const at::Tensor& hdiag, bool clip) {
   const int64_t n = slice.size(0);
   QuantSpec s = spec;
   if (!format_info(spec.format).is_mx) s.granularity = Granularity::kChannel, s.group_size = 0;
@@ -111,7 +117,8 @@ ColumnScales slice_scales(const at::Tensor& slice, const QuantSpec& spec) {
     cs.scale = at::exp2(cs.e8m0.to(at::kFloat) - 127.0f);
   } else {
     compute_scales(as_const(src), s, ScaleView{cs.scale.data_ptr<float>(), off.data_ptr<int32_t>(), nullptr});
-    if (s.symmetric && (s.format == Format::kInt4 || s.format == Format::kInt8)) shrink_scales(src.to(at::kFloat).contiguous(), s, cs.scale);
+    if (clip && s.symmetric && (s.format == Format::kInt4 || s.format == Format::kInt8))
+      shrink_scales(src.to(at::kFloat).contiguous(), hdiag, s, cs.scale);
   }
   cs.offset = off.to(at::kFloat);
   return cs;
@@ -119,7 +126,8 @@ ColumnScales slice_scales(const at::Tensor& slice, const QuantSpec& spec) {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gptq_quantize(
     const at::Tensor& W2d, const at::Tensor& H_in, const std::string& fmt, const std::string& strategy,
-    int64_t group_size, bool symmetric, double damp_ratio, bool act_order, bool static_groups, int64_t block_size) {
+    int64_t group_size, bool symmetric, double damp_ratio, bool act_order, bool static_groups, int64_t block_size,
+    bool clip) {
   QuantSpec spec = make_spec(fmt, strategy, strategy == "group" ? group_size : 0, symmetric, "auto");
   TORCH_CHECK_VALUE(spec.granularity != Granularity::kToken, "gptq: granularity 'token' is for activations");
   TORCH_CHECK_VALUE(block_size > 0, "gptq: block_size must be positive");
@@ -129,6 +137,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gptq_quantize(
   at::Tensor W0 = W2d.to(at::kFloat).clone();  // the caller's tensor is never modified
   // dead inputs: no signal ever reached them
   const at::Tensor dead = H_in.diagonal() == 0;
+  const at::Tensor hdiag = H_in.diagonal().to(at::kFloat).contiguous();  // input energies, original order
   W0.index_put_({at::indexing::Slice(), dead}, 0.0f);
 
   const int64_t glen = spec.granularity == Granularity::kGroup ? (mx ? 32 : spec.group_size) : K;
@@ -159,7 +168,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gptq_quantize(
     compute_scales(as_const(src), t, ScaleView{&s, &o, nullptr});
     store(0, {at::full({N}, s, at::kFloat), at::full({N}, float(o), at::kFloat), {}});
   } else if (spec.granularity == Granularity::kChannel || static_groups) {
-    for (int64_t g = 0; g < groups; ++g) store(g, slice_scales(W0.narrow(1, g * glen, std::min(glen, K - g * glen)), spec));
+    for (int64_t g = 0; g < groups; ++g)
+      store(g, slice_scales(W0.narrow(1, g * glen, std::min(glen, K - g * glen)), spec,
+                            hdiag.narrow(0, g * glen, std::min(glen, K - g * glen)), clip));
   }
 
   // act-order: most informative inputs first
@@ -225,7 +236,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gptq_quantize(
           const int64_t pos = invperm[c].item<int64_t>();
           cols.push_back(WT.select(0, pos));
         }
-        store(g, slice_scales(at::stack(cols, 1), spec));
+        store(g, slice_scales(at::stack(cols, 1), spec, hdiag.narrow(0, g * glen, std::min(glen, K - g * glen)),
+                              clip));
       }
       const ColumnScales& cs = gs[size_t(g)];
       const float* sc = cs.scale.data_ptr<float>();
@@ -274,6 +286,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gptq_quantize(
 
 TORCH_LIBRARY_FRAGMENT(lowbit, m) {
   m.def("gptq_quantize(Tensor W2d, Tensor H, str fmt, str strategy, int group_size, bool symmetric, float damp, "
-        "bool act_order, bool static_groups, int block_size) -> (Tensor, Tensor, Tensor)");
+        "bool act_order, bool static_groups, int block_size, bool clip=True) -> (Tensor, Tensor, Tensor)");
   m.impl("gptq_quantize", c10::DispatchKey::CPU, TORCH_FN(lowbit::gptq_quantize));
 }

@@ -96,6 +96,7 @@ def test_gptq_conv2d_with_groups():
     rtn = run(copy.deepcopy(conv), {"quant_cfg": {"weights": {"type": "int4"}}}, xs)
     gptq = run(copy.deepcopy(conv), {"quant_cfg": {"weights": {"type": "int4"}}, "algorithm": "gptq"}, xs)
     assert output_mse(gptq, conv, xs) < output_mse(rtn, conv, xs)
+    assert torch.equal(gptq.w_scale, rtn.w_scale)  # convolutions keep max-abs channel scales (no clipping)
     y = gptq(xs[0])
     lowbit.convert(gptq)
     assert isinstance(gptq, DeployConv2d)
