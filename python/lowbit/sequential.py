@@ -10,8 +10,8 @@ runs, and that call already returns quantized output:
      its quantized outputs become the next block's inputs (the first positional argument
      is replaced, the other arguments are kept);
   3. layers after the trunk calibrate on full forward passes.
-Memory: the recorded batches plus one block's inputs and outputs for all batches
-(2 x batch_num x the activation size at the trunk), besides the model.
+Memory: the recorded batches plus one block's inputs for all batches (batch_num x the
+activation size at the trunk; each batch's output replaces its input), besides the model.
 The recorded batches are not part of state_dict: a sequential calibration cannot be
 resumed from a saved state_dict.
 """
@@ -120,12 +120,11 @@ class SequentialCalibrator:
                 with torch.no_grad():
                     for args, kwargs in cached:
                         block(*args, **kwargs)
-                    nxt = []
-                    for args, kwargs in cached:
+                    for j, (args, kwargs) in enumerate(cached):  # outputs replace inputs one by one
                         out = block(*args, **kwargs)
                         first = out[0] if isinstance(out, (tuple, list)) else out
-                        nxt.append(((first.detach(),) + tuple(args[1:]), kwargs))
-                cached = nxt
+                        cached[j] = ((first.detach(),) + tuple(args[1:]), kwargs)
+                        del args, out, first
                 bar.update(1)
             # 3. layers after the trunk: full passes, everything before them is quantized
             rest = [m for m in pre if not m.calibrated]
