@@ -12,8 +12,10 @@
 //
 // A second tiling puts output channels in the vectors and broadcasts pixels: no pixel is
 // computed in vain and the planes need no phases, so it is used whenever the channel count
-// fills the vectors. The first serves the rest when its dropped columns cost little
-// (C <= 1.5 wo); otherwise LinearKernels::conv2d packs patches.
+// fills the vectors; with channels-last tensors its planes are [R][C][cg] (input rows
+// copied as they are) and its outputs are written as channel runs. The first serves the
+// rest when its dropped columns cost little (C <= 1.5 wo); otherwise LinearKernels::conv2d
+// packs patches.
 // Internal linkage, no std:: templates (compiled into every ISA unit). Included at the end
 // of deploy/linear_driver_impl.h, whose helpers it uses.
 #pragma once
