@@ -73,6 +73,32 @@ void int8_rows_vnni(const int8_t* w, int64_t ldw, int64_t rows, int64_t k, const
 namespace lowbit {
 namespace {
 
+// 16 x 16 floats transposed in registers: r[c] ends up holding column c.
+inline void transpose16(__m512 r[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {
+    const __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 1]);
+    const __m512d c = _mm512_castps_pd(t[4 * i + 2]), d = _mm512_castps_pd(t[4 * i + 3]);
+    r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+    r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+    r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+    r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+  }
+  for (int i = 0; i < 2; ++i)
+    for (int j = 0; j < 4; ++j) {
+      t[8 * i + j] = _mm512_shuffle_f32x4(r[8 * i + j], r[8 * i + j + 4], 0x88);
+      t[8 * i + j + 4] = _mm512_shuffle_f32x4(r[8 * i + j], r[8 * i + j + 4], 0xDD);
+    }
+  for (int j = 0; j < 8; ++j) {
+    r[j] = _mm512_shuffle_f32x4(t[j], t[j + 8], 0x88);
+    r[j + 8] = _mm512_shuffle_f32x4(t[j], t[j + 8], 0xDD);
+  }
+}
+
 template <int TP, int MV>
 void conv_tile(const Int8ConvTile& t) {
   __m512i acc[TP][MV];
@@ -99,14 +125,19 @@ void conv_tile(const Int8ConvTile& t) {
   for (int v = 0; v < MV; ++v) {
     const __m512i corr = _mm512_loadu_si512(t.corr + 16 * v);
     const __m512 s = _mm512_loadu_ps(t.scale + 16 * v), b = _mm512_loadu_ps(t.bias + 16 * v);
-    const __m512i lanes = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                             _mm512_set1_epi32(int32_t(t.ldo)));
+    __m512 r[16];
 #pragma GCC unroll 32
-    for (int p = 0; p < TP; ++p) {
-      const __m512 r = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[p][v], corr)), s), b);
-      if (t.channel_major) _mm512_i32scatter_ps(t.out + 16 * v * t.ldo + p, lanes, r, 4);
-      else _mm512_storeu_ps(t.out + p * t.ldo + 16 * v, r);
+    for (int p = 0; p < 16; ++p)
+      r[p] = p < TP ? _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[p][v], corr)), s), b)
+                    : _mm512_setzero_ps();
+    if (!t.channel_major) {
+#pragma GCC unroll 32
+      for (int p = 0; p < TP; ++p) _mm512_storeu_ps(t.out + p * t.ldo + 16 * v, r[p]);
+      continue;
     }
+    transpose16(r);  // r[c]: channel 16 v + c of the TP pixels
+#pragma GCC unroll 32
+    for (int c = 0; c < 16; ++c) _mm512_mask_storeu_ps(t.out + (16 * v + c) * t.ldo, __mmask16((1u << TP) - 1), r[c]);
   }
 }
 
