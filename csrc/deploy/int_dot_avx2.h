@@ -83,13 +83,7 @@ struct Avx2IntDot {
   template <int kBits>
   static void dot_fn(const WeightDecoder& d, int64_t r0, int64_t r1, const float* xp, int64_t M, int64_t kpad,
                      int64_t k0, int64_t k1, float* out) {
-    switch (M) {
-      case 1: return dot<kBits, 1>(*d.w, r0, r1, xp, kpad, k0, k1, out);
-      case 2: return dot<kBits, 2>(*d.w, r0, r1, xp, kpad, k0, k1, out);
-      case 3: return dot<kBits, 3>(*d.w, r0, r1, xp, kpad, k0, k1, out);
-      case 4: return dot<kBits, 4>(*d.w, r0, r1, xp, kpad, k0, k1, out);
-      default: return dot<kBits, 8>(*d.w, r0, r1, xp, kpad, k0, k1, out);
-    }
+    with_gemv_rows(M, [&](auto mr) { dot<kBits, decltype(mr)::value>(*d.w, r0, r1, xp, kpad, k0, k1, out); });
   }
 
   // The generic decoder, plus the fused GEMV where it applies.

@@ -142,13 +142,7 @@ struct LinearKernels {
   }
 
   static void gemv(const ConstMatrix& x, const WeightDecoder& d, const float* bias, const MutMatrix& y) {
-    switch (x.rows) {
-      case 1: return gemv_rows<1>(x, d, bias, y);
-      case 2: return gemv_rows<2>(x, d, bias, y);
-      case 3: return gemv_rows<3>(x, d, bias, y);
-      case 4: return gemv_rows<4>(x, d, bias, y);
-      default: return gemv_rows<8>(x, d, bias, y);
-    }
+    with_gemv_rows(x.rows, [&](auto mr) { gemv_rows<decltype(mr)::value>(x, d, bias, y); });
   }
 
   // ---- blocked GEMM ----

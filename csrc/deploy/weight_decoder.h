@@ -26,7 +26,7 @@ struct WeightDecoder {
                  int64_t ld, uint8_t* scratch) = nullptr;
   // Optional fused GEMV (decode and multiply without a tile): for rows [r0, r1) and
   // columns [k0, k1) (multiples of 32), out[(r - r0) * M + m] += sum_k w(r, k) * xp[m * kpad + k],
-  // with xp in decoder order. M is 1, 2, 3, 4 or 8.
+  // with xp in decoder order. M is one of with_gemv_rows' counts (1, 2, 3, 4 or 8).
   void (*dot_rows)(const WeightDecoder& self, int64_t r0, int64_t r1, const float* xp, int64_t M, int64_t kpad,
                    int64_t k0, int64_t k1, float* out) = nullptr;
   void run(int64_t r0, int64_t r1, int64_t k0, int64_t k1, float* out, int64_t ld, uint8_t* scratch) const {
@@ -35,6 +35,23 @@ struct WeightDecoder {
 };
 
 static inline int64_t decode_scratch_bytes(int64_t span) { return span + 64; }
+
+// The GEMV's compiled activation-row counts, 1, 2, 3, 4 and 8 (5 to 8 rows run as 8, the
+// rows beyond M being zeros): fn(GemvRows<MR>{}) for the count that serves M.
+template <int N>
+struct GemvRows {
+  static constexpr int value = N;
+};
+template <class Fn>
+static inline void with_gemv_rows(int64_t M, Fn&& fn) {
+  switch (M) {
+    case 1: return fn(GemvRows<1>{});
+    case 2: return fn(GemvRows<2>{});
+    case 3: return fn(GemvRows<3>{});
+    case 4: return fn(GemvRows<4>{});
+    default: return fn(GemvRows<8>{});
+  }
+}
 
 // Position of column k inside the decoder's order (identity unless permuted).
 static inline int64_t permuted_column(int64_t k, bool permuted) {

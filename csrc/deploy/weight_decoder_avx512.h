@@ -276,13 +276,9 @@ struct Avx512Decoder {
   template <class Walker>
   static void dot_rows(const WeightDecoder& d, int64_t r0, int64_t r1, const float* xp, int64_t M, int64_t kpad,
                        int64_t k0, int64_t k1, float* out) {
-    switch (M) {
-      case 1: return dot_rows_mr<Walker, 1>(*d.w, r0, r1, xp, kpad, k0, k1, out);
-      case 2: return dot_rows_mr<Walker, 2>(*d.w, r0, r1, xp, kpad, k0, k1, out);
-      case 3: return dot_rows_mr<Walker, 3>(*d.w, r0, r1, xp, kpad, k0, k1, out);
-      case 4: return dot_rows_mr<Walker, 4>(*d.w, r0, r1, xp, kpad, k0, k1, out);
-      default: return dot_rows_mr<Walker, 8>(*d.w, r0, r1, xp, kpad, k0, k1, out);
-    }
+    with_gemv_rows(M, [&](auto mr) {
+      dot_rows_mr<Walker, decltype(mr)::value>(*d.w, r0, r1, xp, kpad, k0, k1, out);
+    });
   }
   template <class Walker>
   static WeightDecoder make_walker(const PackedWeight& w) {
