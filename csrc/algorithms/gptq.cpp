@@ -118,7 +118,7 @@ ColumnScales slice_scales(const at::Tensor& slice, const QuantSpec& spec, const 
   } else {
     compute_scales(as_const(src), s, ScaleView{cs.scale.data_ptr<float>(), off.data_ptr<int32_t>(), nullptr});
     if (clip && s.symmetric && (s.format == Format::kInt4 || s.format == Format::kInt8))
-      shrink_scales(src.to(at::kFloat).contiguous(), hdiag, s, cs.scale);
+      shrink_scales(src, hdiag, s, cs.scale);
   }
   cs.offset = off.to(at::kFloat);
   return cs;
@@ -138,6 +138,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gptq_quantize(
   // dead inputs: no signal ever reached them
   const at::Tensor dead = H_in.diagonal() == 0;
   const at::Tensor hdiag = H_in.diagonal().to(at::kFloat).contiguous();  // input energies, original order
+  const at::Tensor live_diag = H_in.diagonal().to(at::kDouble).masked_fill(dead, 1.0);  // dead inputs: 1
   W0.index_put_({at::indexing::Slice(), dead}, 0.0f);
 
   const int64_t glen = spec.granularity == Granularity::kGroup ? (mx ? 32 : spec.group_size) : K;
@@ -174,8 +175,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gptq_quantize(
   }
 
   // act-order: most informative inputs first
-  at::Tensor perm = act_order ? at::argsort(H_in.diagonal().to(at::kDouble).masked_fill(dead, 1.0), 0, true)
-                              : at::arange(K, at::kLong);
+  at::Tensor perm = act_order ? at::argsort(live_diag, 0, true) : at::arange(K, at::kLong);
   at::Tensor invperm = at::argsort(perm);
   const int64_t* p = perm.data_ptr<int64_t>();
   // the weight transposed, [column][row]: a block of columns is a contiguous row range
@@ -189,7 +189,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gptq_quantize(
 
   // damping, raised until H is positive definite; float32 factorisations as in the
   // reference (4x faster here), float64 when float32 fails
-  const double mean_diag = H_in.diagonal().to(at::kDouble).masked_fill(dead, 1.0).mean().item<double>();
+  const double mean_diag = live_diag.mean().item<double>();
   at::Tensor U;
   at::Tensor H32 = permuted_h(at::kFloat), H64;
   for (double ratio = damp_ratio; !U.defined(); ratio *= 10.0) {
