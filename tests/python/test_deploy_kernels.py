@@ -2,6 +2,7 @@
 fake-quant reference: every format, every activation dtype, every instruction set, odd
 shapes (M = 1, 3, 64; K = 33, 172, 4096; N = 1, 7, and 4096 for the big case)."""
 import itertools
+import types
 
 import pytest
 import torch
@@ -250,27 +251,27 @@ def test_conv2d_reads_and_writes_channels_last(isa):
     got = OPS.conv2d_packed(x.contiguous(memory_format=torch.channels_last), *args)
     assert got.is_contiguous(memory_format=torch.channels_last)
     assert_close_to_reference(got, OPS.conv2d_packed(x, *args), 72, what=f"{isa} channels-last hif8 x hif8")
-    w = torch.randn(16, 72)
-    ws, wo = formats.compute_scales(w, "int8", "channel", 0, True)
-    packed = formats.pack(w, "int8", ws, wo, "channel", 0, True)
+
+    def int8_conv(cout, x):  # int8 weights and x's static per-tensor int8 scale; 3x3, padding 1
+        c = types.SimpleNamespace(k=x.shape[1] * 9)
+        c.packed, c.ws, c.wo = packed_weight(cout, c.k, "int8", "channel", 0, True, seed=cout)
+        c.a_s, c.a_o = formats.compute_scales(x, "int8", "tensor", 0, True)
+        c.args = (c.packed, c.ws.reshape(-1), 8, c.k, c.a_s, c.a_o, None, [3, 3], [1, 1], [1, 1], [1, 1], 1)
+        return c
+
     x = torch.randn(2, 8, 9, 9)
-    a_s, a_o = formats.compute_scales(x, "int8", "tensor", 0, True)
-    args = (packed, ws.reshape(-1), 8, 72, a_s, a_o, None, [3, 3], [1, 1], [1, 1], [1, 1], 1)
-    got = OPS.conv2d_int8(x.contiguous(memory_format=torch.channels_last), *args)
+    c = int8_conv(16, x)
+    got = OPS.conv2d_int8(x.contiguous(memory_format=torch.channels_last), *c.args)
     assert got.is_contiguous(memory_format=torch.channels_last)
-    assert torch.equal(got, OPS.conv2d_int8(x, *args))
+    assert torch.equal(got, OPS.conv2d_int8(x, *c.args))
     # wide rows and 40 channels: the NCHW input is regrouped in 16 x 16 byte tiles plus tails
-    w = torch.randn(32, 360)
-    ws, wo = formats.compute_scales(w, "int8", "channel", 0, True)
-    packed = formats.pack(w, "int8", ws, wo, "channel", 0, True)
     x = torch.randn(2, 40, 7, 37)
-    a_s, a_o = formats.compute_scales(x, "int8", "tensor", 0, True)
-    args = (packed, ws.reshape(-1), 8, 360, a_s, a_o, None, [3, 3], [1, 1], [1, 1], [1, 1], 1)
-    got = OPS.conv2d_int8(x, *args)
-    assert torch.equal(got, OPS.conv2d_int8(x.contiguous(memory_format=torch.channels_last), *args))
-    wd = formats.unpack(packed, "int8", ws, 360, wo, "channel", 0, True).reshape(32, 40, 3, 3)
-    want = F.conv2d(formats.fake_quant(x, "int8", "tensor", 0, True, scale=a_s, offset=a_o), wd, None, 1, 1)
-    assert_close_to_reference(got, want, 360, what=f"{isa} int8 conv, 40 channels, NCHW")
+    c = int8_conv(32, x)
+    got = OPS.conv2d_int8(x, *c.args)
+    assert torch.equal(got, OPS.conv2d_int8(x.contiguous(memory_format=torch.channels_last), *c.args))
+    wd = formats.unpack(c.packed, "int8", c.ws, c.k, c.wo, "channel", 0, True).reshape(32, 40, 3, 3)
+    want = F.conv2d(formats.fake_quant(x, "int8", "tensor", 0, True, scale=c.a_s, offset=c.a_o), wd, None, 1, 1)
+    assert_close_to_reference(got, want, c.k, what=f"{isa} int8 conv, 40 channels, NCHW")
 
 
 @pytest.mark.parametrize("isa", ISAS)
