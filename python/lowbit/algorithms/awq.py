@@ -22,6 +22,7 @@ class AWQLinear(HessianMixin, CalibLinear):
         self.act_abs_sum += rows.abs().sum(0).double()
 
     def finalize_algorithm(self):
+        self.finish_hessian()
         mu = (self.act_abs_sum / max(int(self.hessian_rows), 1)).float()
         grids = int((self.layer_cfg.get("params") or {}).get("grids_num", 20))
         s, src, _, _ = torch.ops.lowbit.awq_search(self.weight.detach().float(), self.hessian[0], mu, self.wspec.fmt,

@@ -25,6 +25,7 @@ class GPTQMixin(HessianMixin):
         self.observe_hessian(x)
 
     def finalize_algorithm(self):
+        self.finish_hessian()
         opts = {**DEFAULTS, **(self.layer_cfg.get("params") or {})}
         qs, scales, offsets = [], [], []
         for rows, w, h in self.group_weights():

@@ -49,6 +49,7 @@ class OFMRMixin(HessianMixin):
             torch.ops.lowbit.ofmr_act_losses_accumulate(self.act_loss, rows, w, self.aspec.fmt, self.act_candidates)
 
     def finalize_algorithm(self):
+        self.finish_hessian()
         w2d = self.weight.detach().reshape(self.weight_shape[0], -1).float()
         base, _ = self.wspec.weight_scales(w2d)  # [N, 1] or [1, 1]
         cand = candidates(base.reshape(-1))      # [C, N] or [C, 1]

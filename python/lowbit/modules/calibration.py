@@ -123,18 +123,33 @@ class CalibLayer(QuantLayerBase):
             return self.two_level_weight(w8q, self.weight_dtype).reshape(self.weight_shape)
         return self.wspec.weight_qdq(w2d, self.w_scale, self.w_offset).to(self.weight_dtype).reshape(self.weight_shape)
 
+    @staticmethod
+    def _input_range(xd):
+        """(min, max) in one pass; NaN propagates into both."""
+        if not xd.numel():
+            return xd.new_zeros(()), xd.new_zeros(())
+        if xd.dtype == torch.float16:  # (torch 1.13 has no fp16 aminmax on CPU)
+            return xd.min(), xd.max()
+        return torch.aminmax(xd)
+
+    def checks_finite_itself(self, x):
+        """True when observe_algorithm checks x for NaN/Inf (then _observe does not)."""
+        return False
+
+    def nonfinite_input_error(self, xd):
+        where = f"layer '{self.layer_name}', calibration batch {int(self.calib_calls) + 1}"
+        lo, hi = self._input_range(xd)
+        if torch.isfinite(lo) and torch.isfinite(hi):  # finite, but its squares overflow float32
+            return ValueError(f"{where}: activations too large (up to {max(-float(lo), float(hi)):.3g} in "
+                              f"magnitude): their squares overflow float32")
+        return ValueError(f"{where}: activations contain NaN or Inf")
+
     def _observe(self, x):
         xd = x.detach()
-        # one pass for the NaN/Inf check and the range (min and max propagate NaN)
-        if not xd.numel():
-            lo = hi = xd.new_zeros(())
-        elif xd.dtype == torch.float16:  # (torch 1.13 has no fp16 aminmax on CPU)
-            lo, hi = xd.min(), xd.max()
-        else:
-            lo, hi = torch.aminmax(xd)
-        if not (torch.isfinite(lo) and torch.isfinite(hi)):
-            raise ValueError(f"layer '{self.layer_name}', calibration batch {int(self.calib_calls) + 1}: "
-                             f"activations contain NaN or Inf")
+        if self.static_act or not self.checks_finite_itself(xd):
+            lo, hi = self._input_range(xd)
+            if not (torch.isfinite(lo) and torch.isfinite(hi)):
+                raise self.nonfinite_input_error(xd)
         if self.static_act and self.algorithm == "quantile":  # EMA of the per-call max |x|
             m = torch.maximum(-lo, hi).float()
             first = int(self.calib_calls) == 0
@@ -160,6 +175,7 @@ class CalibLayer(QuantLayerBase):
                 self.progress.layer_done(self.layer_name, float(self.recon_error), seconds)
 
     deferred = False  # sequential mode: float and no observation until this layer's turn
+    fake_quant_weight_cache = None  # sequential mode: weight_fake_quant() while a block's outputs are computed
 
     def forward(self, x):
         if self.deferred:
@@ -167,7 +183,8 @@ class CalibLayer(QuantLayerBase):
         if not self.calibrated:
             self._observe(x)
             return self.compute(x, self.weight, self.bias)
-        return self.compute(self.act_qdq(x), self.weight_fake_quant(),
+        w = self.fake_quant_weight_cache
+        return self.compute(self.act_qdq(x), self.weight_fake_quant() if w is None else w,
                             self.effective_bias(self.bias, x.dtype))
 
 
