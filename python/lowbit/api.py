@@ -1,7 +1,5 @@
-"""The public verbs: quantize, convert, summary, algorithm_register (AMCT's interface)."""
-import ctypes
+"""The public verbs: quantize, calibrate, convert, summary, algorithm_register (AMCT's interface)."""
 import fnmatch
-import gc
 import logging
 from dataclasses import dataclass
 
@@ -10,6 +8,7 @@ from torch import nn
 
 from lowbit import _C, registry
 from lowbit.configs import builtin_config
+from lowbit.memory import release_freed_memory
 from lowbit.modules.calibration import CalibLayer
 from lowbit.modules.deploy import DeployLayer
 
@@ -190,6 +189,52 @@ def quantize(model, config=None, target="generic", sequential=False):
     return model
 
 
+def calibrate(model, batches):
+    """Runs a quantize()d model's calibration on ``batches`` (what the user's loop of
+    ``batch_num`` calls would pass), under torch.no_grad(); returns the model.
+
+    Each batch is a tensor (one positional argument), a tuple or list (positional
+    arguments) or a dict (keyword arguments). Exactly the batches still missing are
+    needed (``batch_num`` for a fresh model). With ``sequential=True`` the batches are
+    recorded without running the model: the float outputs that the user's own loop gets
+    back from its first batch_num - 1 calls (one full forward pass each) are not computed.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(batches, (torch.Tensor, dict)) or not hasattr(batches, "__iter__"):
+        raise TypeError(f"batches: expected a list of batches, got {type(batches).__name__}")
+    batches = list(batches)
+    calib = [m for _, m in _calib_modules(model) if m.needs_calibration]
+    if not calib:
+        raise ValueError("calibrate: the model holds no layer that needs calibration; call lowbit.quantize first")
+    seq = getattr(model, "_lowbit_sequential", None)
+    batch_num = calib[0].batch_num
+    remaining = seq.remaining if seq is not None else max(m.batch_num - int(m.calib_calls) for m in calib)
+    if remaining == 0:
+        raise ValueError("calibrate: calibration is already finished")
+    if len(batches) != remaining:
+        raise ValueError(f"calibrate: got {len(batches)} batches, but {remaining} are needed (batch_num is "
+                         f"{batch_num}, {batch_num - remaining} already run)")
+    calls = []
+    for i, b in enumerate(batches):
+        if isinstance(b, torch.Tensor):
+            calls.append(((b,), {}))
+        elif isinstance(b, (tuple, list)):
+            calls.append((tuple(b), {}))
+        elif isinstance(b, dict):
+            calls.append(((), dict(b)))
+        else:
+            raise TypeError(f"batches[{i}]: expected a tensor, a tuple/list of arguments or a dict of keyword "
+                            f"arguments, got {type(b).__name__}")
+    with torch.no_grad():
+        for args, kwargs in calls:
+            if seq is not None:
+                seq.record(args, kwargs)
+            else:
+                model(*args, **kwargs)
+    return model
+
+
 class CalibrationProgress:
     """One progress bar per quantize() call: a step per layer that finishes calibrating,
     showing the layer's name, its relative output error and its seconds."""
@@ -233,19 +278,9 @@ def convert(model):
         _replace(model, name, m.layer_cfg["ops"][1](m))
         del m
     model._lowbit_skipped = skipped
-    _release_freed_memory()
+    release_freed_memory()  # the float weights' freed pages: RSS reflects the converted model
     log.info("lowbit.convert: %d layers converted to deploy modules", count)
     return model
-
-
-def _release_freed_memory():
-    """Returns the float weights' freed heap pages to the system (glibc keeps them
-    otherwise), so the process's resident size reflects the converted model."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
 
 
 @dataclass

@@ -151,13 +151,41 @@ def test_ofmr_never_worse_than_minmax_on_calibration_data(fmt, full):
 
 @pytest.mark.parametrize("bad,dtype", [(float("nan"), torch.float32), (float("inf"), torch.float32),
                                        (float("-inf"), torch.bfloat16), (float("nan"), torch.float16)])
-def test_ofmr_rejects_non_finite_calibration(bad, dtype):
+@pytest.mark.parametrize("algorithm,weights", [("ofmr", {"type": "hifloat8"}), ("gptq", W4G), ("awq", W4G)])
+def test_hessian_algorithms_reject_non_finite_calibration(bad, dtype, algorithm, weights):
+    # (these Linear layers check the inputs through H's diagonal, not a pass over x)
     lin, xs, _ = layer_and_data()
     lin = lin.to(dtype)
     xs = [x.to(dtype) for x in xs]
-    xs[1][0, 0] = bad
+    xs[1][5, 7] = bad
     with pytest.raises(ValueError, match=r"layer '', calibration batch 2: activations contain NaN or Inf"):
-        run(lin, {"quant_cfg": {"weights": {"type": "hifloat8"}}, "algorithm": "ofmr"}, xs)
+        run(lin, {"quant_cfg": {"weights": weights}, "algorithm": algorithm}, xs)
+
+
+def test_gptq_rejects_activations_whose_squares_overflow():
+    lin, xs, _ = layer_and_data()
+    xs[2][3, 1] = 3e19  # finite, but x^2 is not a float32
+    with pytest.raises(ValueError, match=r"layer '', calibration batch 3: activations too large \(up to 3e\+19"):
+        run(lin, {"quant_cfg": {"weights": W4G}, "algorithm": "gptq"}, xs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_hessian_accumulates_the_upper_triangle_and_mirrors_it(dtype):
+    g = torch.Generator().manual_seed(3)
+    xs = [torch.randn(m, 70, generator=g) for m in (1, 33, 200)]
+    h = torch.full((70, 70), 5.0, dtype=dtype).tril_(-1)  # junk below the diagonal must not matter
+    for x in xs:
+        torch.ops.lowbit.hessian_accumulate(h, x)
+    torch.ops.lowbit.hessian_symmetrize(h)
+    ref = sum(x.double().t() @ x.double() for x in xs)
+    assert torch.equal(h, h.t())
+    torch.testing.assert_close(h.double(), ref, rtol=1e-5, atol=1e-4)
+    torch.ops.lowbit.hessian_accumulate(h, torch.zeros(0, 70))  # no rows: unchanged
+    assert torch.equal(h, h.t())
+    with pytest.raises(ValueError, match=r"hessian_accumulate: H \[70, 70\] does not match rows \[4, 71\]"):
+        torch.ops.lowbit.hessian_accumulate(h, torch.zeros(4, 71))
+    with pytest.raises(ValueError, match=r"hessian_symmetrize: expected a contiguous square matrix"):
+        torch.ops.lowbit.hessian_symmetrize(torch.zeros(3, 4))
 
 
 class TinyBlock(nn.Module):
@@ -198,11 +226,67 @@ def test_sequential_calibration_on_blocks_and_sequential():
     y = seq(xs[0])
     lowbit.convert(seq)
     assert assert_deploy_layers_match(seq, xs[0]) >= 3
-    # a plain nn.Sequential is its own trunk
+    # a plain nn.Sequential is its own trunk: its input is the caller's batch, which the
+    # block outputs (written over the cached inputs) must not overwrite
     torch.manual_seed(1)
-    s = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 8))
-    s = run(s, cfg, xs, sequential=True)
-    assert all(m.calibrated for m in s.modules() if hasattr(m, "calibrated"))
+    s = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 8))
+    kept = [x.clone() for x in xs]
+    for calibrate in (False, True):
+        q = lowbit.quantize(copy.deepcopy(s), {**cfg, "batch_num": len(xs)}, sequential=True)
+        if calibrate:
+            lowbit.calibrate(q, xs)
+        else:
+            with torch.no_grad():
+                for x in xs:
+                    q(x)
+        assert all(m.calibrated for m in q.modules() if hasattr(m, "calibrated"))
+        assert all(torch.equal(x, k) for x, k in zip(xs, kept))
+
+
+@pytest.mark.parametrize("sequential", [True, False])
+def test_calibrate_equals_the_users_loop_and_skips_the_float_answers(sequential):
+    torch.manual_seed(0)
+    net = TinyNet()
+    xs = [torch.randn(16, 32) for _ in range(3)]
+    cfg = {"quant_cfg": {"weights": W4G}, "algorithm": "gptq", "batch_num": 3}
+    looped = run(copy.deepcopy(net), cfg, xs, sequential=sequential)
+    model = lowbit.quantize(copy.deepcopy(net), copy.deepcopy(cfg), sequential=sequential)
+    calls = []
+    model.blocks[0].register_forward_hook(lambda *a: calls.append(1))
+    assert lowbit.calibrate(model, [xs[0], (xs[1],), {"x": xs[2]}]) is model
+    for (name, a), b in zip(looped.named_modules(), model.modules()):
+        if hasattr(a, "calibrated"):
+            assert b.calibrated and torch.equal(a.weight_source(), b.weight_source()), name
+    # sequential: calibration pass + output pass + the pass that calibrates the head
+    # (the user's loop would add one float pass per batch); otherwise one pass per batch
+    assert len(calls) == (3 * len(xs) if sequential else len(xs))
+    torch.testing.assert_close(model(xs[0]), looped(xs[0]), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="calibrate: calibration is already finished"):
+        lowbit.calibrate(model, xs)
+
+
+def test_calibrate_rejects_bad_batches_and_models():
+    torch.manual_seed(0)
+    xs = [torch.randn(16, 32) for _ in range(3)]
+    cfg = {"quant_cfg": {"weights": W4G}, "algorithm": "gptq", "batch_num": 3}
+    model = lowbit.quantize(TinyNet(), cfg, sequential=True)
+    with pytest.raises(ValueError, match=r"calibrate: got 2 batches, but 3 are needed \(batch_num is 3, 0 already run\)"):
+        lowbit.calibrate(model, xs[:2])
+    with pytest.raises(TypeError, match=r"batches\[1\]: expected a tensor, a tuple/list of arguments or a dict"):
+        lowbit.calibrate(model, [xs[0], 5, xs[2]])
+    with pytest.raises(TypeError, match="batches: expected a list of batches, got Tensor"):
+        lowbit.calibrate(model, xs[0])
+    assert not model._lowbit_sequential.recorded  # nothing was recorded by the failed calls
+    with torch.no_grad():
+        model(xs[0])  # the user's loop started: two batches are missing
+    with pytest.raises(ValueError, match=r"got 3 batches, but 2 are needed \(batch_num is 3, 1 already run\)"):
+        lowbit.calibrate(model, xs)
+    lowbit.calibrate(model, xs[1:])
+    assert all(m.calibrated for m in model.modules() if hasattr(m, "calibrated"))
+    with pytest.raises(ValueError, match="calibrate: the model holds no layer that needs calibration"):
+        lowbit.calibrate(TinyNet(), xs)
+    with pytest.raises(TypeError, match="model: expected a torch.nn.Module, got list"):
+        lowbit.calibrate([], xs)
 
 
 def test_summary_shows_the_reconstruction_error():
