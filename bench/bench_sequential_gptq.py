@@ -13,10 +13,11 @@ import resource
 import time
 
 # Calibration runs the user's model: torch's OpenMP ops (layer norms, softmax) alternate
-# with OpenBLAS products that have their own threads. Spinning OpenMP workers steal the
-# cores from OpenBLAS (1.6x slower products on 2 cores), so they sleep instead, unless the
-# caller chose otherwise. (Read by libgomp when torch loads, hence before the import.)
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# with OpenBLAS products that have their own threads. OpenMP workers that spin long after
+# each op steal the cores from OpenBLAS (1.6x slower products on 2 cores), so they spin
+# briefly, unless the caller chose otherwise (as scripts/env.sh does; libgomp reads it
+# when torch loads, hence before the import).
+os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -99,7 +100,7 @@ def main():
     peak = rss_mb()
     print(f"OPT-125M-shaped model ({args.layers} layers): {params / 1e6:.1f}M parameters ({model_mb:.0f} MB fp32), "
           f"{args.seqs} x {args.len} calibration tokens, {args.threads} threads, "
-          f"{'the user loop' if args.loop else 'lowbit.calibrate'}, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}")
+          f"{'the user loop' if args.loop else 'lowbit.calibrate'}, GOMP_SPINCOUNT={os.environ['GOMP_SPINCOUNT']}")
     print(f"sequential GPTQ W4 g128: calibration {t_cal:.1f} s, with convert {t_all:.1f} s")
     print(f"peak RSS {peak:.0f} MB; after one float forward pass {base_rss:.0f} MB (interpreter, torch, BLAS "
           f"buffers, model); quantization added {peak - base_rss:.0f} MB = {(peak - base_rss) / model_mb:.2f}x "

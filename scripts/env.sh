@@ -8,6 +8,9 @@ if [ -z "${OPENBLAS_CORETYPE:-}" ] && [ -r /proc/cpuinfo ]; then
     export OPENBLAS_CORETYPE=Haswell
   fi
 fi
-# torch's OpenMP ops and OpenBLAS's own threads alternate in every model forward pass;
-# spinning OpenMP workers slow OpenBLAS down (1.6x on 2 cores): let them sleep instead.
-export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
+# torch's OpenMP ops and OpenBLAS's own threads alternate in every model forward pass.
+# libgomp's workers spin 300000 rounds after each parallel region by default and take
+# the cores from OpenBLAS (its products ran 1.6x slower on 2 cores); sleeping at once
+# (OMP_WAIT_POLICY=PASSIVE) makes lowbit's GEMMs, with a barrier per K block, 2x slower.
+# A short spin serves both.
+export GOMP_SPINCOUNT="${GOMP_SPINCOUNT:-10000}"
