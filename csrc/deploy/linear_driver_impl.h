@@ -346,7 +346,7 @@ struct LinearKernels {
   static void gemm(const IO& io, const WeightDecoder& d, const float* bias) {
     const int64_t m = io.rows();
     if (L == 1) return gemm_mv<4, 1>(io, d, bias);
-    if (L == 8) return m <= L ? gemm_mv<4, 1>(io, d, bias) : gemm_mv<4, 2>(io, d, bias);
+    if (L == 8) return m <= L ? gemm_mv<12, 1>(io, d, bias) : gemm_mv<6, 2>(io, d, bias);  // 12 accumulators of 16
     if (m <= L) return gemm_mv<8, 1>(io, d, bias);
     if (m <= 2 * L) return gemm_mv<8, 2>(io, d, bias);
     return gemm_mv<12, 2>(io, d, bias);
