@@ -127,3 +127,5 @@ def main_job(progress=True):
     print(stories_job(progress))
     print()
     print(resnet_job(20, progress))
+    print()
+    print(resnet_job(56, progress))
