@@ -2,8 +2,8 @@
 // (FP4 E2M1/E1M2, MXFP4), any granularity, fp32 weight values: codes are decoded in
 // registers, in natural column order, exactly as the codec does ((q - offset) * scale,
 // or table value * scale, the 16-entry table read with two vpermps and a blend instead
-// of the codec's gather), and multiplied at once. Panels for the GEMM keep the generic
-// decoder. Included by linear_avx2.cpp only.
+// of the codec's gather), and multiplied at once. GEMM panels of 4-bit float codes use the
+// same table decode; the others keep the generic decoder. Included by linear_avx2.cpp only.
 #pragma once
 #include <immintrin.h>
 
@@ -93,18 +93,53 @@ struct Avx2FusedDot {
     }
   }
 
+  // GEMM panels for 4-bit float codes: the same table decode, written to the tile
+  // (natural column order), then the decoders' common post-processing.
+  static void decode_fp4(const WeightDecoder& d, int64_t r0, int64_t r1, int64_t k0, int64_t k1, float* out,
+                         int64_t ld, uint8_t*) {
+    const PackedWeight& w = *d.w;
+    const typename driver::Kernels<VecAvx2>::Call c(w.spec, w.cols);
+    const __m256 lo = _mm256_loadu_ps(c.lut), hi = _mm256_loadu_ps(c.lut + 8);
+    const __m128i low4 = _mm_set1_epi8(0x0F);
+    const int64_t kend = k1 < w.cols ? k1 : w.cols;
+    for (int64_t r = r0; r < r1; ++r) {
+      const uint8_t* row = w.codes + r * w.row_bytes;
+      float* dst = out + (r - r0) * ld - k0;  // dst[k], k in [k0, k1)
+      for (int64_t k = k0; k < kend;) {  // group sizes are multiples of 32: k stays even
+        const int64_t g = k / c.glen, gend = (g + 1) * c.glen < kend ? (g + 1) * c.glen : kend;
+        const auto p = c.load(w.scales, c.index(r, g));
+        const __m256 scale = _mm256_set1_ps(p.scale);
+        for (; k + 32 <= gend; k += 32) {
+          const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + k / 2));
+          const __m128i lo4 = _mm_and_si128(b, low4), hi4 = _mm_and_si128(_mm_srli_epi16(b, 4), low4);
+          const __m128i c0 = _mm_unpacklo_epi8(lo4, hi4), c1 = _mm_unpackhi_epi8(lo4, hi4);
+          _mm256_storeu_ps(dst + k, lut_values(c0, lo, hi, scale));
+          _mm256_storeu_ps(dst + k + 8, lut_values(_mm_srli_si128(c0, 8), lo, hi, scale));
+          _mm256_storeu_ps(dst + k + 16, lut_values(c1, lo, hi, scale));
+          _mm256_storeu_ps(dst + k + 24, lut_values(_mm_srli_si128(c1, 8), lo, hi, scale));
+        }
+        for (; k < gend; ++k) dst[k] = c.lut[(row[k / 2] >> (4 * (k % 2))) & 0xF] * p.scale;
+      }
+      for (int64_t k = kend > k0 ? kend : k0; k < k1; ++k) dst[k] = 0.0f;
+      finish_row(w, r, dst + k0, kend > k0 ? kend - k0 : 0);
+    }
+  }
+
   template <int kBits, bool kLut>
   static void dot_fn(const WeightDecoder& d, int64_t r0, int64_t r1, const float* xp, int64_t M, int64_t kpad,
                      int64_t k0, int64_t k1, float* out) {
     with_gemv_rows(M, [&](auto mr) { dot<kBits, kLut, decltype(mr)::value>(*d.w, r0, r1, xp, kpad, k0, k1, out); });
   }
 
-  // The generic decoder, plus the fused GEMV where it applies.
+  // The generic decoder (4-bit float codes: the table decoder), plus the fused GEMV where
+  // it applies.
   template <class Kernels>
   static WeightDecoder make(const PackedWeight& w) {
     WeightDecoder d = Kernels::generic_decoder(w);
+    const Format f = w.spec.format;
+    if (f == Format::kFloat4E2M1 || f == Format::kFloat4E1M2 || f == Format::kMxFp4E2M1) d.decode = &decode_fp4;
     if (w.value_dtype != DType::kF32 || w.row_scale1) return d;
-    switch (w.spec.format) {
+    switch (f) {
       case Format::kInt4: d.dot_rows = &dot_fn<4, false>; break;
       case Format::kInt8: d.dot_rows = &dot_fn<8, false>; break;
       case Format::kFloat4E2M1:
