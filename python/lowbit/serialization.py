@@ -44,6 +44,10 @@ def save(model, path):
         f.write(text + "\n")
 
 
+# 8-bit float formats: (code & mask) == value marks a NaN code
+_NAN_CODE_RULES = {"float8_e4m3fn": (0x7F, 0x7F), "mxfp8_e4m3fn": (0x7F, 0x7F), "hifloat8": (0xFF, 0x80)}
+
+
 def load(model, path):
     """Loads a saved quantized model into ``model``, a freshly built float model of the
     same architecture, in place; returns it. Everything is checked before the model
@@ -98,6 +102,15 @@ def load(model, path):
         if tuple(stored[k].shape) != tuple(v.shape) or stored[k].dtype != v.dtype:
             raise ValueError(f"load: tensor '{k}' is {tuple(stored[k].shape)} {stored[k].dtype} in the file, "
                              f"{tuple(v.shape)} {v.dtype} in the model")
+    for name, d in built:  # NaN codes: quantization never writes them, and the kernels assume none
+        fmt = getattr(getattr(d, "wspec", None), "fmt", None)
+        codes = stored.get(f"{name}.weight_packed" if name else "weight_packed")
+        if fmt in _NAN_CODE_RULES and codes is not None and not getattr(d, "two_level", False):
+            mask, nan = _NAN_CODE_RULES[fmt]
+            bad = int(((codes & mask) == nan).sum())
+            if bad:
+                raise ValueError(f"load: layer '{name}' ({fmt}) holds {bad} NaN weight codes, which quantization "
+                                 f"never writes: the file is corrupt")
     for name, d in built:
         _replace(model, name, d)
     model.load_state_dict(stored, strict=True)

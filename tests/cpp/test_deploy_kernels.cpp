@@ -14,6 +14,7 @@
 #include "deploy/int8_tile.h"
 #include "deploy/packed_linear.h"
 #include "formats/half.h"
+#include "kernels/codec_luts.h"
 
 using namespace lowbit;
 
@@ -128,6 +129,67 @@ TEST(DeployKernels, DequantRowsEqualUnpackOnEveryIsa) {
           dequant_rows(w, 0, n, got.data(), k);
           ASSERT_EQ(0, std::memcmp(got.data(), want.data(), got.size() * 4))
               << isa << " format " << int(c.f) << " k=" << k << " dtype " << int(vd);
+        }
+      }
+    }
+  }
+}
+
+// Every code in every column position: the packed codes are overwritten with code =
+// (column + 7 * row) mod 2^bits, so each 32-column chunk and the ragged tail see all
+// values, except the non-finite ones (8-bit float NaN codes, HiF8 infinities), which
+// quantization never writes (the decoders assume no NaN code; lowbit.load rejects them):
+// those positions get code 0. Decoding must equal the scalar unpack bit for bit, in every weight
+// dtype, and the GEMV and GEMM outputs must stay finite.
+TEST(DeployKernels, EveryCodeDecodesLikeUnpackOnEveryIsa) {
+  for (const Case& c : kCases) {
+    const int64_t n = 9, k = 300;
+    if (c.g == Granularity::kGroup && c.gs > k) continue;
+    Packed p = make(c, n, k, 11);
+    const int bits = format_info(c.f).bits;
+    const float* lut = decode_lut(c.f);  // float formats: the value of every code
+    for (int64_t r = 0; r < n; ++r)
+      for (int64_t j = 0; j < k; ++j) {
+        uint8_t code = uint8_t((j + 7 * r) % (1 << bits));
+        if (lut != nullptr && !std::isfinite(lut[code])) code = 0;
+        uint8_t& byte = p.codes[size_t(r * p.row_bytes + (bits == 4 ? j / 2 : j))];
+        if (bits == 8) byte = code;
+        else byte = uint8_t(j % 2 ? (byte & 0x0F) | (code << 4) : (byte & 0xF0) | code);
+      }
+    for (DType vd : {DType::kF32, DType::kBF16, DType::kF16}) {
+      PackedWeight w = p.view(n, k, vd);
+      std::vector<float> want(size_t(n * k));
+      {
+        IsaGuard g("scalar");
+        std::vector<uint16_t> half(size_t(n * k));
+        if (vd == DType::kF32) {
+          unpack(p.codes.data(), p.row_bytes, p.spec, w.scales, MutMatrix{want.data(), vd, n, k, k});
+        } else {
+          unpack(p.codes.data(), p.row_bytes, p.spec, w.scales, MutMatrix{half.data(), vd, n, k, k});
+          for (size_t i = 0; i < half.size(); ++i)
+            want[i] = vd == DType::kBF16 ? bf16_to_float(half[i]) : fp16_to_float(half[i]);
+        }
+      }
+      std::vector<float> x(size_t(40 * k), 0.5f);
+      for (const std::string& isa : isas()) {
+        IsaGuard g(isa);
+        std::vector<float> got(size_t(n * k));
+        dequant_rows(w, 0, n, got.data(), k);
+        for (size_t i = 0; i < got.size(); ++i) {
+          uint32_t a, b;
+          std::memcpy(&a, &got[i], 4);
+          std::memcpy(&b, &want[i], 4);
+          ASSERT_EQ(a, b) << isa << " format " << int(c.f) << " dtype " << int(vd) << " row " << i / k
+                          << " column " << i % k;
+        }
+        for (int64_t m : {1, 40}) {  // GEMV and GEMM
+          std::vector<float> y(size_t(m * n));
+          linear_packed(ConstMatrix{x.data(), DType::kF32, m, k, k}, w, nullptr,
+                        MutMatrix{y.data(), DType::kF32, m, n, n});
+          for (int64_t i = 0; i < m; ++i)
+            for (int64_t r = 0; r < n; ++r)
+              ASSERT_TRUE(std::isfinite(y[size_t(i * n + r)]))
+                  << isa << " format " << int(c.f) << " dtype " << int(vd) << " m=" << m << " row " << r;
         }
       }
     }

@@ -95,3 +95,21 @@ def test_corrupt_and_truncated_files_give_clear_errors(tmp_path):
     torch.ops.lowbit.save_safetensors(str(path), ["0.weight"], [m[0].weight.detach()], [], [])
     with pytest.raises(ValueError, match=r"has no lowbit metadata"):
         lowbit.load(m, tmp_path)
+
+
+@pytest.mark.parametrize("fmt,code", [("float8_e4m3fn", 0x7F), ("float8_e4m3fn", 0xFF), ("hifloat8", 0x80),
+                                      ("mxfp8_e4m3fn", 0xFF)])
+def test_load_rejects_nan_weight_codes(fmt, code, tmp_path):
+    # quantization never writes them and the kernels assume there are none: a file that
+    # holds one is corrupt (the neighbouring codes, 0x7E and 0x81, load fine)
+    strategy = {"strategy": "group", "group_size": 32} if fmt.startswith("mx") else {}
+    model = lowbit.convert(lowbit.quantize(make_mlp(), {"quant_cfg": {"weights": {"type": fmt, **strategy}}}))
+    ok = code - 1 if code != 0x80 else 0x81
+    model[2].weight_packed[3, 5] = ok
+    lowbit.save(model, tmp_path)
+    assert int(lowbit.load(make_mlp(), tmp_path)[2].weight_packed[3, 5]) == ok
+    model[2].weight_packed[3, 5] = code
+    lowbit.save(model, tmp_path)
+    with pytest.raises(ValueError, match=rf"load: layer '2' \({fmt}\) holds 1 NaN weight codes, which quantization "
+                                         r"never writes: the file is corrupt"):
+        lowbit.load(make_mlp(), tmp_path)
