@@ -427,7 +427,7 @@ struct ConvDirect {
       if (n % 64 == 0) return run_channels<6, 4>(a, group, d, bias), true;
       if (n % 48 == 0) return run_channels<8, 3>(a, group, d, bias), true;
       if (n % 32 == 0) return run_channels<12, 2>(a, group, d, bias), true;
-      if (n % 16 == 0) return run_channels<12, 1>(a, group, d, bias), true;
+      if (n % 16 == 0 && (a.channels_last || n > 16 || !positions_worthwhile(a))) return run_channels<12, 1>(a, group, d, bias), true;
       if (!positions_worthwhile(a)) return false;
       if (n % 12 == 0 || n < 8) return run_positions<12, 2>(a, group, d, bias), true;
       return run_positions<8, 3>(a, group, d, bias), true;
