@@ -93,34 +93,42 @@ struct Avx2FusedDot {
     return k;
   }
 
+  // Walks the columns [k0, kend) of row r granule by granule: chunk(k, v[4]) for every whole
+  // chunk of 32 columns, one(k, value) for the columns of a ragged row end.
+  template <Codes kKind, class Chunk, class One>
+  static inline void row_values(const Ctx& c, const PackedWeight& w, int64_t r, int64_t k0, int64_t kend,
+                                Chunk&& chunk, One&& one) {
+    const uint8_t* row = w.codes + r * w.row_bytes;
+    for (int64_t k = k0; k < kend;) {
+      const int64_t g = k / c.call.glen, gend = (g + 1) * c.call.glen < kend ? (g + 1) * c.call.glen : kend;
+      const auto p = c.call.load(w.scales, c.call.index(r, g));
+      const float off = c.asym ? float(p.offset) : 0.0f;
+      k = chunks<kKind>(c, row, k, gend, _mm256_set1_ps(p.scale), _mm256_set1_ps(off), chunk);
+      for (; k < gend; ++k) one(k, value<kKind>(c, row, k, p.scale, off));
+    }
+  }
+
   template <Codes kKind, int MR>
   static void dot(const PackedWeight& w, int64_t r0, int64_t r1, const float* xp, int64_t kpad, int64_t k0,
                   int64_t k1, float* out) {
     const Ctx c(w, kKind);
     const int64_t kend = k1 < w.cols ? k1 : w.cols;
     for (int64_t r = r0; r < r1; ++r) {
-      const uint8_t* row = w.codes + r * w.row_bytes;
       __m256 acc[MR][2];
       for (int m = 0; m < MR; ++m) acc[m][0] = acc[m][1] = _mm256_setzero_ps();
       float tail[MR] = {};
-      for (int64_t k = k0; k < kend;) {
-        const int64_t g = k / c.call.glen, gend = (g + 1) * c.call.glen < kend ? (g + 1) * c.call.glen : kend;
-        const auto p = c.call.load(w.scales, c.call.index(r, g));
-        const float off = c.asym ? float(p.offset) : 0.0f;
-        k = chunks<kKind>(c, row, k, gend, _mm256_set1_ps(p.scale), _mm256_set1_ps(off),
-                          [&](int64_t kk, const __m256* v) {
+      row_values<kKind>(
+          c, w, r, k0, kend,
+          [&](int64_t k, const __m256* v) {
 #pragma GCC unroll 8
-                            for (int m = 0; m < MR; ++m)
+            for (int m = 0; m < MR; ++m)
 #pragma GCC unroll 4
-                              for (int j = 0; j < 4; ++j)
-                                acc[m][j & 1] = _mm256_fmadd_ps(v[j], _mm256_loadu_ps(xp + m * kpad + kk + 8 * j),
-                                                                acc[m][j & 1]);
-                          });
-        for (; k < gend; ++k) {  // ragged end of the row
-          const float wv = value<kKind>(c, row, k, p.scale, off);
-          for (int m = 0; m < MR; ++m) tail[m] += wv * xp[m * kpad + k];
-        }
-      }
+              for (int j = 0; j < 4; ++j)
+                acc[m][j & 1] = _mm256_fmadd_ps(v[j], _mm256_loadu_ps(xp + m * kpad + k + 8 * j), acc[m][j & 1]);
+          },
+          [&](int64_t k, float wv) {
+            for (int m = 0; m < MR; ++m) tail[m] += wv * xp[m * kpad + k];
+          });
       for (int m = 0; m < MR; ++m) {
         const __m256 s = _mm256_add_ps(acc[m][0], acc[m][1]);
         __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
@@ -140,18 +148,13 @@ struct Avx2FusedDot {
     const Ctx c(w, kKind);
     const int64_t kend = k1 < w.cols ? k1 : w.cols;
     for (int64_t r = r0; r < r1; ++r) {
-      const uint8_t* row = w.codes + r * w.row_bytes;
       float* dst = out + (r - r0) * ld - k0;  // dst[k], k in [k0, k1)
-      for (int64_t k = k0; k < kend;) {
-        const int64_t g = k / c.call.glen, gend = (g + 1) * c.call.glen < kend ? (g + 1) * c.call.glen : kend;
-        const auto p = c.call.load(w.scales, c.call.index(r, g));
-        const float off = c.asym ? float(p.offset) : 0.0f;
-        k = chunks<kKind>(c, row, k, gend, _mm256_set1_ps(p.scale), _mm256_set1_ps(off),
-                          [&](int64_t kk, const __m256* v) {
-                            for (int j = 0; j < 4; ++j) _mm256_storeu_ps(dst + kk + 8 * j, v[j]);
-                          });
-        for (; k < gend; ++k) dst[k] = value<kKind>(c, row, k, p.scale, off);
-      }
+      row_values<kKind>(
+          c, w, r, k0, kend,
+          [&](int64_t k, const __m256* v) {
+            for (int j = 0; j < 4; ++j) _mm256_storeu_ps(dst + k + 8 * j, v[j]);
+          },
+          [&](int64_t k, float v) { dst[k] = v; });
       for (int64_t k = kend > k0 ? kend : k0; k < k1; ++k) dst[k] = 0.0f;
       finish_row(w, r, dst + k0, kend > k0 ? kend - k0 : 0);
     }
