@@ -102,6 +102,22 @@ struct IsaGuard {
   }
 };
 
+// The scalar unpack of p into w's weight dtype, widened to fp32: the values every path
+// must give.
+std::vector<float> unpacked(const Packed& p, const PackedWeight& w, int64_t n, int64_t k) {
+  IsaGuard g("scalar");
+  std::vector<float> want(size_t(n * k));
+  if (w.value_dtype == DType::kF32) {
+    unpack(p.codes.data(), p.row_bytes, p.spec, w.scales, MutMatrix{want.data(), w.value_dtype, n, k, k});
+    return want;
+  }
+  std::vector<uint16_t> half(size_t(n * k));
+  unpack(p.codes.data(), p.row_bytes, p.spec, w.scales, MutMatrix{half.data(), w.value_dtype, n, k, k});
+  for (size_t i = 0; i < half.size(); ++i)
+    want[i] = w.value_dtype == DType::kBF16 ? bf16_to_float(half[i]) : fp16_to_float(half[i]);
+  return want;
+}
+
 TEST(DeployKernels, DequantRowsEqualUnpackOnEveryIsa) {
   for (const Case& c : kCases) {
     for (int64_t k : {33, 172, 256}) {
@@ -110,19 +126,7 @@ TEST(DeployKernels, DequantRowsEqualUnpackOnEveryIsa) {
       Packed p = make(c, n, k, uint32_t(k));
       for (DType vd : {DType::kF32, DType::kBF16, DType::kF16}) {
         PackedWeight w = p.view(n, k, vd);
-        // unpack (scalar) into the weight dtype, then widened: the values every path must give
-        std::vector<uint16_t> half(size_t(n * k));
-        std::vector<float> want(size_t(n * k));
-        {
-          IsaGuard g("scalar");
-          if (vd == DType::kF32) {
-            unpack(p.codes.data(), p.row_bytes, p.spec, w.scales, MutMatrix{want.data(), vd, n, k, k});
-          } else {
-            unpack(p.codes.data(), p.row_bytes, p.spec, w.scales, MutMatrix{half.data(), vd, n, k, k});
-            for (size_t i = 0; i < half.size(); ++i)
-              want[i] = vd == DType::kBF16 ? bf16_to_float(half[i]) : fp16_to_float(half[i]);
-          }
-        }
+        const std::vector<float> want = unpacked(p, w, n, k);
         for (const std::string& isa : isas()) {
           IsaGuard g(isa);
           std::vector<float> got(size_t(n * k));
@@ -158,18 +162,7 @@ TEST(DeployKernels, EveryCodeDecodesLikeUnpackOnEveryIsa) {
       }
     for (DType vd : {DType::kF32, DType::kBF16, DType::kF16}) {
       PackedWeight w = p.view(n, k, vd);
-      std::vector<float> want(size_t(n * k));
-      {
-        IsaGuard g("scalar");
-        std::vector<uint16_t> half(size_t(n * k));
-        if (vd == DType::kF32) {
-          unpack(p.codes.data(), p.row_bytes, p.spec, w.scales, MutMatrix{want.data(), vd, n, k, k});
-        } else {
-          unpack(p.codes.data(), p.row_bytes, p.spec, w.scales, MutMatrix{half.data(), vd, n, k, k});
-          for (size_t i = 0; i < half.size(); ++i)
-            want[i] = vd == DType::kBF16 ? bf16_to_float(half[i]) : fp16_to_float(half[i]);
-        }
-      }
+      const std::vector<float> want = unpacked(p, w, n, k);
       std::vector<float> x(size_t(40 * k), 0.5f);
       for (const std::string& isa : isas()) {
         IsaGuard g(isa);
