@@ -203,28 +203,13 @@ struct ConvDirect {
   template <int TN, int MV>
   static void micro(const float* wd, int64_t ldw, const int32_t* kk, const int64_t* off, int64_t count,
                     const float* x, float* c, int64_t ldc, bool first) {
-    F acc[TN][MV];
+    LK::template fma_tile<TN, MV>(
+        c, ldc, first, count,
+        [&](int64_t j, F* xv) {
 #pragma GCC unroll 32
-    for (int i = 0; i < TN; ++i)
-#pragma GCC unroll 32
-      for (int v = 0; v < MV; ++v) acc[i][v] = first ? V::set1(0.0f) : V::load(c + i * ldc + v * L);
-    for (int64_t j = 0; j < count; ++j) {
-      const float* xj = x + off[j];
-      const float* wj = wd + kk[j];
-      F xv[MV];
-#pragma GCC unroll 32
-      for (int v = 0; v < MV; ++v) xv[v] = V::load(xj + v * L);
-#pragma GCC unroll 32
-      for (int i = 0; i < TN; ++i) {
-        const F b = V::set1(wj[i * ldw]);
-#pragma GCC unroll 32
-        for (int v = 0; v < MV; ++v) acc[i][v] = V::fmadd(b, xv[v], acc[i][v]);
-      }
-    }
-#pragma GCC unroll 32
-    for (int i = 0; i < TN; ++i)
-#pragma GCC unroll 32
-      for (int v = 0; v < MV; ++v) V::store(c + i * ldc + v * L, acc[i][v]);
+          for (int v = 0; v < MV; ++v) xv[v] = V::load(x + off[j] + v * L);
+        },
+        [&](int64_t j, int i) { return wd[kk[j] + i * ldw]; });
   }
 
   template <int TN, int MV>
@@ -295,27 +280,13 @@ struct ConvDirect {
   static void micro_channels(const float* wt, const int64_t* off, int64_t count, const float* const* px, float* c,
                              int64_t ldc, bool first) {
     constexpr int64_t NB = MV * L;
-    F acc[TP][MV];
+    LK::template fma_tile<TP, MV>(
+        c, ldc, first, count,
+        [&](int64_t j, F* wv) {
 #pragma GCC unroll 32
-    for (int p = 0; p < TP; ++p)
-#pragma GCC unroll 32
-      for (int v = 0; v < MV; ++v) acc[p][v] = first ? V::set1(0.0f) : V::load(c + p * ldc + v * L);
-    for (int64_t j = 0; j < count; ++j) {
-      const int64_t o = off[j];
-      F wv[MV];
-#pragma GCC unroll 32
-      for (int v = 0; v < MV; ++v) wv[v] = V::load(wt + j * NB + v * L);
-#pragma GCC unroll 32
-      for (int p = 0; p < TP; ++p) {
-        const F b = V::set1(px[p][o]);
-#pragma GCC unroll 32
-        for (int v = 0; v < MV; ++v) acc[p][v] = V::fmadd(b, wv[v], acc[p][v]);
-      }
-    }
-#pragma GCC unroll 32
-    for (int p = 0; p < TP; ++p)
-#pragma GCC unroll 32
-      for (int v = 0; v < MV; ++v) V::store(c + p * ldc + v * L, acc[p][v]);
+          for (int v = 0; v < MV; ++v) wv[v] = V::load(wt + j * NB + v * L);
+        },
+        [&](int64_t j, int p) { return px[p][off[j]]; });
   }
 
   template <int TP, int MV>

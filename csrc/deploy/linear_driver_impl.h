@@ -150,34 +150,50 @@ struct LinearKernels {
   static constexpr int64_t kBlockK = 256;  // columns per panel (the x block, 256 x 32 fp32, stays in L1)
   static constexpr int64_t kBlockN = 48;   // weight rows per panel: 48 x 256 fp32 = 48 KiB (L2)
 
-  // The weight rows are kBlockK floats apart whatever kc is: a compile-time stride turns
-  // the TN broadcasts into constant displacements from one pointer, where a run-time one
-  // needed TN index registers and spilled (the register tile ran 15% slower).
-  template <int TN, int MV>
-  static void micro(const float* wd, const float* xt, int64_t kc, float* c, int64_t ldc, bool first) {
-    F acc[TN][MV];  // fully unrolled: the accumulators live in registers
-#pragma GCC unroll 16
-    for (int i = 0; i < TN; ++i)
-#pragma GCC unroll 16
+  // The register tile of every float GEMM and direct convolution: R x MV vectors of
+  // accumulators, loaded from c (rows ldc floats apart) or zero when `first`, then
+  //   acc[i][v] += scalar(j, i) * vec[v]  for j < count, vecs(j, vec) loading vec[0..MV),
+  // and stored back. Fully unrolled: the accumulators live in registers.
+  template <int R, int MV, class Vecs, class Scalar>
+  __attribute__((always_inline)) static inline void fma_tile(float* c, int64_t ldc, bool first, int64_t count,
+                                                             Vecs&& vecs, Scalar&& scalar) {
+    F acc[R][MV];
+#pragma GCC unroll 32
+    for (int i = 0; i < R; ++i)
+#pragma GCC unroll 32
       for (int v = 0; v < MV; ++v) acc[i][v] = first ? V::set1(0.0f) : V::load(c + i * ldc + v * L);
-    for (int64_t k = 0; k < kc; ++k) {
+    for (int64_t j = 0; j < count; ++j) {
       F a[MV];
-#pragma GCC unroll 16
-      for (int v = 0; v < MV; ++v)  // the activation block streams from L2: every line of it
-        __builtin_prefetch(xt + (k + 8) * MV * L + v * L);
-#pragma GCC unroll 16
-      for (int v = 0; v < MV; ++v) a[v] = V::load(xt + k * MV * L + v * L);
-#pragma GCC unroll 16
-      for (int i = 0; i < TN; ++i) {
-        const F b = V::set1(wd[i * kBlockK + k]);
-#pragma GCC unroll 16
+      vecs(j, a);
+#pragma GCC unroll 32
+      for (int i = 0; i < R; ++i) {
+        const F b = V::set1(scalar(j, i));
+#pragma GCC unroll 32
         for (int v = 0; v < MV; ++v) acc[i][v] = V::fmadd(b, a[v], acc[i][v]);
       }
     }
-#pragma GCC unroll 16
-    for (int i = 0; i < TN; ++i)
-#pragma GCC unroll 16
+#pragma GCC unroll 32
+    for (int i = 0; i < R; ++i)
+#pragma GCC unroll 32
       for (int v = 0; v < MV; ++v) V::store(c + i * ldc + v * L, acc[i][v]);
+  }
+
+  // GEMM tile: TN weight rows (broadcast) x MV vectors of packed activation rows. The
+  // weight rows are kBlockK floats apart whatever kc is: a compile-time stride turns the TN
+  // broadcasts into constant displacements from one pointer, where a run-time one needed
+  // TN index registers and spilled (the register tile ran 15% slower).
+  template <int TN, int MV>
+  static void micro(const float* wd, const float* xt, int64_t kc, float* c, int64_t ldc, bool first) {
+    fma_tile<TN, MV>(
+        c, ldc, first, kc,
+        [&](int64_t k, F* a) {
+#pragma GCC unroll 16
+          for (int v = 0; v < MV; ++v)  // the activation block streams from L2: every line of it
+            __builtin_prefetch(xt + (k + 8) * MV * L + v * L);
+#pragma GCC unroll 16
+          for (int v = 0; v < MV; ++v) a[v] = V::load(xt + k * MV * L + v * L);
+        },
+        [&](int64_t k, int i) { return wd[i * kBlockK + k]; });
   }
 
   // The GEMM's activations and results: a matrix x -> y (MatrixIO), or a convolution's
