@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "deploy/packed_linear.h"
+#include "deploy/scratch.h"
 #include "ops/tensor_views.h"
 
 namespace lowbit {
@@ -211,9 +212,9 @@ at::Tensor conv2d_packed_op(const at::Tensor& x, const at::Tensor& packed, const
     at::Tensor src = dense ? x : x.contiguous();
     // the quantized copy lives in a per-thread buffer reused from call to call (a fresh
     // tensor of this size would be page-faulted in on every call)
-    thread_local std::vector<char> qdq_buf;
-    qdq_buf.resize(std::max(qdq_buf.size(), size_t(src.numel() * src.element_size())));
-    xin = at::from_blob(qdq_buf.data(), src.sizes(), src.strides(), src.options());  // (same layout)
+    thread_local GrowBuffer<char> qdq_buf;
+    xin = at::from_blob(qdq_buf.get(src.numel() * src.element_size()), src.sizes(), src.strides(),
+                        src.options());  // (same layout)
     float s = act.scale;
     int32_t o = act.offset;
     const int64_t n = src.numel(), cols = n > 0 ? n / src.size(0) : 1;
