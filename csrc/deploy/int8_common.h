@@ -86,8 +86,11 @@ inline bool has_nan(const void* p, DType dtype, int64_t n) {
   int found = 0;
   const bool wide = dtype == DType::kF32;
   const int64_t per = wide ? 4 : 8, vecs = n / per;
-  const __m128i mask = wide ? _mm_set1_epi32(0x7FFFFFFF) : _mm_set1_epi16(0x7FFF);
-  const __m128i inf = wide ? _mm_set1_epi32(0x7F800000) : _mm_set1_epi16(dtype == DType::kF16 ? 0x7C00 : 0x7F80);
+  // NaN: the magnitude bits above those of infinity
+  const uint32_t abs_bits = wide ? 0x7FFFFFFFu : 0x7FFFu;
+  const uint32_t inf_bits = wide ? 0x7F800000u : dtype == DType::kF16 ? 0x7C00u : 0x7F80u;
+  const __m128i mask = wide ? _mm_set1_epi32(int(abs_bits)) : _mm_set1_epi16(short(abs_bits));
+  const __m128i inf = wide ? _mm_set1_epi32(int(inf_bits)) : _mm_set1_epi16(short(inf_bits));
   const __m128i* v = static_cast<const __m128i*>(p);
 #pragma omp parallel for reduction(| : found) schedule(static) if (n >= (1 << 16))
   for (int64_t c = 0; c < (vecs + 1023) / 1024; ++c) {  // chunks of 1024 vectors
@@ -99,8 +102,8 @@ inline bool has_nan(const void* p, DType dtype, int64_t n) {
     found |= _mm_movemask_epi8(any) != 0;
   }
   for (int64_t i = vecs * per; i < n && !found; ++i) {
-    if (wide) found = (static_cast<const uint32_t*>(p)[i] & 0x7FFFFFFFu) > 0x7F800000u;
-    else found = (static_cast<const uint16_t*>(p)[i] & 0x7FFF) > (dtype == DType::kF16 ? 0x7C00 : 0x7F80);
+    const uint32_t u = wide ? static_cast<const uint32_t*>(p)[i] : static_cast<const uint16_t*>(p)[i];
+    found = (u & abs_bits) > inf_bits;
   }
   return found != 0;
 }
