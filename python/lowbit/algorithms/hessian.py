@@ -13,6 +13,8 @@ the update replaces a pass over the whole input.
 """
 import torch
 
+from lowbit.modules.calibration import CalibLinear
+
 MAX_ROWS = 32768
 
 
@@ -28,7 +30,6 @@ class HessianMixin:
 
     def checks_finite_itself(self, x):
         """True when observe_hessian sees every row of x (then it checks them)."""
-        from lowbit.modules.calibration import CalibLinear
         return isinstance(self, CalibLinear) and x.numel() // max(x.shape[-1], 1) <= MAX_ROWS
 
     def observe_hessian(self, x):
