@@ -30,6 +30,66 @@ inline void transpose16(__m128i r[16]) {
   }
 }
 
+// The padded channels-last code planes of one pass: per image R x C pixels of cgp bytes.
+struct CodePlanes {
+  int64_t R, C, cgp, image;
+};
+
+// Padded row r of image img: the unsigned codes (code ^ 0x80) of input channels
+// [c0, c0 + cg) from `codes` (this pass's signed codes, in the input's layout), pad_code
+// for padding pixels and for the channels past cg.
+void fill_plane_row(const Conv2dArgs& a, const CodePlanes& pl, const uint8_t* codes, int64_t c0, int64_t img,
+                    int64_t r, uint8_t pad_code, uint8_t* planes) {
+  const int64_t C = pl.C, cgp = pl.cgp, iy = r - a.py;
+  uint8_t* dst = planes + img * pl.image + r * C * cgp;
+  if (uint64_t(iy) >= uint64_t(a.h)) {
+    std::memset(dst, pad_code, size_t(C * cgp));
+    return;
+  }
+  const __m128i flip = _mm_set1_epi8(char(0x80));
+  int64_t q_done = 0;  // NCHW: whole 16 x 16 tiles (16 pixels x 16 channels) first
+  if (!a.channels_last && a.cg >= 16) {
+    const int64_t x0 = std::min(a.px, C), x1 = std::min(C, a.px + a.w);
+    std::memset(dst, pad_code, size_t(x0 * cgp));
+    int64_t q = x0;
+    for (; q + 16 <= x1; q += 16) {
+      for (int64_t c = 0; c + 16 <= a.cg; c += 16) {
+        __m128i rows[16];
+        for (int64_t i = 0; i < 16; ++i)
+          rows[i] = _mm_loadu_si128(
+              reinterpret_cast<const __m128i*>(codes + ((img * a.c + c0 + c + i) * a.h + iy) * a.w + q - a.px));
+        transpose16(rows);
+        for (int64_t j = 0; j < 16; ++j)
+          _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + (q + j) * cgp + c), _mm_xor_si128(rows[j], flip));
+      }
+      for (int64_t j = 0; j < 16; ++j)  // channels past the last 16
+        for (int64_t c = a.cg / 16 * 16; c < cgp; ++c)
+          dst[(q + j) * cgp + c] =
+              c < a.cg ? uint8_t(codes[((img * a.c + c0 + c) * a.h + iy) * a.w + q + j - a.px] ^ 0x80u) : pad_code;
+    }
+    q_done = q;
+  }
+  dst += q_done * cgp;
+  for (int64_t q = q_done; q < C; ++q, dst += cgp) {
+    const int64_t ix = q - a.px;
+    if (uint64_t(ix) >= uint64_t(a.w)) {
+      std::memset(dst, pad_code, size_t(cgp));
+      continue;
+    }
+    if (a.channels_last) {
+      const uint8_t* src = codes + ((img * a.h + iy) * a.w + ix) * a.c + c0;
+      int64_t c = 0;
+      for (; c + 16 <= a.cg; c += 16)  // (SSE2: every x86-64 CPU)
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + c),
+                         _mm_xor_si128(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + c)), flip));
+      for (; c < a.cg; ++c) dst[c] = uint8_t(src[c] ^ 0x80u);
+    } else {
+      for (int64_t c = 0; c < a.cg; ++c) dst[c] = uint8_t(codes[((img * a.c + c0 + c) * a.h + iy) * a.w + ix] ^ 0x80u);
+    }
+    for (int64_t c = a.cg; c < cgp; ++c) dst[c] = pad_code;
+  }
+}
+
 }  // namespace
 
 bool conv2d_int8_direct(const Conv2dArgs& a, const Int8Activation& act, const IntWeight& w, const float* bias,
@@ -41,6 +101,7 @@ bool conv2d_int8_direct(const Conv2dArgs& a, const Int8Activation& act, const In
   const int mv = og % 64 == 0 ? 4 : og % 32 == 0 ? 2 : 1;
   const int64_t NB = 16 * mv, nblocks = og / NB, TP = int8_conv_tile_pixels(mv);
   const int64_t R = a.h + 2 * a.py, C = a.w + 2 * a.px, image = R * C * cgp, hw = a.ho * a.wo;
+  const CodePlanes planes_geo{R, C, cgp, image};
   const int64_t ipp = std::max<int64_t>(1, std::min<int64_t>(a.n, 4096 / hw)), K = a.cg * a.kh * a.kw;
   const int64_t pmax = (ipp * hw + TP - 1) / TP * TP;
   float sx = act.scale;
@@ -100,58 +161,8 @@ bool conv2d_int8_direct(const Conv2dArgs& a, const Int8Activation& act, const In
 #pragma omp parallel
       {
 #pragma omp for schedule(static)
-        for (int64_t t = 0; t < nimg * R; ++t) {  // padded row r of image img, unsigned codes
-          const int64_t img = t / R, r = t % R, iy = r - a.py;
-          uint8_t* dst = planes + img * image + r * C * cgp;
-          if (uint64_t(iy) >= uint64_t(a.h)) {
-            std::memset(dst, pad_code, size_t(C * cgp));
-            continue;
-          }
-          int64_t q_done = 0;  // NCHW: whole 16 x 16 tiles (16 pixels x 16 channels) first
-          if (!nhwc && a.cg >= 16) {
-            const int64_t x0 = std::min(a.px, C), x1 = std::min(C, a.px + a.w);
-            std::memset(dst, pad_code, size_t(x0 * cgp));
-            int64_t q = x0;
-            for (; q + 16 <= x1; q += 16) {
-              for (int64_t c = 0; c + 16 <= a.cg; c += 16) {
-                __m128i rows[16];
-                for (int64_t i = 0; i < 16; ++i)
-                  rows[i] = _mm_loadu_si128(
-                      reinterpret_cast<const __m128i*>(codes + ((img * a.c + c0 + c + i) * a.h + iy) * a.w + q - a.px));
-                transpose16(rows);
-                for (int64_t j = 0; j < 16; ++j)
-                  _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + (q + j) * cgp + c),
-                                   _mm_xor_si128(rows[j], _mm_set1_epi8(char(0x80))));
-              }
-              for (int64_t j = 0; j < 16; ++j)  // channels past the last 16
-                for (int64_t c = a.cg / 16 * 16; c < cgp; ++c)
-                  dst[(q + j) * cgp + c] = c < a.cg ? uint8_t(codes[((img * a.c + c0 + c) * a.h + iy) * a.w + q + j - a.px] ^ 0x80u)
-                                                    : pad_code;
-            }
-            q_done = q;
-          }
-          dst += q_done * cgp;
-          for (int64_t q = q_done; q < C; ++q, dst += cgp) {
-            const int64_t ix = q - a.px;
-            if (uint64_t(ix) >= uint64_t(a.w)) {
-              std::memset(dst, pad_code, size_t(cgp));
-              continue;
-            }
-            if (nhwc) {
-              const uint8_t* src = codes + ((img * a.h + iy) * a.w + ix) * a.c + c0;
-              int64_t c = 0;
-              for (; c + 16 <= a.cg; c += 16)  // (SSE2: every x86-64 CPU)
-                _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + c),
-                                 _mm_xor_si128(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + c)),
-                                               _mm_set1_epi8(char(0x80))));
-              for (; c < a.cg; ++c) dst[c] = uint8_t(src[c] ^ 0x80u);
-            } else {
-              for (int64_t c = 0; c < a.cg; ++c)
-                dst[c] = uint8_t(codes[((img * a.c + c0 + c) * a.h + iy) * a.w + ix] ^ 0x80u);
-            }
-            for (int64_t c = a.cg; c < cgp; ++c) dst[c] = pad_code;
-          }
-        }
+        for (int64_t t = 0; t < nimg * R; ++t)  // padded row t % R of image t / R
+          fill_plane_row(a, planes_geo, codes, c0, t / R, t % R, pad_code, planes);
 #pragma omp for schedule(static)
         for (int64_t t = 0; t < nimg * a.ho; ++t) {  // output row oy of image img
           const int64_t img = t / a.ho, oy = t % a.ho, first = img * image + oy * a.sy * C * cgp;
