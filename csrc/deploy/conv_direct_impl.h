@@ -162,7 +162,7 @@ struct ConvDirect {
       int64_t* startw = starts.get(nkb + 1);
       int32_t* inv = invs.get(kpad);  // decoder position -> column (-1: padding)
       for (int64_t p = 0; p < kpad; ++p) inv[p] = -1;
-      for (int64_t k = 0; k < w.cols; ++k) inv[permuted_column(k, d.permuted)] = int32_t(k);
+      for (int64_t k = 0; k < w.cols; ++k) inv[column_position(k, d.order, w.cols)] = int32_t(k);
       int64_t count = 0;
       for (int64_t kb = 0; kb < nkb; ++kb) {
         startw[kb] = count;

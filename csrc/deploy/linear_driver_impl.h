@@ -74,11 +74,11 @@ struct LinearKernels {
       }
     });
   }
-  // Column positions in the decoder's order (null when it keeps the natural order).
-  static const int32_t* column_positions(const WeightDecoder& d, int64_t kpad, GrowBuffer<int32_t>& buf) {
-    if (!d.permuted) return nullptr;
+  // Column positions in a decoder order (null for the natural order).
+  static const int32_t* column_positions(ColumnOrder order, int64_t cols, int64_t kpad, GrowBuffer<int32_t>& buf) {
+    if (order == ColumnOrder::kNatural) return nullptr;
     int32_t* pos = buf.get(kpad);
-    for (int64_t k = 0; k < kpad; ++k) pos[k] = int32_t(permuted_column(k, true));
+    for (int64_t k = 0; k < kpad; ++k) pos[k] = int32_t(column_position(k, order, cols));
     return pos;
   }
 
@@ -93,7 +93,7 @@ struct LinearKernels {
     thread_local GrowBuffer<float> xs;
     thread_local GrowBuffer<int32_t> ps;
     float* xp = xs.get(MR * kpad);
-    const int32_t* pos = column_positions(d, kpad, ps);
+    const int32_t* pos = column_positions(d.dot_rows ? d.dot_order : d.order, w.cols, kpad, ps);
     const int64_t M = x.rows;  // <= MR; the rows beyond it are zeros
     for (int m = 0; m < MR; ++m) {
       if (m < M) gather_x(x, m, pos, kpad, xp + m * kpad, 1);
@@ -101,7 +101,7 @@ struct LinearKernels {
     }
     if (d.dot_rows) {  // fused decode + multiply, in column spans whose activations stay in L1
       constexpr int64_t kRows = 16;
-      const int64_t span = max64(kChunk, (24 * 1024 / (4 * MR)) / kChunk * kChunk);
+      const int64_t span = max64(kLaneBlock, (24 * 1024 / (4 * MR)) / kLaneBlock * kLaneBlock);
 #pragma omp parallel for schedule(static) if (N * kpad >= (1 << 16))
       for (int64_t n0 = 0; n0 < N; n0 += kRows) {
         float dots[kRows * MR] = {};
@@ -316,7 +316,7 @@ struct LinearKernels {
     thread_local GrowBuffer<int32_t> ps;
     float* xt = xs.get(pass_rows * kpad);
     float* ct = cs.get(npad * pass_rows);  // C transposed: [n][m]
-    const int32_t* pos = column_positions(d, kpad, ps);
+    const int32_t* pos = column_positions(d.order, w.cols, kpad, ps);
 #pragma omp parallel
     {
       driver::Scratch panel_bytes(kBlockN * kBlockK * 4 + 64);

@@ -139,7 +139,7 @@ void dequant_rows(const PackedWeight& w, int64_t r0, int64_t r1, float* out, int
   for (int64_t r = r0; r < r1; ++r) {
     d.run(r, r + 1, 0, kpad, tmp, kpad, scratch);
     for (int64_t k = 0; k < w.cols; ++k) {
-      out[(r - r0) * ld + k] = tmp[permuted_column(k, d.permuted)];
+      out[(r - r0) * ld + k] = tmp[column_position(k, d.order, w.cols)];
     }
   }
   delete[] tmp;

@@ -2,10 +2,10 @@
 //
 // A decoder writes rows [r0, r1) x columns [k0, k1) of the dequantized weight into an
 // fp32 tile. Columns are visited in chunks of 32 (kChunk); k0 is a multiple of 32 and
-// columns at or beyond `cols` hold finite filler values (the activations there are 0). A decoder may store the 32 columns of a
-// chunk in a permuted order (`permuted`: even columns first, then odd ones, which is
-// what splitting bytes into low and high nibbles gives); the activations are then
-// permuted the same way, so the dot products are unchanged.
+// columns at or beyond `cols` hold finite filler values (the activations there are 0).
+// A decoder may produce the columns in another order (ColumnOrder) when that is what its
+// loads give cheaply; the activations are permuted the same way, so the dot products are
+// unchanged. Its fused GEMV (dot_rows) may use an order of its own (dot_order).
 #pragma once
 #include <cstdint>
 
@@ -18,15 +18,37 @@ constexpr int64_t kChunk = 32;
 static inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
 // (static inline helpers: this header is compiled into every instruction-set unit.)
+// Column orders (position of column k in the decoder's output):
+//   kNatural:     k.
+//   kEvenOdd:     per chunk of 32 columns, the even ones then the odd ones (the low, then
+//                 the high nibbles of 16 bytes of 4-bit codes).
+//   kNibbleLanes: per block of 128 columns, column 8 l + j at position 16 j + l (nibble j of
+//                 32-bit lane l of 64 bytes of 4-bit codes: 8 vectors from one load, no
+//                 widening shuffle); only the blocks below `cols` rounded down to 128, the
+//                 columns after them as in kEvenOdd. Blocks start at multiples of 128.
+enum class ColumnOrder : uint8_t { kNatural, kEvenOdd, kNibbleLanes };
+constexpr int64_t kLaneBlock = 128;
+
+static inline int64_t column_position(int64_t k, ColumnOrder order, int64_t cols) {
+  if (order == ColumnOrder::kNatural) return k;
+  if (order == ColumnOrder::kNibbleLanes && k < cols / kLaneBlock * kLaneBlock) {
+    const int64_t c = k % kLaneBlock;
+    return k - c + 16 * (c % 8) + c / 8;
+  }
+  const int64_t base = k - k % kChunk, j = k % kChunk;
+  return base + (j % 2 == 0 ? j / 2 : 16 + j / 2);
+}
+
 struct WeightDecoder {
   const PackedWeight* w = nullptr;
-  bool permuted = false;
+  ColumnOrder order = ColumnOrder::kNatural;      // of decode
+  ColumnOrder dot_order = ColumnOrder::kNatural;  // of dot_rows
   // scratch: at least decode_scratch_bytes(k1 - k0) bytes, private to the calling thread
   void (*decode)(const WeightDecoder& self, int64_t r0, int64_t r1, int64_t k0, int64_t k1, float* out,
                  int64_t ld, uint8_t* scratch) = nullptr;
   // Optional fused GEMV (decode and multiply without a tile): for rows [r0, r1) and
-  // columns [k0, k1) (multiples of 32), out[(r - r0) * M + m] += sum_k w(r, k) * xp[m * kpad + k],
-  // with xp in decoder order. M is one of with_gemv_rows' counts (1, 2, 3, 4 or 8).
+  // columns [k0, k1) (k0 a multiple of kLaneBlock, k1 of 32), out[(r - r0) * M + m] += sum_k w(r, k) * xp[m * kpad + k],
+  // with xp in dot_order. M is one of with_gemv_rows' counts (1, 2, 3, 4 or 8).
   void (*dot_rows)(const WeightDecoder& self, int64_t r0, int64_t r1, const float* xp, int64_t M, int64_t kpad,
                    int64_t k0, int64_t k1, float* out) = nullptr;
   void run(int64_t r0, int64_t r1, int64_t k0, int64_t k1, float* out, int64_t ld, uint8_t* scratch) const {
@@ -51,13 +73,6 @@ static inline void with_gemv_rows(int64_t M, Fn&& fn) {
     case 4: return fn(GemvRows<4>{});
     default: return fn(GemvRows<8>{});
   }
-}
-
-// Position of column k inside the decoder's order (identity unless permuted).
-static inline int64_t permuted_column(int64_t k, bool permuted) {
-  if (!permuted) return k;
-  const int64_t base = k - k % kChunk, j = k % kChunk;
-  return base + (j % 2 == 0 ? j / 2 : 16 + j / 2);
 }
 
 // Post-processing every decoder applies to a decoded row: FP8 x FP4 row scale, then

@@ -122,6 +122,7 @@ struct Avx512Decoder {
   struct Layout {
     bool mx, tensor, asym, simple;
     int64_t glen, groups;
+    int64_t lanes_end;  // 4-bit codes: end of the columns a kNibbleLanes walk covers (0: none)
     const float* lut;
     DType vd;
     __m512 base;  // 4-bit codes: value of each code before scaling
@@ -140,6 +141,9 @@ struct Avx512Decoder {
       alignas(64) float b[16];
       for (int c = 0; c < 16; ++c) b[c] = lut ? lut[c] : float(c < 8 ? c : c - 16);
       base = _mm512_load_ps(b);
+      // kNibbleLanes blocks of 128 columns must not straddle granules
+      const bool lanes = format_info(f).bits == 4 && !mx && (glen % kLaneBlock == 0 || glen >= w.cols);
+      lanes_end = lanes ? w.cols / kLaneBlock * kLaneBlock : 0;
       simple = (!asym || lut) && vd == DType::kF32 && !w.row_scale1 && (mx ? w.scales.e8m0 != nullptr : w.scales.scale != nullptr);
     }
   };
@@ -147,7 +151,9 @@ struct Avx512Decoder {
   // Walks row r over columns [k0, kend) chunk by chunk: fn(k, v0, v1) for each chunk.
   // kMx: scales are E8M0 bytes. kSimple: symmetric (or float) codes, fp32 weights, no
   // row scale, scales present: the per-granule work is one load and one multiply.
-  template <Kind kKind, bool kMx, bool kSimple, class Fn>
+  // kLanes (4-bit codes, t.lanes_end > 0): the blocks of 128 columns come in kNibbleLanes order
+  // (k0 a multiple of 128), else every chunk is in kEvenOdd order.
+  template <Kind kKind, bool kMx, bool kSimple, bool kLanes, class Fn>
   static inline void walk_row(const PackedWeight& w, const Layout& t, int64_t r, int64_t k0, int64_t kend, Fn&& fn) {
     const uint8_t* row = w.codes + r * w.row_bytes;
     const bool asym = kSimple ? false : t.asym;
@@ -158,24 +164,51 @@ struct Avx512Decoder {
     const float* srow = kMx || !w.scales.scale ? nullptr : w.scales.scale + first;
     const int32_t* orow = asym && w.scales.offset ? w.scales.offset + first : nullptr;
     const uint8_t* erow = kMx && w.scales.e8m0 ? w.scales.e8m0 + first : nullptr;
+    const auto granule_scale = [&](int64_t g) -> float {
+      if constexpr (kSimple) return kMx ? t.e8m0[erow[g]] : srow[g * stride];
+      return kMx ? t.e8m0[erow ? erow[g] : 127] : (srow ? srow[g * stride] : 1.0f);
+    };
+    // 4-bit codes: the 16 final values of granule g's codes
+    const auto nibble_table = [&](int64_t g, float sc) {
+      __m512 table = t.base;
+      if (!kSimple && asym && !t.lut && orow) table = _mm512_sub_ps(table, _mm512_set1_ps(float(orow[g * stride])));
+      table = _mm512_mul_ps(table, _mm512_set1_ps(sc));
+      if (!kSimple && s1) table = _mm512_mul_ps(table, _mm512_set1_ps(s1[r]));
+      return kSimple ? table : round_value(table, vd);
+    };
     int64_t k = k0;
+    if constexpr (kKind == kNibbles && kLanes) {
+      // 64 code bytes per step: nibble j of every 32-bit lane indexes the table directly
+      // (vpermps reads the low 4 bits), 8 vectors from one load and 7 shifts
+      const int64_t lend = driver::min64(kend, t.lanes_end);
+      __m512 table = t.base;
+      for (int64_t g = -1; k + kLaneBlock <= lend; k += kLaneBlock) {
+        if (k / t.glen != g) {
+          g = k / t.glen;
+          table = nibble_table(g, granule_scale(g));
+        }
+        const uint8_t* cp = row + uint64_t(k) / 2;
+        _mm_prefetch(reinterpret_cast<const char*>(cp) + kPrefetch, _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(cp) + 4 * kPrefetch, _MM_HINT_T1);
+        const __m512i codes = _mm512_loadu_si512(cp);
+        __m512 v[8];
+#pragma GCC unroll 8
+        for (int j = 0; j < 8; ++j) v[j] = _mm512_permutexvar_ps(j ? _mm512_srli_epi32(codes, 4 * j) : codes, table);
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; ++j) fn(k + j * kChunk, v[2 * j], v[2 * j + 1]);
+      }
+      if (k >= kend) return;
+    }
     if constexpr (kKind == kNibbles) {
       // one granule per chunk (group 32, MX): a lean loop, the table rebuilt per chunk
       if (t.glen == kChunk && !t.tensor && (kMx ? erow != nullptr : srow != nullptr)) {
         const uint8_t* cp = row + uint64_t(k) / 2;
-        const float s1r = s1 ? s1[r] : 1.0f;
         for (; k + kChunk <= kend; k += kChunk, cp += kChunk / 2) {
           _mm_prefetch(reinterpret_cast<const char*>(cp) + kPrefetch, _MM_HINT_T0);
           _mm_prefetch(reinterpret_cast<const char*>(cp) + 4 * kPrefetch, _MM_HINT_T1);
           const int64_t g = k / kChunk;
-          const float sc = kMx ? t.e8m0[erow[g]] : srow[g];
-          __m512 table = t.base;
-          if (!kSimple && asym && !t.lut && orow) table = _mm512_sub_ps(table, _mm512_set1_ps(float(orow[g])));
-          table = _mm512_mul_ps(table, _mm512_set1_ps(sc));
-          if (!kSimple && s1) table = _mm512_mul_ps(table, _mm512_set1_ps(s1r));
-          if (!kSimple) table = round_value(table, vd);
           __m512 v0, v1;
-          chunk<kKind>(cp, 0, true, table, t.base, t.base, false, DType::kF32, v0, v1);
+          chunk<kKind>(cp, 0, true, nibble_table(g, granule_scale(g)), t.base, t.base, false, DType::kF32, v0, v1);
           fn(k, v0, v1);
         }
         if (k >= kend) return;
@@ -183,9 +216,7 @@ struct Avx512Decoder {
     }
     for (int64_t g = k / t.glen; k < kend; ++g) {  // chunks never straddle granules (glen % 32 == 0)
       const int64_t gend = driver::min64(kend, (g + 1) * t.glen);
-      float sc;
-      if constexpr (kSimple) sc = kMx ? t.e8m0[erow[g]] : srow[g * stride];
-      else sc = kMx ? t.e8m0[erow ? erow[g] : 127] : (srow ? srow[g * stride] : 1.0f);
+      float sc = granule_scale(g);
       bool flag = asym;
       if constexpr (kKind == kE4M3Half) {  // fp32 weights only: the 2^8 folded into the scale when it fits
         flag = !(std::fabs(sc) * 256.0f <= 3.4028234663852886e38f);
@@ -194,12 +225,7 @@ struct Avx512Decoder {
       const __m512 scale = _mm512_set1_ps(sc);
       const __m512 offset = _mm512_set1_ps(orow ? float(orow[g * stride]) : 0.0f);
       __m512 table = t.base;
-      if constexpr (kKind == kNibbles) {
-        if (asym && !t.lut) table = _mm512_sub_ps(table, offset);
-        table = _mm512_mul_ps(table, _mm512_set1_ps(sc));
-        if (s1) table = _mm512_mul_ps(table, _mm512_set1_ps(s1[r]));
-        table = round_value(table, vd);
-      }
+      if constexpr (kKind == kNibbles) table = nibble_table(g, sc);
       __m512 v0, v1;
       constexpr int64_t kStep = kKind == kNibbles ? kChunk / 2 : kChunk;  // code bytes per chunk
       const uint8_t* cp = row + (kKind == kNibbles ? uint64_t(k) / 2 : uint64_t(k));
@@ -220,16 +246,21 @@ struct Avx512Decoder {
   }
 
   // The row walker of one decoding mode: walks row r over columns [k0, kend), calling
-  // fn(k, v0, v1) for each chunk of 32 columns.
+  // fn(k, v0, v1) for each chunk of 32 columns; row() in `order`, dot_row() in dot_order().
   template <Kind kKind, bool kMx, bool kSimple>
   struct RowWalker {
-    static constexpr bool kPermuted = kKind == kNibbles;
+    static constexpr ColumnOrder kOrder = kKind == kNibbles ? ColumnOrder::kEvenOdd : ColumnOrder::kNatural;
     const PackedWeight& w;
     const Layout t;
     explicit RowWalker(const PackedWeight& weight) : w(weight), t(weight) {}
+    ColumnOrder dot_order() const { return kKind == kNibbles && t.lanes_end > 0 ? ColumnOrder::kNibbleLanes : kOrder; }
     template <class Fn>
     void row(int64_t r, int64_t k0, int64_t kend, Fn&& fn) const {
-      walk_row<kKind, kMx, kSimple>(w, t, r, k0, kend, fn);
+      walk_row<kKind, kMx, kSimple, false>(w, t, r, k0, kend, fn);
+    }
+    template <class Fn>
+    void dot_row(int64_t r, int64_t k0, int64_t kend, Fn&& fn) const {
+      walk_row<kKind, kMx, kSimple, true>(w, t, r, k0, kend, fn);
     }
   };
 
@@ -251,18 +282,27 @@ struct Avx512Decoder {
     }
   }
 
-  // GEMV without a tile, over columns [k0, k1) (multiples of 32):
-  // out[(r - r0) * MR + m] += sum_k w(r, k) x[m, k] (x in decoder order).
+  // GEMV without a tile, over columns [k0, k1) (k0 a multiple of 128, k1 of 32):
+  // out[(r - r0) * MR + m] += sum_k w(r, k) x[m, k] (x in dot_order).
+  // A single activation row would leave the loop bound by the FMA latency with two
+  // accumulators; its even and odd chunks add into separate pairs.
   template <class Walker, int MR>
   static void dot_rows_mr(const PackedWeight& w, int64_t r0, int64_t r1, const float* xp, int64_t kpad, int64_t k0,
                           int64_t k1, float* out) {
+    constexpr int A = MR == 1 ? 4 : 2;  // accumulators per activation row
     const Walker walker(w);
     const int64_t kend = driver::min64(k1, w.cols);
     for (int64_t r = r0; r < r1; ++r) {
-      __m512 acc[MR][2];
+      __m512 acc[MR][A];
 #pragma GCC unroll 8
-      for (int m = 0; m < MR; ++m) acc[m][0] = acc[m][1] = _mm512_setzero_ps();
-      walker.row(r, k0, kend, [&](int64_t k, __m512 v0, __m512 v1) {
+      for (int m = 0; m < MR; ++m)
+        for (int a = 0; a < A; ++a) acc[m][a] = _mm512_setzero_ps();
+      walker.dot_row(r, k0, kend, [&](int64_t k, __m512 v0, __m512 v1) {
+        if (A == 4 && (k & kChunk)) {
+          acc[0][A - 2] = _mm512_fmadd_ps(v0, _mm512_loadu_ps(xp + k), acc[0][A - 2]);
+          acc[0][A - 1] = _mm512_fmadd_ps(v1, _mm512_loadu_ps(xp + k + 16), acc[0][A - 1]);
+          return;
+        }
 #pragma GCC unroll 8
         for (int m = 0; m < MR; ++m) {
           acc[m][0] = _mm512_fmadd_ps(v0, _mm512_loadu_ps(xp + m * kpad + k), acc[m][0]);
@@ -270,7 +310,11 @@ struct Avx512Decoder {
         }
       });
 #pragma GCC unroll 8
-      for (int m = 0; m < MR; ++m) out[(r - r0) * MR + m] += _mm512_reduce_add_ps(_mm512_add_ps(acc[m][0], acc[m][1]));
+      for (int m = 0; m < MR; ++m) {
+        __m512 sum = _mm512_add_ps(acc[m][0], acc[m][1]);
+        if (A == 4) sum = _mm512_add_ps(sum, _mm512_add_ps(acc[m][A - 2], acc[m][A - 1]));
+        out[(r - r0) * MR + m] += _mm512_reduce_add_ps(sum);
+      }
     }
   }
   template <class Walker>
@@ -282,9 +326,11 @@ struct Avx512Decoder {
   }
   template <class Walker>
   static WeightDecoder make_walker(const PackedWeight& w) {
+    const Walker walker(w);
     WeightDecoder d;
     d.w = &w;
-    d.permuted = Walker::kPermuted;
+    d.order = Walker::kOrder;
+    d.dot_order = walker.dot_order();
     d.decode = &decode_rows<Walker>;
     d.dot_rows = &dot_rows<Walker>;
     return d;

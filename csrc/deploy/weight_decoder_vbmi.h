@@ -129,7 +129,7 @@ struct VbmiDecoder {
 
   template <Mode kMode, bool kMx, bool kSimple, bool kInt8 = false>
   struct Walker {
-    static constexpr bool kPermuted = kMode != kValuesF16;
+    static constexpr ColumnOrder kOrder = kMode != kValuesF16 ? ColumnOrder::kEvenOdd : ColumnOrder::kNatural;
     const PackedWeight& w;
     const Base::Layout t;
     const float* mag;
@@ -164,6 +164,11 @@ struct VbmiDecoder {
       }
     }
 
+    ColumnOrder dot_order() const { return kOrder; }
+    template <class Fn>
+    void dot_row(int64_t r, int64_t k0, int64_t kend, Fn&& fn) const {
+      row(r, k0, kend, fn);
+    }
     template <class Fn>
     void row(int64_t r, int64_t k0, int64_t kend, Fn&& fn) const {
       const uint8_t* codes = w.codes + r * w.row_bytes;
