@@ -9,7 +9,7 @@ images as they load (channels-last views of the NHWC array, which every layer ke
 as contiguous NCHW copies.
 Calls alternate between the two sides, several rounds; the tables show medians.
 
-    PYTHONPATH=python python3 bench/bench_conv.py [--batches 1,64,256] [--rounds 7]
+    PYTHONPATH=python python3 bench/bench_conv.py [--batches 1,64,256] [--rounds 7] [--layouts NCHW,NHWC]
         [--threads 2] [--no-models]
 """
 import argparse
@@ -42,30 +42,33 @@ def medians(fns, rounds):
     return [statistics.median(t) for t in times]
 
 
-def layer_table(batches, rounds):
-    print("3x3 convolutions, padding 1, fp32 activations: ms per call and speed-up over F.conv2d")
+def layer_table(batches, rounds, layouts):
+    print("3x3 convolutions, padding 1, fp32 activations: ms per call and speed-up over F.conv2d "
+          "(NHWC: channels-last input and weight on both sides)")
     labels = [label for label, _ in WEIGHT_ONLY] + ["A8W8 tensor"]
-    print(f"{'batch':>5} {'layer':>16} {'torch ms':>9} | " + " | ".join(f"{lab:>13}" for lab in labels))
-    for b in batches:
-        for cin, cout, hw, stride in LAYERS:
-            x = torch.randn(b, cin, hw, hw)
-            w = torch.randn(cout, cin, 3, 3)
-            k = cin * 9
-            geometry = ([3, 3], [stride, stride], [1, 1], [1, 1], 1)
-            fns = [lambda: F.conv2d(x, w, None, stride, 1)]
-            for _, fmt in WEIGHT_ONLY:
-                s, o = formats.compute_scales(w.reshape(cout, k), fmt, "channel", 0, True)
-                p = formats.pack(w.reshape(cout, k), fmt, s, o, "channel", 0, True)
-                fns.append(lambda p=p, s=s, fmt=fmt: OPS.conv2d_packed(x, p, s, EMPTY, None, None, fmt, "channel", 0,
-                                                                       True, k, torch.float32, *geometry))
-            s, o = formats.compute_scales(w.reshape(cout, k), "int8", "channel", 0, True)
-            p = formats.pack(w.reshape(cout, k), "int8", s, o, "channel", 0, True)
-            a_scale = torch.tensor([float(x.abs().max()) / 127])
-            fns.append(lambda: OPS.conv2d_int8(x, p, s.reshape(-1), 8, k, a_scale, torch.zeros(1, dtype=torch.int32),
-                                               None, *geometry))
-            t = medians(fns, rounds)
-            cells = " | ".join(f"{1e3 * v:6.2f} {t[0] / v:5.2f}x" for v in t[1:])
-            print(f"{b:>5} {f'{cin}->{cout} {hw}x{hw} s{stride}':>16} {1e3 * t[0]:9.2f} | {cells}")
+    print(f"{'batch':>5} {'layout':>6} {'layer':>16} {'torch ms':>9} | " + " | ".join(f"{lab:>13}" for lab in labels))
+    for b, layout, (cin, cout, hw, stride) in ((b, lay, shape) for b in batches for lay in layouts for shape in LAYERS):
+        x = torch.randn(b, cin, hw, hw)
+        if layout == "NHWC":
+            x = x.contiguous(memory_format=torch.channels_last)
+        w = torch.randn(cout, cin, 3, 3)
+        k = cin * 9
+        wt = w.contiguous(memory_format=torch.channels_last) if layout == "NHWC" else w
+        geometry = ([3, 3], [stride, stride], [1, 1], [1, 1], 1)
+        fns = [lambda: F.conv2d(x, wt, None, stride, 1)]
+        for _, fmt in WEIGHT_ONLY:
+            s, o = formats.compute_scales(w.reshape(cout, k), fmt, "channel", 0, True)
+            p = formats.pack(w.reshape(cout, k), fmt, s, o, "channel", 0, True)
+            fns.append(lambda p=p, s=s, fmt=fmt: OPS.conv2d_packed(x, p, s, EMPTY, None, None, fmt, "channel", 0,
+                                                                   True, k, torch.float32, *geometry))
+        s, o = formats.compute_scales(w.reshape(cout, k), "int8", "channel", 0, True)
+        p = formats.pack(w.reshape(cout, k), "int8", s, o, "channel", 0, True)
+        a_scale = torch.tensor([float(x.abs().max()) / 127])
+        fns.append(lambda: OPS.conv2d_int8(x, p, s.reshape(-1), 8, k, a_scale, torch.zeros(1, dtype=torch.int32),
+                                           None, *geometry))
+        t = medians(fns, rounds)
+        cells = " | ".join(f"{1e3 * v:6.2f} {t[0] / v:5.2f}x" for v in t[1:])
+        print(f"{b:>5} {layout:>6} {f'{cin}->{cout} {hw}x{hw} s{stride}':>16} {1e3 * t[0]:9.2f} | {cells}")
 
 
 def model_table(batches, rounds):
@@ -106,12 +109,13 @@ def main():
     ap.add_argument("--batches", default="1,64,256")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--layouts", default="NCHW,NHWC", help="layer table input layouts")
     ap.add_argument("--no-models", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     batches = [int(v) for v in args.batches.split(",")]
     print(f"threads {torch.get_num_threads()}, lowbit ISA {OPS.isa()}, int8 kernel {OPS.int8_kernel()}")
-    layer_table(batches, args.rounds)
+    layer_table(batches, args.rounds, args.layouts.split(","))
     if not args.no_models:
         model_table(batches, args.rounds)
 
