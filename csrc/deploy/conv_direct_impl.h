@@ -288,6 +288,38 @@ struct ConvDirect {
         },
         [&](int64_t j, int p) { return px[p][off[j]]; });
   }
+  // The same for TP consecutive pixels of one output row of channels-last planes, S floats
+  // apart (sx * cg, a compile-time constant): each broadcast is a constant displacement from
+  // one pointer per column, where TP pixel pointers would not fit the registers. `init`:
+  // the first k block's starting values (the bias; null: zeros).
+  template <int TP, int MV, int S>
+  static void micro_row(const float* wt, const int64_t* off, int64_t count, const float* px0, float* c, int64_t ldc,
+                        bool first, const float* init) {
+    constexpr int64_t NB = MV * L;
+    const float* tap = px0;
+    LK::template fma_tile<TP, MV>(
+        c, ldc, first, count,
+        [&](int64_t j, F* wv) {
+#pragma GCC unroll 32
+          for (int v = 0; v < MV; ++v) wv[v] = V::load(wt + j * NB + v * L);
+          // the column's pointer in a register: base + displacement operands stay
+          // micro-fused, where base + index ones are split into two uops
+          tap = px0 + off[j];
+          asm("" : "+r"(tap));
+        },
+        [&](int64_t, int p) { return tap[p * S]; }, init);
+  }
+  // Pixel strides micro_row is compiled for (the 16-, 32-, 64-channel layers at stride 1 and 2)
+  static bool row_stride_compiled(int64_t s) { return s == 16 || s == 32 || s == 64 || s == 128; }
+  template <int TP, int MV, class... Args>
+  static void micro_row_any(int64_t stride, Args... args) {
+    switch (stride) {
+      case 16: return micro_row<TP, MV, 16>(args...);
+      case 32: return micro_row<TP, MV, 32>(args...);
+      case 64: return micro_row<TP, MV, 64>(args...);
+      default: return micro_row<TP, MV, 128>(args...);
+    }
+  }
 
   template <int TP, int MV>
   static void run_channels(const Conv2dArgs& a, int64_t group, const WeightDecoder& d, const float* bias) {
@@ -297,6 +329,10 @@ struct ConvDirect {
     const Geometry& g = pl.g;
     const int64_t N = pl.N, nblocks = (N + NB - 1) / NB, npad = nblocks * NB;
     const int64_t pmax = round_up(pl.ipp * hw, TP);
+    const bool rows = row_tiles(a, TP);  // every group of TP pixels lies in one output row
+    // fp32 channels-last output (whole rows of pixels, no padding pixel): the tiles
+    // accumulate in the output itself, starting from the bias
+    float* const direct = rows && a.dtype == DType::kF32 ? static_cast<float*>(a.y) + pl.o0 : nullptr;
     thread_local GrowBuffer<float> cs;
     thread_local GrowBuffer<int64_t> pixs;
     float* ct = cs.get(pmax * npad);  // results: [pixel][channel]
@@ -335,6 +371,17 @@ struct ConvDirect {
               for (int64_t i = n1 - n0; i < NB; ++i) wt[j * NB + i] = 0.0f;
             }
             for (int64_t gi = g0; gi < g1; ++gi) {
+              if (direct) {
+                micro_row_any<TP, MV>(a.sx * a.cg, wt, pl.off + pl.start[kb], cnt, pl.buf + pix[gi * TP],
+                                      direct + (img0 * hw + gi * TP) * a.cout + n0, a.cout, kb == 0,
+                                      bias ? bias + n0 : nullptr);
+                continue;
+              }
+              if (rows) {
+                micro_row_any<TP, MV>(a.sx * a.cg, wt, pl.off + pl.start[kb], cnt, pl.buf + pix[gi * TP],
+                                      ct + gi * TP * npad + n0, npad, kb == 0, static_cast<const float*>(nullptr));
+                continue;
+              }
               const float* px[TP];
 #pragma GCC unroll 32
               for (int p = 0; p < TP; ++p) px[p] = pl.buf + pix[gi * TP + p];
@@ -342,6 +389,7 @@ struct ConvDirect {
             }
           }
         }
+        if (direct) continue;
         if (a.channels_last) {  // NHWC output: each pixel's channels are one run
           driver::with_dtype(a.dtype, [&](auto dt) {
             constexpr DType D = decltype(dt)::value;
@@ -391,10 +439,19 @@ struct ConvDirect {
     return false;
   }
 
+  // Whether run_channels<TP, ...> can use micro_row: channels-last planes, whole rows of TP
+  // pixels, a compiled pixel stride.
+  static bool row_tiles(const Conv2dArgs& a, int64_t tp) {
+    return L == 16 && a.channels_last && a.wo % tp == 0 && row_stride_compiled(a.sx * a.cg);
+  }
+
   static bool conv2d(const Conv2dArgs& a, int64_t group, const WeightDecoder& d, const float* bias) {
     const int64_t n = d.w->rows;
     if (a.channels_last && !channels_tiling(n)) return false;  // (never asked: see channels_tiling)
     if constexpr (L == 16) {
+      if (n % 64 == 0 && row_tiles(a, 4)) return run_channels<4, 4>(a, group, d, bias), true;
+      if (n % 32 == 0 && row_tiles(a, 8)) return run_channels<8, 2>(a, group, d, bias), true;
+      if (n % 16 == 0 && row_tiles(a, 16)) return run_channels<16, 1>(a, group, d, bias), true;
       if (n % 64 == 0) return run_channels<6, 4>(a, group, d, bias), true;
       if (n % 48 == 0) return run_channels<8, 3>(a, group, d, bias), true;
       if (n % 32 == 0) return run_channels<12, 2>(a, group, d, bias), true;

@@ -151,17 +151,20 @@ struct LinearKernels {
   static constexpr int64_t kBlockN = 48;   // weight rows per panel: 48 x 256 fp32 = 48 KiB (L2)
 
   // The register tile of every float GEMM and direct convolution: R x MV vectors of
-  // accumulators, loaded from c (rows ldc floats apart) or zero when `first`, then
+  // accumulators, loaded from c (rows ldc floats apart) or, when `first`, zero (or the MV
+  // vectors at `init` in every row), then
   //   acc[i][v] += scalar(j, i) * vec[v]  for j < count, vecs(j, vec) loading vec[0..MV),
   // and stored back. Fully unrolled: the accumulators live in registers.
   template <int R, int MV, class Vecs, class Scalar>
   __attribute__((always_inline)) static inline void fma_tile(float* c, int64_t ldc, bool first, int64_t count,
-                                                             Vecs&& vecs, Scalar&& scalar) {
+                                                             Vecs&& vecs, Scalar&& scalar,
+                                                             const float* init = nullptr) {
     F acc[R][MV];
 #pragma GCC unroll 32
     for (int i = 0; i < R; ++i)
 #pragma GCC unroll 32
-      for (int v = 0; v < MV; ++v) acc[i][v] = first ? V::set1(0.0f) : V::load(c + i * ldc + v * L);
+      for (int v = 0; v < MV; ++v)
+        acc[i][v] = !first ? V::load(c + i * ldc + v * L) : init ? V::load(init + v * L) : V::set1(0.0f);
     for (int64_t j = 0; j < count; ++j) {
       F a[MV];
       vecs(j, a);

@@ -275,6 +275,28 @@ def test_conv2d_reads_and_writes_channels_last(isa):
 
 
 @pytest.mark.parametrize("isa", ISAS)
+def test_conv2d_channels_last_row_tiles(isa):
+    """Channels-last layers whose output rows split into whole pixel tiles (16, 8 or 4 wide)
+    and whose pixel stride (stride x channels) is 16, 32, 64 or 128 floats take the row tiles,
+    which in fp32 accumulate in the output itself from the bias, over one or more k blocks."""
+    OPS.set_isa(isa)
+    cases = [(16, 16, 1, 5, 16, torch.float32), (32, 32, 1, 4, 8, torch.float32), (64, 64, 1, 3, 8, torch.float32),
+             (16, 32, 2, 6, 16, torch.float32), (64, 64, 2, 4, 8, torch.float32), (32, 32, 1, 4, 8, torch.bfloat16)]
+    for cin, cout, stride, h, w, dtype in cases:
+        k = cin * 9
+        packed, scale, _ = packed_weight(cout, k, "int4", "channel", 0, True, seed=cin + cout)
+        x = torch.randn(3, cin, h, w).to(dtype)
+        bias = torch.randn(cout)
+        args = (packed, scale, EMPTY, None, bias, "int4", "channel", 0, True, k, dtype, [3, 3], [stride, stride],
+                [1, 1], [1, 1], 1)
+        got = OPS.conv2d_packed(x.contiguous(memory_format=torch.channels_last), *args)
+        assert got.is_contiguous(memory_format=torch.channels_last)
+        want = OPS.conv2d_packed(x, *args)
+        assert got.shape == want.shape == (3, cout, (h - 1) // stride + 1, (w - 1) // stride + 1)
+        assert_close_to_reference(got, want, k, what=f"{isa} row tiles {cin}->{cout} s{stride} {w} wide {dtype}")
+
+
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("asym,bits", [(False, 8), (True, 8), (True, 4)])
 def test_conv2d_int8_matches_reference_and_propagates_nan(isa, asym, bits):
     OPS.set_isa(isa)
