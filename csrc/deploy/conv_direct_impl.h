@@ -371,15 +371,11 @@ struct ConvDirect {
               for (int64_t i = n1 - n0; i < NB; ++i) wt[j * NB + i] = 0.0f;
             }
             for (int64_t gi = g0; gi < g1; ++gi) {
-              if (direct) {
-                micro_row_any<TP, MV>(a.sx * a.cg, wt, pl.off + pl.start[kb], cnt, pl.buf + pix[gi * TP],
-                                      direct + (img0 * hw + gi * TP) * a.cout + n0, a.cout, kb == 0,
-                                      bias ? bias + n0 : nullptr);
-                continue;
-              }
               if (rows) {
-                micro_row_any<TP, MV>(a.sx * a.cg, wt, pl.off + pl.start[kb], cnt, pl.buf + pix[gi * TP],
-                                      ct + gi * TP * npad + n0, npad, kb == 0, static_cast<const float*>(nullptr));
+                float* c = direct ? direct + (img0 * hw + gi * TP) * a.cout + n0 : ct + gi * TP * npad + n0;
+                const float* init = direct && bias ? bias + n0 : nullptr;
+                micro_row_any<TP, MV>(a.sx * a.cg, wt, pl.off + pl.start[kb], cnt, pl.buf + pix[gi * TP], c,
+                                      direct ? a.cout : npad, kb == 0, init);
                 continue;
               }
               const float* px[TP];
