@@ -13,6 +13,7 @@
 #include "deploy/int8_common.h"
 #include "deploy/int8_tile.h"
 #include "deploy/packed_linear.h"
+#include "deploy/weight_decoder.h"
 #include "formats/half.h"
 #include "kernels/codec_luts.h"
 
@@ -218,6 +219,30 @@ TEST(DeployKernels, LinearPackedWithinFp32SummationError) {
       }
     }
   }
+}
+
+// Each column order is a permutation of the padded columns; kNibbleLanes puts column
+// 8 l + j of a full 128-column block at 16 j + l and orders the columns after the last
+// full block as kEvenOdd does.
+TEST(DeployKernels, ColumnOrdersArePermutations) {
+  for (ColumnOrder order : {ColumnOrder::kNatural, ColumnOrder::kEvenOdd, ColumnOrder::kNibbleLanes}) {
+    for (int64_t cols : {1, 33, 127, 128, 172, 300, 4096}) {
+      const int64_t kpad = round_up(cols, kChunk);
+      std::vector<int> hits(size_t(kpad), 0);
+      for (int64_t k = 0; k < kpad; ++k) {
+        const int64_t p = column_position(k, order, cols);
+        ASSERT_TRUE(p >= 0 && p < kpad) << "order " << int(order) << " cols " << cols << " k " << k;
+        ++hits[size_t(p)];
+      }
+      for (int64_t p = 0; p < kpad; ++p) EXPECT_EQ(hits[size_t(p)], 1) << "order " << int(order) << " position " << p;
+    }
+  }
+  EXPECT_EQ(column_position(1, ColumnOrder::kEvenOdd, 64), 16);
+  EXPECT_EQ(column_position(34, ColumnOrder::kEvenOdd, 64), 33);
+  EXPECT_EQ(column_position(8 * 3 + 5, ColumnOrder::kNibbleLanes, 256), 16 * 5 + 3);
+  EXPECT_EQ(column_position(128 + 8 * 15 + 7, ColumnOrder::kNibbleLanes, 256), 128 + 16 * 7 + 15);
+  EXPECT_EQ(column_position(128 + 1, ColumnOrder::kNibbleLanes, 172), 128 + 16);  // after the last full block
+  EXPECT_EQ(column_position(9, ColumnOrder::kNatural, 172), 9);
 }
 
 TEST(DeployKernels, ShapeErrorsNameTheArgument) {
