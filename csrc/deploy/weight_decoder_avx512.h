@@ -12,6 +12,7 @@
 #include <immintrin.h>
 
 #include <cmath>
+#include <utility>
 
 #include "deploy/linear_isa_table.h"
 #include "deploy/weight_decoder.h"
@@ -284,12 +285,13 @@ struct Avx512Decoder {
 
   // GEMV without a tile, over columns [k0, k1) (k0 a multiple of 128, k1 of 32):
   // out[(r - r0) * MR + m] += sum_k w(r, k) x[m, k] (x in dot_order).
-  // A single activation row would leave the loop bound by the FMA latency with two
-  // accumulators; its even and odd chunks add into separate pairs.
-  template <class Walker, int MR>
+  // A = 4 (one activation row of nibble-lane blocks, whose decoding is cheap enough for
+  // the FMA latency to bound the loop with two accumulators): even and odd chunks add into
+  // separate pairs.
+  template <class Walker, int MR, int A = 2>
   static void dot_rows_mr(const PackedWeight& w, int64_t r0, int64_t r1, const float* xp, int64_t kpad, int64_t k0,
                           int64_t k1, float* out) {
-    constexpr int A = MR == 1 ? 4 : 2;  // accumulators per activation row
+    static_assert(A == 2 || (A == 4 && MR == 1), "accumulators per activation row");
     const Walker walker(w);
     const int64_t kend = driver::min64(k1, w.cols);
     for (int64_t r = r0; r < r1; ++r) {
@@ -298,15 +300,14 @@ struct Avx512Decoder {
       for (int m = 0; m < MR; ++m)
         for (int a = 0; a < A; ++a) acc[m][a] = _mm512_setzero_ps();
       walker.dot_row(r, k0, kend, [&](int64_t k, __m512 v0, __m512 v1) {
-        if (A == 4 && (k & kChunk)) {
-          acc[0][A - 2] = _mm512_fmadd_ps(v0, _mm512_loadu_ps(xp + k), acc[0][A - 2]);
-          acc[0][A - 1] = _mm512_fmadd_ps(v1, _mm512_loadu_ps(xp + k + 16), acc[0][A - 1]);
-          return;
-        }
 #pragma GCC unroll 8
         for (int m = 0; m < MR; ++m) {
           acc[m][0] = _mm512_fmadd_ps(v0, _mm512_loadu_ps(xp + m * kpad + k), acc[m][0]);
           acc[m][1] = _mm512_fmadd_ps(v1, _mm512_loadu_ps(xp + m * kpad + k + 16), acc[m][1]);
+        }
+        if constexpr (A == 4) {  // the next chunk adds into the other pair (register renames, no branch)
+          std::swap(acc[0][0], acc[0][A - 2]);
+          std::swap(acc[0][1], acc[0][A - 1]);
         }
       });
 #pragma GCC unroll 8
@@ -320,6 +321,8 @@ struct Avx512Decoder {
   template <class Walker>
   static void dot_rows(const WeightDecoder& d, int64_t r0, int64_t r1, const float* xp, int64_t M, int64_t kpad,
                        int64_t k0, int64_t k1, float* out) {
+    if (M == 1 && d.dot_order == ColumnOrder::kNibbleLanes)
+      return dot_rows_mr<Walker, 1, 4>(*d.w, r0, r1, xp, kpad, k0, k1, out);
     with_gemv_rows(M, [&](auto mr) {
       dot_rows_mr<Walker, decltype(mr)::value>(*d.w, r0, r1, xp, kpad, k0, k1, out);
     });
