@@ -182,10 +182,13 @@ struct Avx512Decoder {
       // 64 code bytes per step: nibble j of every 32-bit lane indexes the table directly
       // (vpermps reads the low 4 bits), 8 vectors from one load and 7 shifts
       const int64_t lend = driver::min64(kend, t.lanes_end);
-      __m512 table = t.base;
-      for (int64_t g = -1; k + kLaneBlock <= lend; k += kLaneBlock) {
-        if (k / t.glen != g) {
-          g = k / t.glen;
+      // blocks never straddle granules: the next granule starts exactly at gend
+      int64_t g = k / t.glen, gend = (g + 1) * t.glen;
+      __m512 table = nibble_table(g, granule_scale(g));
+      for (; k + kLaneBlock <= lend; k += kLaneBlock) {
+        if (k >= gend) {
+          ++g;
+          gend += t.glen;
           table = nibble_table(g, granule_scale(g));
         }
         const uint8_t* cp = row + uint64_t(k) / 2;
