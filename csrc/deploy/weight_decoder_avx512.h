@@ -175,7 +175,9 @@ struct Avx512Decoder {
       if (!kSimple && asym && !t.lut && orow) table = _mm512_sub_ps(table, _mm512_set1_ps(float(orow[g * stride])));
       table = _mm512_mul_ps(table, _mm512_set1_ps(sc));
       if (!kSimple && s1) table = _mm512_mul_ps(table, _mm512_set1_ps(s1[r]));
-      return kSimple ? table : round_value(table, vd);
+      // (MX into bf16: a code value of at most 2 significant bits times a power of two,
+      // at least 2^-128 and exact in fp32, is already a bf16 value)
+      return kSimple || (kMx && vd == DType::kBF16) ? table : round_value(table, vd);
     };
     int64_t k = k0;
     if constexpr (kKind == kNibbles && kLanes) {

@@ -190,6 +190,44 @@ TEST(DeployKernels, EveryCodeDecodesLikeUnpackOnEveryIsa) {
   }
 }
 
+// MX block scales at the ends of the E8M0 range (2^-127 .. 2^127, products down to 2^-128
+// and up to infinity) with every code: each decoder's values still equal unpack's bit for
+// bit in every weight dtype (the bf16 decoders take an MX product as already rounded).
+TEST(DeployKernels, MxExtremeScalesDecodeLikeUnpack) {
+  const uint8_t scales[] = {0, 1, 2, 64, 127, 200, 253, 254};
+  for (Format f : {Format::kMxFp4E2M1, Format::kMxFp8E4M3FN}) {
+    const int64_t n = 8, k = 96;
+    Packed p = make(Case{f, Granularity::kGroup, 32, true}, n, k, 5);
+    for (size_t i = 0; i < p.e8m0.size(); ++i) p.e8m0[i] = scales[i % 8];
+    const int bits = format_info(f).bits;
+    const float* lut = decode_lut(f);
+    for (int64_t r = 0; r < n; ++r)
+      for (int64_t j = 0; j < k; ++j) {
+        uint8_t code = uint8_t((j + 5 * r) % (1 << bits));
+        if (!std::isfinite(lut[code])) code = 0;
+        uint8_t& byte = p.codes[size_t(r * p.row_bytes + (bits == 4 ? j / 2 : j))];
+        if (bits == 8) byte = code;
+        else byte = uint8_t(j % 2 ? (byte & 0x0F) | (code << 4) : (byte & 0xF0) | code);
+      }
+    for (DType vd : {DType::kF32, DType::kBF16, DType::kF16}) {
+      PackedWeight w = p.view(n, k, vd);
+      const std::vector<float> want = unpacked(p, w, n, k);
+      for (const std::string& isa : isas()) {
+        IsaGuard g(isa);
+        std::vector<float> got(size_t(n * k));
+        dequant_rows(w, 0, n, got.data(), k);
+        for (size_t i = 0; i < got.size(); ++i) {
+          uint32_t a, b;
+          std::memcpy(&a, &got[i], 4);
+          std::memcpy(&b, &want[i], 4);
+          ASSERT_EQ(a, b) << isa << " format " << int(f) << " dtype " << int(vd) << " scale byte "
+                          << int(p.e8m0[size_t((i / k) * (k / 32) + (i % k) / 32)]) << " column " << i % k;
+        }
+      }
+    }
+  }
+}
+
 TEST(DeployKernels, LinearPackedWithinFp32SummationError) {
   for (const Case& c : kCases) {
     for (int64_t m : {1, 3, 9, 40}) {
