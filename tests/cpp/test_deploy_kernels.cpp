@@ -119,6 +119,38 @@ std::vector<float> unpacked(const Packed& p, const PackedWeight& w, int64_t n, i
   return want;
 }
 
+// Overwrites p's codes with code = (column + step * row) mod 2^bits, so that every code
+// sits in every column position, except the non-finite ones (8-bit float NaN codes, HiF8
+// infinities), which quantization never writes: those positions get code 0.
+void write_every_code(Packed& p, int64_t n, int64_t k, int64_t step) {
+  const int bits = format_info(p.spec.format).bits;
+  const float* lut = decode_lut(p.spec.format);  // float formats: the value of every code
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t j = 0; j < k; ++j) {
+      uint8_t code = uint8_t((j + step * r) % (1 << bits));
+      if (lut != nullptr && !std::isfinite(lut[code])) code = 0;
+      uint8_t& byte = p.codes[size_t(r * p.row_bytes + (bits == 4 ? j / 2 : j))];
+      if (bits == 8) byte = code;
+      else byte = uint8_t(j % 2 ? (byte & 0x0F) | (code << 4) : (byte & 0xF0) | code);
+    }
+}
+
+// Whether dequant_rows (current instruction set) gives `want` bit for bit; names the first
+// element that differs.
+::testing::AssertionResult decodes_to(const PackedWeight& w, const std::vector<float>& want, int64_t n, int64_t k) {
+  std::vector<float> got(size_t(n * k));
+  dequant_rows(w, 0, n, got.data(), k);
+  for (size_t i = 0; i < got.size(); ++i) {
+    uint32_t a, b;
+    std::memcpy(&a, &got[i], 4);
+    std::memcpy(&b, &want[i], 4);
+    if (a != b)
+      return ::testing::AssertionFailure() << "row " << i / size_t(k) << " column " << i % size_t(k) << ": got "
+                                           << got[i] << ", unpack gives " << want[i];
+  }
+  return ::testing::AssertionSuccess();
+}
+
 TEST(DeployKernels, DequantRowsEqualUnpackOnEveryIsa) {
   for (const Case& c : kCases) {
     for (int64_t k : {33, 172, 256}) {
@@ -130,52 +162,30 @@ TEST(DeployKernels, DequantRowsEqualUnpackOnEveryIsa) {
         const std::vector<float> want = unpacked(p, w, n, k);
         for (const std::string& isa : isas()) {
           IsaGuard g(isa);
-          std::vector<float> got(size_t(n * k));
-          dequant_rows(w, 0, n, got.data(), k);
-          ASSERT_EQ(0, std::memcmp(got.data(), want.data(), got.size() * 4))
-              << isa << " format " << int(c.f) << " k=" << k << " dtype " << int(vd);
+          ASSERT_TRUE(decodes_to(w, want, n, k)) << isa << " format " << int(c.f) << " k=" << k << " dtype " << int(vd);
         }
       }
     }
   }
 }
 
-// Every code in every column position: the packed codes are overwritten with code =
-// (column + 7 * row) mod 2^bits, so each 32-column chunk and the ragged tail see all
-// values, except the non-finite ones (8-bit float NaN codes, HiF8 infinities), which
-// quantization never writes (the decoders assume no NaN code; lowbit.load rejects them):
-// those positions get code 0. Decoding must equal the scalar unpack bit for bit, in every weight
-// dtype, and the GEMV and GEMM outputs must stay finite.
+// Every code in every column position (write_every_code: each 32-column chunk and the
+// ragged tail see all finite codes; the decoders assume no NaN code, and lowbit.load
+// rejects them): decoding must equal the scalar unpack bit for bit, in every weight dtype,
+// and the GEMV and GEMM outputs must stay finite.
 TEST(DeployKernels, EveryCodeDecodesLikeUnpackOnEveryIsa) {
   for (const Case& c : kCases) {
     const int64_t n = 9, k = 300;
     if (c.g == Granularity::kGroup && c.gs > k) continue;
     Packed p = make(c, n, k, 11);
-    const int bits = format_info(c.f).bits;
-    const float* lut = decode_lut(c.f);  // float formats: the value of every code
-    for (int64_t r = 0; r < n; ++r)
-      for (int64_t j = 0; j < k; ++j) {
-        uint8_t code = uint8_t((j + 7 * r) % (1 << bits));
-        if (lut != nullptr && !std::isfinite(lut[code])) code = 0;
-        uint8_t& byte = p.codes[size_t(r * p.row_bytes + (bits == 4 ? j / 2 : j))];
-        if (bits == 8) byte = code;
-        else byte = uint8_t(j % 2 ? (byte & 0x0F) | (code << 4) : (byte & 0xF0) | code);
-      }
+    write_every_code(p, n, k, 7);
     for (DType vd : {DType::kF32, DType::kBF16, DType::kF16}) {
       PackedWeight w = p.view(n, k, vd);
       const std::vector<float> want = unpacked(p, w, n, k);
       std::vector<float> x(size_t(40 * k), 0.5f);
       for (const std::string& isa : isas()) {
         IsaGuard g(isa);
-        std::vector<float> got(size_t(n * k));
-        dequant_rows(w, 0, n, got.data(), k);
-        for (size_t i = 0; i < got.size(); ++i) {
-          uint32_t a, b;
-          std::memcpy(&a, &got[i], 4);
-          std::memcpy(&b, &want[i], 4);
-          ASSERT_EQ(a, b) << isa << " format " << int(c.f) << " dtype " << int(vd) << " row " << i / k
-                          << " column " << i % k;
-        }
+        ASSERT_TRUE(decodes_to(w, want, n, k)) << isa << " format " << int(c.f) << " dtype " << int(vd);
         for (int64_t m : {1, 40}) {  // GEMV and GEMM
           std::vector<float> y(size_t(m * n));
           linear_packed(ConstMatrix{x.data(), DType::kF32, m, k, k}, w, nullptr,
@@ -198,31 +208,14 @@ TEST(DeployKernels, MxExtremeScalesDecodeLikeUnpack) {
   for (Format f : {Format::kMxFp4E2M1, Format::kMxFp8E4M3FN}) {
     const int64_t n = 8, k = 96;
     Packed p = make(Case{f, Granularity::kGroup, 32, true}, n, k, 5);
-    for (size_t i = 0; i < p.e8m0.size(); ++i) p.e8m0[i] = scales[i % 8];
-    const int bits = format_info(f).bits;
-    const float* lut = decode_lut(f);
-    for (int64_t r = 0; r < n; ++r)
-      for (int64_t j = 0; j < k; ++j) {
-        uint8_t code = uint8_t((j + 5 * r) % (1 << bits));
-        if (!std::isfinite(lut[code])) code = 0;
-        uint8_t& byte = p.codes[size_t(r * p.row_bytes + (bits == 4 ? j / 2 : j))];
-        if (bits == 8) byte = code;
-        else byte = uint8_t(j % 2 ? (byte & 0x0F) | (code << 4) : (byte & 0xF0) | code);
-      }
+    for (size_t i = 0; i < p.e8m0.size(); ++i) p.e8m0[i] = scales[i % 8];  // block (row, b): i = row * 3 + b
+    write_every_code(p, n, k, 5);
     for (DType vd : {DType::kF32, DType::kBF16, DType::kF16}) {
       PackedWeight w = p.view(n, k, vd);
       const std::vector<float> want = unpacked(p, w, n, k);
       for (const std::string& isa : isas()) {
         IsaGuard g(isa);
-        std::vector<float> got(size_t(n * k));
-        dequant_rows(w, 0, n, got.data(), k);
-        for (size_t i = 0; i < got.size(); ++i) {
-          uint32_t a, b;
-          std::memcpy(&a, &got[i], 4);
-          std::memcpy(&b, &want[i], 4);
-          ASSERT_EQ(a, b) << isa << " format " << int(f) << " dtype " << int(vd) << " scale byte "
-                          << int(p.e8m0[size_t((i / k) * (k / 32) + (i % k) / 32)]) << " column " << i % k;
-        }
+        ASSERT_TRUE(decodes_to(w, want, n, k)) << isa << " format " << int(f) << " dtype " << int(vd);
       }
     }
   }
