@@ -144,6 +144,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gptq_quantize(
 
   const int64_t glen = spec.granularity == Granularity::kGroup ? (mx ? 32 : spec.group_size) : K;
   const int64_t groups = spec.granularity == Granularity::kTensor ? 1 : (K + glen - 1) / glen;
+  const auto granule_cols = [&](int64_t g) { return std::min(glen, K - g * glen); };  // (the last may be ragged)
   at::Tensor scale_out = at::empty({spec.granularity == Granularity::kTensor ? 1 : N, groups},
                                    mx ? at::kByte : at::kFloat);
   at::Tensor offset_out = at::zeros(scale_out.sizes(), at::kInt);
@@ -171,8 +172,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gptq_quantize(
     store(0, {at::full({N}, s, at::kFloat), at::full({N}, float(o), at::kFloat), {}});
   } else if (spec.granularity == Granularity::kChannel || static_groups) {
     for (int64_t g = 0; g < groups; ++g)
-      store(g, slice_scales(W0.narrow(1, g * glen, std::min(glen, K - g * glen)), spec,
-                            hdiag.narrow(0, g * glen, std::min(glen, K - g * glen)), clip));
+      store(g, slice_scales(W0.narrow(1, g * glen, granule_cols(g)), spec, hdiag.narrow(0, g * glen, granule_cols(g)),
+                            clip));
   }
 
   // act-order: most informative inputs first
@@ -246,12 +247,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gptq_quantize(
       const int64_t g = spec.granularity == Granularity::kTensor ? 0 : col / glen;
       if (!have[size_t(g)]) {  // first column of this group: scale from its current values
         std::vector<at::Tensor> cols;
-        for (int64_t c = g * glen; c < std::min(K, (g + 1) * glen); ++c) {
+        for (int64_t c = g * glen; c < g * glen + granule_cols(g); ++c) {
           const int64_t pos = invperm[c].item<int64_t>();
           cols.push_back(WT.select(0, pos));
         }
-        store(g, slice_scales(at::stack(cols, 1), spec, hdiag.narrow(0, g * glen, std::min(glen, K - g * glen)),
-                              clip));
+        store(g, slice_scales(at::stack(cols, 1), spec, hdiag.narrow(0, g * glen, granule_cols(g)), clip));
       }
       const ColumnScales& cs = gs[size_t(g)];
       const float* sc = cs.scale.data_ptr<float>();
