@@ -74,13 +74,23 @@ struct LinearKernels {
       }
     });
   }
-  // Column positions in a decoder order (null for the natural order).
-  static const int32_t* column_positions(ColumnOrder order, int64_t cols, int64_t kpad, GrowBuffer<int32_t>& buf) {
-    if (order == ColumnOrder::kNatural) return nullptr;
-    int32_t* pos = buf.get(kpad);
-    for (int64_t k = 0; k < kpad; ++k) pos[k] = int32_t(column_position(k, order, cols));
-    return pos;
-  }
+  // Column positions in a decoder order (null for the natural order). A thread keeps them
+  // from call to call and recomputes them only when the order or the width changes (a
+  // model's layers alternate between a few widths; the table costs an O(K) pass).
+  struct ColumnPositions {
+    GrowBuffer<int32_t> buf;
+    ColumnOrder order = ColumnOrder::kNatural;
+    int64_t cols = -1, kpad = -1;
+    const int32_t* get(ColumnOrder o, int64_t c, int64_t kp) {
+      if (o == ColumnOrder::kNatural) return nullptr;
+      if (o != order || c != cols || kp != kpad) {
+        int32_t* pos = buf.get(kp);
+        for (int64_t k = 0; k < kp; ++k) pos[k] = int32_t(column_position(k, o, c));
+        order = o, cols = c, kpad = kp;
+      }
+      return buf.p;
+    }
+  };
 
   // ---- GEMV: up to kGemvRows activation rows, each weight row read once ----
   static constexpr int kGemvRows = 8;
@@ -91,9 +101,9 @@ struct LinearKernels {
     const PackedWeight& w = *d.w;
     const int64_t N = w.rows, kpad = round_up(w.cols, kChunk);
     thread_local GrowBuffer<float> xs;
-    thread_local GrowBuffer<int32_t> ps;
+    thread_local ColumnPositions positions;
     float* xp = xs.get(MR * kpad);
-    const int32_t* pos = column_positions(d.dot_rows ? d.dot_order : d.order, w.cols, kpad, ps);
+    const int32_t* pos = positions.get(d.dot_rows ? d.dot_order : d.order, w.cols, kpad);
     const int64_t M = x.rows;  // <= MR; the rows beyond it are zeros
     for (int m = 0; m < MR; ++m) {
       if (m < M) gather_x(x, m, pos, kpad, xp + m * kpad, 1);
@@ -316,10 +326,10 @@ struct LinearKernels {
     const int64_t nblocks = (N + kBlockN - 1) / kBlockN, npad = nblocks * kBlockN;
     const int64_t pass_rows = min64(round_up(M_all, MB), round_up(kRowsPerPass, MB));
     thread_local GrowBuffer<float> xs, cs;
-    thread_local GrowBuffer<int32_t> ps;
+    thread_local ColumnPositions positions;
     float* xt = xs.get(pass_rows * kpad);
     float* ct = cs.get(npad * pass_rows);  // C transposed: [n][m]
-    const int32_t* pos = column_positions(d.order, w.cols, kpad, ps);
+    const int32_t* pos = positions.get(d.order, w.cols, kpad);
 #pragma omp parallel
     {
       driver::Scratch panel_bytes(kBlockN * kBlockK * 4 + 64);
