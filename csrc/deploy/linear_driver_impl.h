@@ -61,18 +61,20 @@ struct LinearKernels {
   // ---- activations in the decoder's column order, fp32, zero padded ----
   // GEMV layout: xp[m * kpad + p]. GEMM layout: blocks of MB rows, xt[(mb * kpad + p) * MB + i].
   // dst[pos[k] * stride] = x[m, k] for k < cols, 0 up to kpad (pos: decoder order, or null).
-  static void gather_x(const ConstMatrix& x, int64_t m, const int32_t* pos, int64_t kpad, float* dst, int64_t stride) {
+  // Returns whether every value is finite and below 2^64 in magnitude (see dot_rows_huge_x).
+  static bool gather_x(const ConstMatrix& x, int64_t m, const int32_t* pos, int64_t kpad, float* dst, int64_t stride) {
     const void* row = K::row_ptr(x, m);
+    float amax = 0.0f;  // NaN-aware: a NaN makes it NaN
     driver::with_dtype(x.dtype, [&](auto dt) {
       constexpr DType D = decltype(dt)::value;
-      if (pos) {
-        for (int64_t k = 0; k < x.cols; ++k) dst[pos[k] * stride] = K::template sload<D>(row, k);
-        for (int64_t k = x.cols; k < kpad; ++k) dst[pos[k] * stride] = 0.0f;
-      } else {
-        for (int64_t k = 0; k < x.cols; ++k) dst[k * stride] = K::template sload<D>(row, k);
-        for (int64_t k = x.cols; k < kpad; ++k) dst[k * stride] = 0.0f;
+      for (int64_t k = 0; k < x.cols; ++k) {
+        const float v = K::template sload<D>(row, k);
+        amax = std::fabs(v) > amax || v != v ? std::fabs(v) : amax;
+        dst[(pos ? pos[k] : k) * stride] = v;
       }
+      for (int64_t k = x.cols; k < kpad; ++k) dst[(pos ? pos[k] : k) * stride] = 0.0f;
     });
+    return amax < 18446744073709551616.0f;  // 2^64
   }
   // Column positions in a decoder order (null for the natural order). A thread keeps them
   // from call to call and recomputes them only when the order or the width changes (a
@@ -105,18 +107,20 @@ struct LinearKernels {
     float* xp = xs.get(MR * kpad);
     const int32_t* pos = positions.get(d.dot_rows ? d.dot_order : d.order, w.cols, kpad);
     const int64_t M = x.rows;  // <= MR; the rows beyond it are zeros
+    bool bounded = true;
     for (int m = 0; m < MR; ++m) {
-      if (m < M) gather_x(x, m, pos, kpad, xp + m * kpad, 1);
+      if (m < M) bounded &= gather_x(x, m, pos, kpad, xp + m * kpad, 1);
       else for (int64_t k = 0; k < kpad; ++k) xp[m * kpad + k] = 0.0f;
     }
     if (d.dot_rows) {  // fused decode + multiply, in column spans whose activations stay in L1
+      const auto dot_rows = bounded || !d.dot_rows_huge_x ? d.dot_rows : d.dot_rows_huge_x;
       constexpr int64_t kRows = 16;
       const int64_t span = max64(kLaneBlock, (24 * 1024 / (4 * MR)) / kLaneBlock * kLaneBlock);
 #pragma omp parallel for schedule(static) if (N * kpad >= (1 << 16))
       for (int64_t n0 = 0; n0 < N; n0 += kRows) {
         float dots[kRows * MR] = {};
         const int64_t n1 = min64(N, n0 + kRows);
-        for (int64_t k0 = 0; k0 < kpad; k0 += span) d.dot_rows(d, n0, n1, xp, MR, kpad, k0, min64(kpad, k0 + span), dots);
+        for (int64_t k0 = 0; k0 < kpad; k0 += span) dot_rows(d, n0, n1, xp, MR, kpad, k0, min64(kpad, k0 + span), dots);
         for (int64_t n = n0; n < n1; ++n)
           for (int m = 0; m < M; ++m) store_at(y, m, n, dots[(n - n0) * MR + m] + (bias ? bias[n] : 0.0f));
       }

@@ -51,6 +51,11 @@ struct WeightDecoder {
   // with xp in dot_order. M is one of with_gemv_rows' counts (1, 2, 3, 4 or 8).
   void (*dot_rows)(const WeightDecoder& self, int64_t r0, int64_t r1, const float* xp, int64_t M, int64_t kpad,
                    int64_t k0, int64_t k1, float* out) = nullptr;
+  // The same for activations with a NaN/Inf or |x| >= 2^64, where dot_rows may not serve
+  // (a dot_rows that scales a row's dot product instead of each weight could overflow
+  // where the scaled weights do not); null: dot_rows serves every input.
+  void (*dot_rows_huge_x)(const WeightDecoder& self, int64_t r0, int64_t r1, const float* xp, int64_t M,
+                          int64_t kpad, int64_t k0, int64_t k1, float* out) = nullptr;
   void run(int64_t r0, int64_t r1, int64_t k0, int64_t k1, float* out, int64_t ld, uint8_t* scratch) const {
     decode(*this, r0, r1, k0, k1, out, ld, scratch);
   }

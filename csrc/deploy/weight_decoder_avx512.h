@@ -4,6 +4,10 @@
 //     with vpermps; low nibbles give the even columns, high nibbles the odd ones, so the
 //     chunk comes out permuted (even columns first).
 //   int8: sign extension, (q - offset) * scale.
+// GEMV (dot_rows) of fp32 weights with one symmetric scale per row (channel, tensor): the
+// 8-bit codes enter the dot products unscaled, and the row's dot product is multiplied by
+// the scale once ("deferred scale"; two multiplies fewer per 32 codes). Activations with
+// |x| >= 2^64 or a NaN/Inf take dot_rows_huge_x, which scales every value first.
 //   E4M3 (FP8, MXFP8) into fp32 weights: bit moves into fp16, vcvtph2ps, x scale.
 //   HiFloat8, E4M3 (FP8, MXFP8): |value| as bf16 (exact) from two 64-entry word permutes,
 //     the sign from bit 7, widened to fp32 by a shift. Where the CPU has AVX512-VBMI the
@@ -62,7 +66,8 @@ struct Avx512Decoder {
   static constexpr int kPrefetch = 2048;  // bytes ahead of the codes being decoded (streamed weights)
 
   // The 32 values of one chunk of codes in two vectors; `mask` selects the valid bytes.
-  template <Kind kKind>
+  // !kScaled (int8, E4M3Half): the values before the multiplication by `scale`.
+  template <Kind kKind, bool kScaled = true>
   static inline void chunk(const uint8_t* codes, uint32_t mask, bool full, const __m512& table,
                            const __m512& scale, const __m512& offset, bool asym, DType vd, __m512& v0,
                            __m512& v1, const uint16_t* lut16 = nullptr) {
@@ -91,6 +96,7 @@ struct Avx512Decoder {
       const __m512i h = _mm512_and_si512(_mm512_slli_epi16(_mm512_cvtepi8_epi16(b), 7), _mm512_set1_epi16(int16_t(0xBF80)));
       v0 = _mm512_cvtph_ps(_mm512_castsi512_si256(h));
       v1 = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(h, 1));
+      if (!kScaled) return;
       if (asym) {
         v0 = _mm512_mul_ps(v0, _mm512_set1_ps(256.0f));
         v1 = _mm512_mul_ps(v1, _mm512_set1_ps(256.0f));
@@ -107,15 +113,17 @@ struct Avx512Decoder {
       const __m256i b = full ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes))
                              : _mm256_maskz_loadu_epi8(__mmask32(mask), codes);
       static_assert(kKind == kInt8, "8-bit integer codes");
-      v0 = round_value(int8_values(_mm256_castsi256_si128(b), scale, offset, asym), vd);
-      v1 = round_value(int8_values(_mm256_extracti128_si256(b, 1), scale, offset, asym), vd);
+      v0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(b)));
+      v1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(b, 1)));
+      if (!kScaled) return;
+      v0 = round_value(int8_values(v0, scale, offset, asym), vd);
+      v1 = round_value(int8_values(v1, scale, offset, asym), vd);
     }
   }
-  // (q - offset) * scale of 16 signed 8-bit codes
-  static inline __m512 int8_values(__m128i b16, const __m512& scale, const __m512& offset, bool asym) {
-    __m512 v = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b16));
-    if (asym) v = _mm512_sub_ps(v, offset);
-    return _mm512_mul_ps(v, scale);
+  // (q - offset) * scale of 16 signed 8-bit codes q (as floats)
+  static inline __m512 int8_values(__m512 q, const __m512& scale, const __m512& offset, bool asym) {
+    if (asym) q = _mm512_sub_ps(q, offset);
+    return _mm512_mul_ps(q, scale);
   }
 
 
@@ -154,7 +162,8 @@ struct Avx512Decoder {
   // row scale, scales present: the per-granule work is one load and one multiply.
   // kLanes (4-bit codes, t.lanes_end > 0): the blocks of 128 columns come in kNibbleLanes order
   // (k0 a multiple of 128), else every chunk is in kEvenOdd order.
-  template <Kind kKind, bool kMx, bool kSimple, bool kLanes, class Fn>
+  // !kScaled (int8 and E4M3Half codes, kSimple, one granule per row): values before the scale.
+  template <Kind kKind, bool kMx, bool kSimple, bool kLanes, bool kScaled, class Fn>
   static inline void walk_row(const PackedWeight& w, const Layout& t, int64_t r, int64_t k0, int64_t kend, Fn&& fn) {
     const uint8_t* row = w.codes + r * w.row_bytes;
     const bool asym = kSimple ? false : t.asym;
@@ -238,13 +247,13 @@ struct Avx512Decoder {
       for (; k + kChunk <= gend; k += kChunk, cp += kStep) {
         _mm_prefetch(reinterpret_cast<const char*>(cp) + kPrefetch, _MM_HINT_T0);  // streamed weights: L1
         _mm_prefetch(reinterpret_cast<const char*>(cp) + 4 * kPrefetch, _MM_HINT_T1);  // and further ahead, L2
-        chunk<kKind>(cp, 0, true, table, scale, offset, flag, vd, v0, v1, t.lut16);
+        chunk<kKind, kScaled>(cp, 0, true, table, scale, offset, flag, vd, v0, v1, t.lut16);
         fn(k, v0, v1);
       }
       if (k < gend) {  // the ragged end of the row
         const int64_t valid = gend - k, bytes = kKind == kNibbles ? (valid + 1) / 2 : valid;
-        chunk<kKind>(row + (kKind == kNibbles ? k / 2 : k), uint32_t((uint64_t(1) << bytes) - 1), false, table,
-                     scale, offset, flag, vd, v0, v1, t.lut16);
+        chunk<kKind, kScaled>(row + (kKind == kNibbles ? k / 2 : k), uint32_t((uint64_t(1) << bytes) - 1), false,
+                              table, scale, offset, flag, vd, v0, v1, t.lut16);
         fn(k, v0, v1);
         k += kChunk;
       }
@@ -253,20 +262,31 @@ struct Avx512Decoder {
 
   // The row walker of one decoding mode: walks row r over columns [k0, kend), calling
   // fn(k, v0, v1) for each chunk of 32 columns; row() in `order`, dot_row() in dot_order().
-  template <Kind kKind, bool kMx, bool kSimple>
+  // kDeferScale: dot_row() gives the values before the row's scale, row_dot() applies it.
+  template <Kind kKind, bool kMx, bool kSimple, bool kDeferScale = false>
   struct RowWalker {
+    static_assert(!kDeferScale || ((kKind == kInt8 || kKind == kE4M3Half) && kSimple && !kMx), "deferred scales");
     static constexpr ColumnOrder kOrder = kKind == kNibbles ? ColumnOrder::kEvenOdd : ColumnOrder::kNatural;
+    static constexpr bool kDeferredScale = kDeferScale;
     const PackedWeight& w;
     const Layout t;
     explicit RowWalker(const PackedWeight& weight) : w(weight), t(weight) {}
     ColumnOrder dot_order() const { return kKind == kNibbles && t.lanes_end > 0 ? ColumnOrder::kNibbleLanes : kOrder; }
     template <class Fn>
     void row(int64_t r, int64_t k0, int64_t kend, Fn&& fn) const {
-      walk_row<kKind, kMx, kSimple, false>(w, t, r, k0, kend, fn);
+      walk_row<kKind, kMx, kSimple, false, true>(w, t, r, k0, kend, fn);
     }
     template <class Fn>
     void dot_row(int64_t r, int64_t k0, int64_t kend, Fn&& fn) const {
-      walk_row<kKind, kMx, kSimple, true>(w, t, r, k0, kend, fn);
+      walk_row<kKind, kMx, kSimple, true, !kDeferScale>(w, t, r, k0, kend, fn);
+    }
+    // row r's dot product from that of dot_row()'s values (E4M3Half: they are the code
+    // values x 2^-8; the 2^8 goes into the scale where that stays finite)
+    float row_dot(int64_t r, float dot) const {
+      if constexpr (!kDeferScale) return dot;
+      const float sc = w.scales.scale[t.tensor ? 0 : r];
+      if constexpr (kKind == kE4M3Half) return std::fabs(sc) <= 1e36f ? dot * (sc * 256.0f) : dot * 256.0f * sc;
+      return dot * sc;
     }
   };
 
@@ -319,7 +339,7 @@ struct Avx512Decoder {
       for (int m = 0; m < MR; ++m) {
         __m512 sum = _mm512_add_ps(acc[m][0], acc[m][1]);
         if (A == 4) sum = _mm512_add_ps(sum, _mm512_add_ps(acc[m][A - 2], acc[m][A - 1]));
-        out[(r - r0) * MR + m] += _mm512_reduce_add_ps(sum);
+        out[(r - r0) * MR + m] += walker.row_dot(r, _mm512_reduce_add_ps(sum));
       }
     }
   }
@@ -343,6 +363,13 @@ struct Avx512Decoder {
     d.dot_rows = &dot_rows<Walker>;
     return d;
   }
+  // A walker whose GEMV defers the row scale; its dot_rows_huge_x is that of `Scaled`.
+  template <class Deferred, class Scaled>
+  static WeightDecoder make_deferred(const PackedWeight& w) {
+    WeightDecoder d = make_walker<Deferred>(w);
+    d.dot_rows_huge_x = &dot_rows<Scaled>;
+    return d;
+  }
   template <Kind kKind, bool kMx, bool kSimple>
   static WeightDecoder make_mode(const PackedWeight& w) {
     return make_walker<RowWalker<kKind, kMx, kSimple>>(w);
@@ -352,6 +379,10 @@ struct Avx512Decoder {
     const Layout t(w);
     if constexpr (kKind == kNibbles || kKind == kE4M3 || kKind == kE4M3Half) {
       if (t.mx) return t.simple ? make_mode<kKind, true, true>(w) : make_mode<kKind, true, false>(w);
+    }
+    if constexpr (kKind == kInt8 || kKind == kE4M3Half) {
+      if (t.simple && t.groups == 1)
+        return make_deferred<RowWalker<kKind, false, true, true>, RowWalker<kKind, false, true>>(w);
     }
     return t.simple ? make_mode<kKind, false, true>(w) : make_mode<kKind, false, false>(w);
   }

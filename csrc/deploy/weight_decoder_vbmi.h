@@ -127,9 +127,13 @@ struct VbmiDecoder {
     }
   }
 
-  template <Mode kMode, bool kMx, bool kSimple, bool kInt8 = false>
+  // kDeferScale (kMagnitude, kSimple, one scale per row): dot_row() gives the magnitudes
+  // with their signs, unscaled, and row_dot() applies the row's scale.
+  template <Mode kMode, bool kMx, bool kSimple, bool kInt8 = false, bool kDeferScale = false>
   struct Walker {
+    static_assert(!kDeferScale || (kMode == kMagnitude && kSimple && !kMx), "deferred scales");
     static constexpr ColumnOrder kOrder = kMode != kValuesF16 ? ColumnOrder::kEvenOdd : ColumnOrder::kNatural;
+    static constexpr bool kDeferredScale = kDeferScale;
     const PackedWeight& w;
     const Base::Layout t;
     const float* mag;
@@ -141,11 +145,13 @@ struct VbmiDecoder {
           interleave(_mm512_load_si512(byte_index().interleave)),
           interleave_hi(_mm512_load_si512(byte_index().interleave_hi)) {}
 
+    template <bool kScaled>
     inline void values(const uint8_t* codes, uint32_t mask, bool full, const ByteTables& tb, uint16_t w128,
                        const __m512& scale, DType vd, __m512& v0, __m512& v1) const {
-      widen(words<kInt8>(codes, mask, full, tb, interleave, w128), scale, vd, v0, v1);
+      widen<kScaled>(words<kInt8>(codes, mask, full, tb, interleave, w128), scale, vd, v0, v1);
     }
-    // 32 words -> two vectors of values
+    // 32 words -> two vectors of values (!kScaled: magnitudes not multiplied by `scale`)
+    template <bool kScaled>
     static inline void widen(const __m512i& wd, const __m512& scale, DType vd, __m512& v0, __m512& v1) {
       if constexpr (kMode == kValuesF16) {
         v0 = _mm512_cvtph_ps(_mm512_castsi512_si256(wd));
@@ -153,7 +159,7 @@ struct VbmiDecoder {
       } else {
         v0 = _mm512_castsi512_ps(_mm512_slli_epi32(wd, 16));  // even columns
         v1 = _mm512_castsi512_ps(_mm512_and_si512(wd, _mm512_set1_epi32(int32_t(0xFFFF0000u))));  // odd ones
-        if constexpr (kMode == kMagnitude) {
+        if constexpr (kMode == kMagnitude && kScaled) {
           v0 = _mm512_mul_ps(v0, scale);
           v1 = _mm512_mul_ps(v1, scale);
           if constexpr (!kSimple) {
@@ -167,10 +173,17 @@ struct VbmiDecoder {
     ColumnOrder dot_order() const { return kOrder; }
     template <class Fn>
     void dot_row(int64_t r, int64_t k0, int64_t kend, Fn&& fn) const {
-      row(r, k0, kend, fn);
+      walk<!kDeferScale>(r, k0, kend, fn);
+    }
+    float row_dot(int64_t r, float dot) const {
+      return kDeferScale ? dot * w.scales.scale[t.tensor ? 0 : r] : dot;
     }
     template <class Fn>
     void row(int64_t r, int64_t k0, int64_t kend, Fn&& fn) const {
+      walk<true>(r, k0, kend, fn);
+    }
+    template <bool kScaled, class Fn>
+    void walk(int64_t r, int64_t k0, int64_t kend, Fn&& fn) const {
       const uint8_t* codes = w.codes + r * w.row_bytes;
       const DType vd = kSimple ? DType::kF32 : t.vd;
       const int64_t first = t.tensor ? 0 : r * t.groups, stride = t.tensor ? 0 : 1;
@@ -198,19 +211,19 @@ struct VbmiDecoder {
           _mm_prefetch(reinterpret_cast<const char*>(cp) + 4 * Base::kPrefetch, _MM_HINT_T1);
           __m512i w0, w1;
           words64<kInt8>(cp, tb, interleave, interleave_hi, w128, w0, w1);
-          widen(w0, scale, vd, v0, v1);
+          widen<kScaled>(w0, scale, vd, v0, v1);
           fn(k, v0, v1);
-          widen(w1, scale, vd, v0, v1);
+          widen<kScaled>(w1, scale, vd, v0, v1);
           fn(k + kChunk, v0, v1);
         }
         for (; k + kChunk <= gend; k += kChunk, cp += kChunk) {
           _mm_prefetch(reinterpret_cast<const char*>(cp) + Base::kPrefetch, _MM_HINT_T0);
           _mm_prefetch(reinterpret_cast<const char*>(cp) + 4 * Base::kPrefetch, _MM_HINT_T1);
-          values(cp, 0, true, tb, w128, scale, vd, v0, v1);
+          values<kScaled>(cp, 0, true, tb, w128, scale, vd, v0, v1);
           fn(k, v0, v1);
         }
         if (k < gend) {  // the ragged end of the row
-          values(cp, uint32_t((uint64_t(1) << (gend - k)) - 1), false, tb, w128, scale, vd, v0, v1);
+          values<kScaled>(cp, uint32_t((uint64_t(1) << (gend - k)) - 1), false, tb, w128, scale, vd, v0, v1);
           fn(k, v0, v1);
           k += kChunk;
         }
@@ -228,6 +241,8 @@ struct VbmiDecoder {
                       : Base::make_walker<Walker<kMagnitude, true, false>>(w);
     if (t.vd == DType::kBF16) return Base::make_walker<Walker<kValuesBf16, false, false>>(w);
     if (t.vd == DType::kF16) return Base::make_walker<Walker<kValuesF16, false, false>>(w);
+    if (t.simple && t.groups == 1)
+      return Base::make_deferred<Walker<kMagnitude, false, true, false, true>, Walker<kMagnitude, false, true>>(w);
     return t.simple ? Base::make_walker<Walker<kMagnitude, false, true>>(w)
                     : Base::make_walker<Walker<kMagnitude, false, false>>(w);
   }

@@ -97,6 +97,34 @@ def test_linear_packed_big_shape(fmt, gran, gs):
                                   4096, what=f"{fmt} M={m}")
 
 
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("fmt,gran", [("int8", "channel"), ("int8", "tensor"), ("float8_e4m3fn", "channel"),
+                                      ("hifloat8", "channel")])
+def test_gemv_huge_and_nan_activations(isa, fmt, gran):
+    """One-scale-per-row GEMVs multiply each row's dot product by its scale once; with
+    activations near the fp32 limit that order would overflow (127 x 1e38 > 3.4e38) where
+    the reference's scaled weights (about 1e-2) do not, so such calls scale every weight
+    first. A NaN row stays NaN, the other rows finite."""
+    OPS.set_isa(isa)
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(7, 256, generator=g) * 1e-2
+    scale, offset = formats.compute_scales(w, fmt, gran, 0, True)
+    packed = formats.pack(w, fmt, scale, offset, gran, 0, True)
+    x = torch.randn(3, 256, generator=g)
+    x[0] = x[0].sign() * 1e38  # products of the largest unscaled codes overflow
+    x[1, 17] = float("nan")
+    got = OPS.linear_packed(x, packed, scale, EMPTY, None, None, fmt, gran, 0, True, 256, torch.float32)
+    want = reference(x, packed, scale, offset, fmt, gran, 0, True, 256, torch.float32, None)
+    assert torch.isfinite(want[0]).all() and want[0].abs().max() > 1e28
+    assert torch.isnan(got[1]).all()
+    keep = torch.tensor([0, 2])
+    mag = magnitude(x[keep], packed, scale, offset, fmt, gran, 0, True, 256, None)
+    assert_close_to_reference(got[keep], want[keep], 256, what=f"{isa} {fmt} {gran}", magnitude=mag)
+    # the same activations without the NaN and huge rows take the deferred-scale GEMV
+    small = OPS.linear_packed(x[2:], packed, scale, EMPTY, None, None, fmt, gran, 0, True, 256, torch.float32)
+    assert_close_to_reference(small, want[2:], 256, what=f"{isa} {fmt} {gran} deferred")
+
 def test_two_level_fp8_fp4_row_scale_and_leading_dims():
     packed, scale, offset = packed_weight(7, 172, "float4_e2m1", "group", 32, True)
     s1 = torch.rand(7, 1) + 0.5
