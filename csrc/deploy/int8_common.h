@@ -19,10 +19,15 @@
 namespace lowbit {
 namespace int8_detail {
 
+// Asked once: every product op picks its kernels per call, and CPUID exits to the
+// hypervisor in a virtual machine (it was a tenth of a batch-1 INT8 convolution).
 inline bool cpu_has_vnni() {
-  unsigned a, b, c, d;
-  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
-  return (c & (1u << 11)) != 0;  // AVX512_VNNI
+  static const bool has = [] {
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+    return (c & (1u << 11)) != 0;  // AVX512_VNNI
+  }();
+  return has;
 }
 
 struct Int8Kernels {

@@ -83,8 +83,10 @@ void fill_plane_row(const Conv2dArgs& a, const CodePlanes& pl, const uint8_t* co
         _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + c),
                          _mm_xor_si128(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + c)), flip));
       for (; c < a.cg; ++c) dst[c] = uint8_t(src[c] ^ 0x80u);
-    } else {
-      for (int64_t c = 0; c < a.cg; ++c) dst[c] = uint8_t(codes[((img * a.c + c0 + c) * a.h + iy) * a.w + ix] ^ 0x80u);
+    } else {  // (locals: byte stores may alias a's fields, which the loop would reload)
+      const int64_t cg = a.cg, plane = a.h * a.w;
+      const uint8_t* src = codes + ((img * a.c + c0) * a.h + iy) * a.w + ix;
+      for (int64_t c = 0; c < cg; ++c) dst[c] = uint8_t(src[c * plane] ^ 0x80u);
     }
     for (int64_t c = a.cg; c < cgp; ++c) dst[c] = pad_code;
   }
@@ -131,20 +133,24 @@ bool conv2d_int8_direct(const Conv2dArgs& a, const Int8Activation& act, const In
   const bool nhwc = a.channels_last;
   for (int64_t g = 0; g < a.groups; ++g) {
     const int64_t c0 = g * a.cg;
-    // weights of this group: [channel block][quad][NB][4], padded input channels 0
+    // weights of this group: [channel block][tap][quad][NB][4], padded input channels 0
+    // (every stride in a local: the byte stores may alias any field, which the loop would
+    // otherwise reload at each element)
     std::memset(wt, 0, size_t(og * nq * 4));
+    const int64_t taps = a.kh * a.kw, cg = a.cg, tap_stride = quads * NB * 4;
     for (int64_t o = 0; o < og; ++o) {
-      const int64_t r = g * og + o, nb = o / NB, lane = o % NB;
+      const int64_t r = g * og + o;
       weight_row(w, r, row, (K + 3) / 4 * 4);
+      int8_t* dst = wt + ((o / NB) * nq * NB + o % NB) * 4;
       int32_t rsum = 0;
-      for (int64_t c = 0; c < a.cg; ++c)
-        for (int64_t ky = 0; ky < a.kh; ++ky)
-          for (int64_t kx = 0; kx < a.kw; ++kx) {
-            const int8_t v = row[(c * a.kh + ky) * a.kw + kx];
-            const int64_t q = (ky * a.kw + kx) * quads + c / 4;
-            wt[((nb * nq + q) * NB + lane) * 4 + c % 4] = v;
-            rsum += v;
-          }
+      for (int64_t c = 0; c < cg; ++c) {
+        const int8_t* src = row + c * taps;
+        int8_t* d = dst + (c / 4) * NB * 4 + c % 4;
+        for (int64_t t = 0; t < taps; ++t) {
+          d[t * tap_stride] = src[t];
+          rsum += src[t];
+        }
+      }
       corr[o] = (128 + zx) * rsum;
       scale[o] = sx * (w.per_tensor ? w.scale[0] : w.scale[r]);
       bv[o] = bias ? bias[r] : 0.0f;
