@@ -106,8 +106,8 @@ WeightArgs int8_args(const at::Tensor& packed, const at::Tensor& w_scale, int64_
   w.per_tensor = a.ws_keep.numel() == 1 && n != 1;
   a.act.per_token = per_token;
   if (!per_token) {
-    a.act.scale = act_scale.to(at::kFloat).reshape(-1)[0].item<float>();
-    a.act.offset = act_offset.numel() ? act_offset.to(at::kInt).reshape(-1)[0].item<int32_t>() : 0;
+    a.act.scale = first_value<float>(act_scale, "act_scale");
+    a.act.offset = act_offset.numel() ? first_value<int32_t>(act_offset, "act_offset") : 0;
   }
   return a;
 }
@@ -124,9 +124,9 @@ ActQuant act_args(const std::string& act_format, const std::string& act_granular
   if (!a.dynamic) {
     TORCH_CHECK_VALUE(act_scale.has_value() && act_scale->numel() == 1, "act_scale: a static per-tensor "
                       "activation needs one scale");
-    a.scale = act_scale->to(at::kFloat).reshape(-1)[0].item<float>();
+    a.scale = first_value<float>(*act_scale, "act_scale");
     if (act_offset.has_value() && act_offset->numel() == 1)
-      a.offset = act_offset->to(at::kInt).reshape(-1)[0].item<int32_t>();
+      a.offset = first_value<int32_t>(*act_offset, "act_offset");
   }
   return a;
 }

@@ -179,6 +179,31 @@ def test_linear_int8_nan_rows_and_saturation():
     assert_close_to_reference(y[2:], F.linear(xq[2:], wd, bias), 64)
 
 
+
+def test_activation_scalars_in_any_dtype_and_layout():
+    """The static activation scale and offset are read in place when they are float32 /
+    int32 and converted otherwise: every spelling of the same values gives the same output,
+    a different value a different one, and an empty tensor is a clear error."""
+    x, packed, ws, a_s, a_o, bias, want = int8_case(3, 64, 7, 8, False, True, torch.float32, 5)
+    assert int(a_o) != 0
+    base = OPS.linear_int8(x, packed, ws, 8, 64, False, a_s, a_o, bias)
+    assert_close_to_reference(base, want, 64)
+    grid = torch.stack([a_s.reshape(()), torch.tensor(9.0)]).repeat(3)[1::2]  # a strided view: [9, 9, 9]
+    spellings = [(a_s.double(), a_o.long()), (a_s.reshape(1, 1, 1), a_o.reshape(1, 1)),
+                 (torch.stack([a_s.reshape(()), torch.tensor(7.0)])[:1], a_o.float()),
+                 (torch.cat([a_s.reshape(1), torch.tensor([5.0])]), torch.cat([a_o.reshape(1), a_o.reshape(1) + 3])),
+                 (torch.cat([a_s.reshape(1), torch.tensor([5.0])]).double(), torch.cat([a_o.reshape(1), a_o.reshape(1) + 3]).long())]
+    for s, o in spellings:
+        assert torch.equal(OPS.linear_int8(x, packed, ws, 8, 64, False, s, o, bias), base)
+    assert not torch.equal(OPS.linear_int8(x, packed, ws, 8, 64, False, grid, a_o, bias), base)
+    with pytest.raises(ValueError, match="act_scale: expected a value, got an empty tensor"):
+        OPS.linear_int8(x, packed, ws, 8, 64, False, torch.ones(0), a_o, bias)
+    # the same reader serves linear_packed's static activation quantization
+    args = (packed, ws, EMPTY, None, bias, "int8", "channel", 0, True, 64, torch.float32, "hifloat8", "tensor", 0, True)
+    ref = OPS.linear_packed(x, *args, a_s, None)
+    assert torch.equal(OPS.linear_packed(x, *args, a_s.double().reshape(1, 1), None), ref)
+    assert not torch.equal(OPS.linear_packed(x, *args, a_s * 4, None), ref)
+
 def test_bad_arguments_are_clear_errors():
     packed, scale, _ = packed_weight(7, 64, "int4", "group", 32, True)
     x = torch.randn(2, 64)
