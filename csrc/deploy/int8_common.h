@@ -15,6 +15,7 @@
 #include "deploy/packed_linear.h"
 #include "deploy/scratch.h"
 #include "formats/half.h"
+#include "kernels/omp_region.h"
 
 namespace lowbit {
 namespace int8_detail {
@@ -97,14 +98,20 @@ inline bool has_nan(const void* p, DType dtype, int64_t n) {
   const __m128i mask = wide ? _mm_set1_epi32(int(abs_bits)) : _mm_set1_epi16(short(abs_bits));
   const __m128i inf = wide ? _mm_set1_epi32(int(inf_bits)) : _mm_set1_epi16(short(inf_bits));
   const __m128i* v = static_cast<const __m128i*>(p);
-#pragma omp parallel for reduction(| : found) schedule(static) if (n >= (1 << 16))
-  for (int64_t c = 0; c < (vecs + 1023) / 1024; ++c) {  // chunks of 1024 vectors
+  auto chunk_has_nan = [&](int64_t c) {  // chunks of 1024 vectors
     __m128i any = _mm_setzero_si128();
     for (int64_t i = c * 1024; i < std::min(vecs, (c + 1) * 1024); ++i) {
       const __m128i m = _mm_and_si128(_mm_loadu_si128(v + i), mask);
       any = _mm_or_si128(any, wide ? _mm_cmpgt_epi32(m, inf) : _mm_cmpgt_epi16(m, inf));
     }
-    found |= _mm_movemask_epi8(any) != 0;
+    return _mm_movemask_epi8(any) != 0;
+  };
+  const int64_t chunks = (vecs + 1023) / 1024;
+  if (n >= (1 << 16)) {  // (no serialized region below: see kernels/omp_region.h)
+#pragma omp parallel for reduction(| : found) schedule(static)
+    for (int64_t c = 0; c < chunks; ++c) found |= chunk_has_nan(c);
+  } else {
+    for (int64_t c = 0; c < chunks && !found; ++c) found |= chunk_has_nan(c);
   }
   for (int64_t i = vecs * per; i < n && !found; ++i) {
     const uint32_t u = wide ? static_cast<const uint32_t*>(p)[i] : static_cast<const uint16_t*>(p)[i];
@@ -130,8 +137,7 @@ void int8_tiles(const IntWeight& w, const Int8Kernels& kern, const uint8_t* xq, 
   // are spread over the activation rows instead.
   const int64_t threads = omp_get_max_threads();
   const int64_t mparts = std::min(mblocks, std::max<int64_t>(1, (4 * threads + nchunks - 1) / nchunks));
-#pragma omp parallel if (M * N * K >= (1 << 18))
-  {
+  omp_region(M * N * K >= (1 << 18), [&] {
     thread_local GrowBuffer<int8_t> panel_buf;  // padded copies, one slot per tile (rows fully written)
     int8_t* panel = panel_buf.get(kChunkTiles * kInt8TileN * kpad);
     int32_t acc[kInt8TileN * kInt8TileM], rsum[kChunkTiles][kInt8TileN];
@@ -167,7 +173,7 @@ void int8_tiles(const IntWeight& w, const Int8Kernels& kern, const uint8_t* xq, 
         }
       }
     }
-  }
+  });
 }
 
 }  // namespace int8_detail

@@ -50,67 +50,69 @@ void conv2d_int8(const Conv2dArgs& a, const Int8Activation& act, const IntWeight
   const uint8_t* pix = codes;
   const char* raw = static_cast<const char*>(a.x);
   for (int64_t g = 0; g < a.groups; ++g) {
-#pragma omp parallel for schedule(static) if (M * K >= (1 << 16))
-    for (int64_t blk = 0; blk < mblocks; ++blk) {
-      constexpr int64_t T = kInt8TileM;
-      const int64_t m0 = blk * T, mb = std::min(T, M - m0);
-      const PatchRows pr(a, g * a.cg, m0, mb);
-      const int64_t *base = pr.base, *iy0 = pr.iy0, *ix0 = pr.ix0;
-      // patches as [K][T] bytes (unsigned codes), then interleaved into quads
-      uint8_t col[4][T];
-      uint8_t* dst = xq + blk * k4 * T * 4;
-      int64_t k = 0;
-      for (int64_t c = 0; c < a.cg; ++c)
-        for (int64_t i = 0; i < a.kh; ++i)
-          for (int64_t j = 0; j < a.kw; ++j, ++k) {
-            uint8_t* out = col[k & 3];
-            const int64_t dyi = i * a.dy, dxj = j * a.dx, cp = c * plane;
-            for (int64_t r = 0; r < pr.runs; ++r) {
-              int64_t t = pr.run_at[r];
-              const int64_t e = pr.run_at[r + 1], iy = iy0[t] + dyi;
-              if (uint64_t(iy) >= uint64_t(a.h)) {
-                for (; t < e; ++t) out[t] = pad_code;
-                continue;
-              }
-              if (a.sx == 1) {  // consecutive rows read consecutive pixels
-                int64_t lo, hi;
-                pr.inside(r, dxj, a.w, lo, hi);
-                const uint8_t* src = pix + base[t] + cp + iy * a.w + ix0[t] + dxj - t;
-                for (; t < lo; ++t) out[t] = pad_code;
-                for (; t < hi; ++t) out[t] = uint8_t(src[t] ^ 0x80u);
-                for (; t < e; ++t) out[t] = pad_code;
-              } else {
-                for (; t < e; ++t) {
-                  const int64_t ix = ix0[t] + dxj;
-                  out[t] = uint64_t(ix) < uint64_t(a.w) ? uint8_t(pix[base[t] + cp + iy * a.w + ix] ^ 0x80u) : pad_code;
+    omp_region(M * K >= (1 << 16), [&] {
+#pragma omp for schedule(static)
+      for (int64_t blk = 0; blk < mblocks; ++blk) {
+        constexpr int64_t T = kInt8TileM;
+        const int64_t m0 = blk * T, mb = std::min(T, M - m0);
+        const PatchRows pr(a, g * a.cg, m0, mb);
+        const int64_t *base = pr.base, *iy0 = pr.iy0, *ix0 = pr.ix0;
+        // patches as [K][T] bytes (unsigned codes), then interleaved into quads
+        uint8_t col[4][T];
+        uint8_t* dst = xq + blk * k4 * T * 4;
+        int64_t k = 0;
+        for (int64_t c = 0; c < a.cg; ++c)
+          for (int64_t i = 0; i < a.kh; ++i)
+            for (int64_t j = 0; j < a.kw; ++j, ++k) {
+              uint8_t* out = col[k & 3];
+              const int64_t dyi = i * a.dy, dxj = j * a.dx, cp = c * plane;
+              for (int64_t r = 0; r < pr.runs; ++r) {
+                int64_t t = pr.run_at[r];
+                const int64_t e = pr.run_at[r + 1], iy = iy0[t] + dyi;
+                if (uint64_t(iy) >= uint64_t(a.h)) {
+                  for (; t < e; ++t) out[t] = pad_code;
+                  continue;
+                }
+                if (a.sx == 1) {  // consecutive rows read consecutive pixels
+                  int64_t lo, hi;
+                  pr.inside(r, dxj, a.w, lo, hi);
+                  const uint8_t* src = pix + base[t] + cp + iy * a.w + ix0[t] + dxj - t;
+                  for (; t < lo; ++t) out[t] = pad_code;
+                  for (; t < hi; ++t) out[t] = uint8_t(src[t] ^ 0x80u);
+                  for (; t < e; ++t) out[t] = pad_code;
+                } else {
+                  for (; t < e; ++t) {
+                    const int64_t ix = ix0[t] + dxj;
+                    out[t] = uint64_t(ix) < uint64_t(a.w) ? uint8_t(pix[base[t] + cp + iy * a.w + ix] ^ 0x80u) : pad_code;
+                  }
                 }
               }
-            }
-            for (int64_t t = mb; t < T; ++t) out[t] = 0;  // rows past M
-            if ((k & 3) == 3 || k == K - 1) {  // a full (or the last) quad: interleave
-              const int64_t q = k >> 2, filled = (k & 3) + 1;
-              uint8_t* d = dst + q * T * 4;
-              for (int64_t r = filled; r < 4; ++r) std::memset(col[r], 0, T);  // K padding: 0
-              interleave_quads(col, d);
-            }
-          }
-      if (any_nan) {  // rows whose patch reads a NaN pixel
-        for (int64_t t = 0; t < mb; ++t) {
-          bool nan = false;
-          for (int64_t c = 0; c < a.cg && !nan; ++c)
-            for (int64_t i = 0; i < a.kh && !nan; ++i)
-              for (int64_t j = 0; j < a.kw && !nan; ++j) {
-                const int64_t iy = iy0[t] + i * a.dy, ix = ix0[t] + j * a.dx;
-                if (uint64_t(iy) >= uint64_t(a.h) || uint64_t(ix) >= uint64_t(a.w)) continue;
-                const int64_t flat = base[t] + c * plane + iy * a.w + ix;
-                nan = std::isnan(load_element(raw, a.dtype, flat));
+              for (int64_t t = mb; t < T; ++t) out[t] = 0;  // rows past M
+              if ((k & 3) == 3 || k == K - 1) {  // a full (or the last) quad: interleave
+                const int64_t q = k >> 2, filled = (k & 3) + 1;
+                uint8_t* d = dst + q * T * 4;
+                for (int64_t r = filled; r < 4; ++r) std::memset(col[r], 0, T);  // K padding: 0
+                interleave_quads(col, d);
               }
-          nan_row[m0 + t] = nan;
+            }
+        if (any_nan) {  // rows whose patch reads a NaN pixel
+          for (int64_t t = 0; t < mb; ++t) {
+            bool nan = false;
+            for (int64_t c = 0; c < a.cg && !nan; ++c)
+              for (int64_t i = 0; i < a.kh && !nan; ++i)
+                for (int64_t j = 0; j < a.kw && !nan; ++j) {
+                  const int64_t iy = iy0[t] + i * a.dy, ix = ix0[t] + j * a.dx;
+                  if (uint64_t(iy) >= uint64_t(a.h) || uint64_t(ix) >= uint64_t(a.w)) continue;
+                  const int64_t flat = base[t] + c * plane + iy * a.w + ix;
+                  nan = std::isnan(load_element(raw, a.dtype, flat));
+                }
+            nan_row[m0 + t] = nan;
+          }
+        } else {
+          for (int64_t t = 0; t < mb; ++t) nan_row[m0 + t] = 0;
         }
-      } else {
-        for (int64_t t = 0; t < mb; ++t) nan_row[m0 + t] = 0;
       }
-    }
+    });
     const IntWeight wg = weight_rows(w, g * og, (g + 1) * og);  // this group's output channels
     const int64_t es = dtype_bytes(a.dtype);
     int8_tiles(wg, kern, xq, M, [&](int64_t m0, int64_t mend, int64_t n0, int64_t rows, const int32_t* acc,

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "deploy/int8_common.h"
+#include "kernels/omp_region.h"
 
 namespace lowbit {
 
@@ -53,10 +54,12 @@ void linear_int8(const ConstMatrix& x, const Int8Activation& act, const IntWeigh
   const Int8Kernels kern = int8_kernels();
   // NaN has no int8 code (pack stores 0); the fake-quant reference gives a NaN row, so do we.
   uint8_t* nan_row = nan_buf.get(M);
-#pragma omp parallel for schedule(static) if (M * K >= (1 << 16))
-  for (int64_t m = 0; m < M; ++m) {
-    nan_row[m] = has_nan(static_cast<const char*>(x.data) + m * x.ld * dtype_bytes(x.dtype), x.dtype, K);
-  }
+  omp_region(M * K >= (1 << 16), [&] {
+#pragma omp for schedule(static)
+    for (int64_t m = 0; m < M; ++m) {
+      nan_row[m] = has_nan(static_cast<const char*>(x.data) + m * x.ld * dtype_bytes(x.dtype), x.dtype, K);
+    }
+  });
   auto output = [&](int64_t m, int64_t n, int32_t acc, int32_t rsum) {
     if (nan_row[m]) return store_at(y, m, n, __builtin_nanf(""));
     const float sw = w.per_tensor ? w.scale[0] : w.scale[n];
@@ -71,8 +74,7 @@ void linear_int8(const ConstMatrix& x, const Int8Activation& act, const IntWeigh
     for (int64_t m = 0; m < M; ++m)
       for (int64_t k = 0; k < K; ++k) xu[size_t(m * kp + k)] = uint8_t(codes[m * K + k] ^ 0x80u);
     constexpr int64_t kRows = 16;
-#pragma omp parallel if (N * K >= (1 << 16))
-    {
+    omp_region(N * K >= (1 << 16), [&] {
       std::vector<int8_t> wrow(size_t(w.bits == 8 ? 0 : kRows * kp));
       int32_t acc[kRows * 4];
 #pragma omp for schedule(static)
@@ -94,32 +96,34 @@ void linear_int8(const ConstMatrix& x, const Int8Activation& act, const IntWeigh
           for (int64_t m = 0; m < M; ++m) output(m, n0 + i, acc[i * M + m], rs);
         }
       }
-    }
+    });
     return;
   }
 
   // Tiles: unsigned codes in quads [mblock][k4][kInt8TileM][4], zero padded
   uint8_t* xq = xq_buf.get(mblocks * k4 * kInt8TileM * 4);
-#pragma omp parallel for schedule(static) if (M * K >= (1 << 16))
-  for (int64_t m = 0; m < mblocks * kInt8TileM; ++m) {
-    uint32_t* dst = reinterpret_cast<uint32_t*>(xq + (m / kInt8TileM) * k4 * kInt8TileM * 4) + m % kInt8TileM;
-    if (m >= M) {  // zero rows of the last block
-      for (int64_t q = 0; q < k4; ++q) dst[q * kInt8TileM] = 0;
-      continue;
+  omp_region(M * K >= (1 << 16), [&] {
+#pragma omp for schedule(static)
+    for (int64_t m = 0; m < mblocks * kInt8TileM; ++m) {
+      uint32_t* dst = reinterpret_cast<uint32_t*>(xq + (m / kInt8TileM) * k4 * kInt8TileM * 4) + m % kInt8TileM;
+      if (m >= M) {  // zero rows of the last block
+        for (int64_t q = 0; q < k4; ++q) dst[q * kInt8TileM] = 0;
+        continue;
+      }
+      const uint8_t* src = codes + m * K;
+      const int64_t whole = K / 4;
+      for (int64_t q = 0; q < whole; ++q) {  // four codes at a time, made unsigned
+        uint32_t v;
+        std::memcpy(&v, src + 4 * q, 4);
+        dst[q * kInt8TileM] = v ^ 0x80808080u;
+      }
+      if (whole < k4) {
+        uint8_t tail[4] = {0, 0, 0, 0};
+        for (int64_t k = 4 * whole; k < K; ++k) tail[k - 4 * whole] = uint8_t(src[k] ^ 0x80u);
+        std::memcpy(&dst[whole * kInt8TileM], tail, 4);
+      }
     }
-    const uint8_t* src = codes + m * K;
-    const int64_t whole = K / 4;
-    for (int64_t q = 0; q < whole; ++q) {  // four codes at a time, made unsigned
-      uint32_t v;
-      std::memcpy(&v, src + 4 * q, 4);
-      dst[q * kInt8TileM] = v ^ 0x80808080u;
-    }
-    if (whole < k4) {
-      uint8_t tail[4] = {0, 0, 0, 0};
-      for (int64_t k = 4 * whole; k < K; ++k) tail[k - 4 * whole] = uint8_t(src[k] ^ 0x80u);
-      std::memcpy(&dst[whole * kInt8TileM], tail, 4);
-    }
-  }
+  });
   int8_tiles(w, kern, xq, M, [&](int64_t m0, int64_t mend, int64_t n0, int64_t rows, const int32_t* acc,
                                  const int32_t* rsum) {
     for (int64_t i = 0; i < rows; ++i)

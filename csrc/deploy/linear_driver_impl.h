@@ -13,6 +13,7 @@
 #include "deploy/scratch.h"
 #include "deploy/weight_decoder.h"
 #include "kernels/quant_driver_impl.h"
+#include "kernels/omp_region.h"
 
 namespace lowbit {
 namespace {
@@ -116,18 +117,19 @@ struct LinearKernels {
       const auto dot_rows = bounded || !d.dot_rows_huge_x ? d.dot_rows : d.dot_rows_huge_x;
       constexpr int64_t kRows = 16;
       const int64_t span = max64(kLaneBlock, (24 * 1024 / (4 * MR)) / kLaneBlock * kLaneBlock);
-#pragma omp parallel for schedule(static) if (N * kpad >= (1 << 16))
-      for (int64_t n0 = 0; n0 < N; n0 += kRows) {
-        float dots[kRows * MR] = {};
-        const int64_t n1 = min64(N, n0 + kRows);
-        for (int64_t k0 = 0; k0 < kpad; k0 += span) dot_rows(d, n0, n1, xp, MR, kpad, k0, min64(kpad, k0 + span), dots);
-        for (int64_t n = n0; n < n1; ++n)
-          for (int m = 0; m < M; ++m) store_at(y, m, n, dots[(n - n0) * MR + m] + (bias ? bias[n] : 0.0f));
-      }
+      omp_region(N * kpad >= (1 << 16), [&] {
+#pragma omp for schedule(static)
+        for (int64_t n0 = 0; n0 < N; n0 += kRows) {
+          float dots[kRows * MR] = {};
+          const int64_t n1 = min64(N, n0 + kRows);
+          for (int64_t k0 = 0; k0 < kpad; k0 += span) dot_rows(d, n0, n1, xp, MR, kpad, k0, min64(kpad, k0 + span), dots);
+          for (int64_t n = n0; n < n1; ++n)
+            for (int m = 0; m < M; ++m) store_at(y, m, n, dots[(n - n0) * MR + m] + (bias ? bias[n] : 0.0f));
+        }
+      });
       return;
     }
-#pragma omp parallel if (N * kpad >= (1 << 16))
-    {
+    omp_region(N * kpad >= (1 << 16), [&] {
       driver::Scratch buf_bytes(kGemvSpan * 4 + 64);
       float* buf = reinterpret_cast<float*>(buf_bytes.p);
       driver::Scratch scratch(decode_scratch_bytes(kGemvSpan));
@@ -152,7 +154,7 @@ struct LinearKernels {
         for (int m = 0; m < MR; ++m)  // constant indices keep acc in registers
           if (m < M) store_at(y, m, n, V::reduce_add(V::add(acc[m][0], acc[m][1])) + (bias ? bias[n] : 0.0f));
       }
-    }
+    });
   }
 
   static void gemv(const ConstMatrix& x, const WeightDecoder& d, const float* bias, const MutMatrix& y) {

@@ -11,6 +11,7 @@
 #include "kernels/codec_luts.h"
 #include "kernels/codecs.h"
 #include "kernels/isa_table.h"
+#include "kernels/omp_region.h"
 #include "kernels/quant_kernels.h"
 #include "scales/granule_rule.h"
 
@@ -294,8 +295,7 @@ struct Kernels {
     }
     with_dtype(x.dtype, [&](auto d) {
       constexpr DType D = decltype(d)::value;
-#pragma omp parallel if (parallel(x.rows, x.cols))
-      {
+      omp_region(parallel(x.rows, x.cols), [&] {
         Scratch scratch(int64_t(sizeof(GranuleParams)) * c.groups);
         GranuleParams* params = reinterpret_cast<GranuleParams*>(scratch.p);
 #pragma omp for schedule(static)
@@ -303,7 +303,7 @@ struct Kernels {
           row_params<D>(row_ptr(x, r), x.cols, c, params);
           for (int64_t g = 0; g < c.groups; ++g) c.store(sv, r * c.groups + g, params[g]);
         }
-      }
+      });
     });
   }
 
@@ -317,8 +317,7 @@ struct Kernels {
         constexpr DType Din = decltype(din)::value;
         with_dtype(out.dtype, [&](auto dout) {
           constexpr DType Dout = decltype(dout)::value;
-#pragma omp parallel if (parallel(x.rows, x.cols))
-          {
+          omp_region(parallel(x.rows, x.cols), [&] {
             Scratch scratch(dynamic ? int64_t(sizeof(GranuleParams)) * c.groups : 0);
             GranuleParams* params = reinterpret_cast<GranuleParams*>(scratch.p);
 #pragma omp for schedule(static)
@@ -341,7 +340,7 @@ struct Kernels {
                   for (int64_t b = k0 * es; b < k1 * es; b += 64) __builtin_prefetch(next + b);
               }
             }
-          }
+          });
         });
       });
     });
@@ -374,8 +373,7 @@ struct Kernels {
       using C = typename decltype(codec)::type;
       with_dtype(x.dtype, [&](auto din) {
         constexpr DType Din = decltype(din)::value;
-#pragma omp parallel if (parallel(x.rows, x.cols))
-        {
+        omp_region(parallel(x.rows, x.cols), [&] {
           Scratch buf(groups * glen + L);
 #pragma omp for schedule(static)
           for (int64_t r = 0; r < x.rows; ++r) {
@@ -393,7 +391,7 @@ struct Kernels {
               std::memset(dst + x.cols, 0, size_t(row_bytes - x.cols));
             }
           }
-        }
+        });
       });
     });
   }
@@ -407,8 +405,7 @@ struct Kernels {
       using C = typename decltype(codec)::type;
       with_dtype(out.dtype, [&](auto dout) {
         constexpr DType Dout = decltype(dout)::value;
-#pragma omp parallel if (parallel(out.rows, out.cols))
-        {
+        omp_region(parallel(out.rows, out.cols), [&] {
           Scratch buf(2 * ((out.cols + 1) / 2) + L);
 #pragma omp for schedule(static)
           for (int64_t r = 0; r < out.rows; ++r) {
@@ -423,7 +420,7 @@ struct Kernels {
               decode_span<C, Dout>(row, dst, k0, k1, c.granule(c.load(sv, c.index(r, g))));
             }
           }
-        }
+        });
       });
     });
   }
