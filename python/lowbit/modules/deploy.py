@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from lowbit.modules.common import Conv2dMath, LinearMath, QuantLayerBase, fp8_stage
 
 _OPS = torch.ops.lowbit
+NO_ACTIVATION_QUANT = ("", "tensor", 0, True, None, None)  # the ops' activation arguments: none
 
 
 class DeployLayer(QuantLayerBase):
@@ -50,6 +51,20 @@ class DeployLayer(QuantLayerBase):
         self.integer_kernel = (a is not None and a.fmt == "int8" and w.fmt in ("int8", "int4") and w.symmetric
                                and w.strategy in ("tensor", "channel")
                                and (self.static_act or (a.strategy == "token" and not hasattr(calib, "kernel_size"))))
+        # The op arguments that never change, gathered once: on a small layer the Python
+        # around the op (attribute look-ups through nn.Module, helper calls, a fresh
+        # tensor per call) cost as much as the product itself.
+        self._weight_args = (w.fmt, w.strategy, w.gs, w.symmetric, self.cols, self.weight_dtype)
+        self._unit = torch.ones(1, 1)  # the HiF8 cast's scale, and the per-token integer kernel's unused ones
+        self._unit_offset = torch.zeros(1, dtype=torch.int32)
+
+    def _bias_for(self, dtype):
+        bias = self._buffers["bias"]
+        return self.effective_bias(bias, dtype) if bias is not None and self.int32_bias else bias
+
+    def _smoothed_input(self, x):
+        smooth = self._buffers["smooth"]
+        return x if smooth is None else x / smooth.to(x.dtype)
 
     def weight_dequant(self):
         if self.two_level:
@@ -75,11 +90,12 @@ class DeployLayer(QuantLayerBase):
         (format, granularity, group size, symmetric, scale, offset); format '' for none."""
         a = self.aspec
         if a is None or self.integer_kernel:
-            return "", "tensor", 0, True, None, None
+            return NO_ACTIVATION_QUANT
         if self.static_act:
-            return a.fmt, "tensor", 0, a.symmetric, self.act_scale, self.act_offset
+            b = self._buffers
+            return a.fmt, "tensor", 0, a.symmetric, b["act_scale"], b["act_offset"]
         if self.algorithm == "cast":  # HiF8 cast: no scale
-            return a.fmt, "tensor", 0, True, torch.ones(1, 1), None
+            return a.fmt, "tensor", 0, True, self._unit, None
         return a.fmt, a.strategy, a.gs, a.symmetric, None, None  # dynamic: per token, or MX blocks
 
     def packed_bytes(self):
@@ -93,16 +109,19 @@ class DeployLinear(LinearMath, DeployLayer):
         self.in_features, self.out_features = calib.in_features, calib.out_features
 
     def forward(self, x):
-        x2, w = self.smoothed(x), self.wspec
-        bias = self.effective_bias(self.bias, x.dtype)
+        b = self._buffers  # (buffers read from the dict: nn.Module.__getattr__ is slow)
+        smooth, bias = b["smooth"], b["bias"]
+        x2 = x if smooth is None else x / smooth.to(x.dtype)
+        if bias is not None and self.int32_bias:
+            bias = self.effective_bias(bias, x.dtype)
         if self.integer_kernel:  # activations quantized inside, with the same rule
-            act_scale = self.act_scale if self.static_act else self.w_scale.new_ones(1)
-            act_offset = self.act_offset if self.static_act else self.w_offset.new_zeros(1)
-            return _OPS.linear_int8(x2, self.weight_packed, self.w_scale.reshape(-1), 8 if w.fmt == "int8" else 4,
-                                    self.cols, not self.static_act, act_scale, act_offset, bias)
-        return _OPS.linear_packed(x2, self.weight_packed, self.w_scale, self.w_offset,
-                                  self.w_scale1 if self.two_level else None, bias, w.fmt, w.strategy, w.gs,
-                                  w.symmetric, self.cols, self.weight_dtype, *self.activation_args())
+            static = self.static_act
+            return _OPS.linear_int8(x2, b["weight_packed"], b["w_scale"],
+                                    8 if self.wspec.fmt == "int8" else 4, self.cols, not static,
+                                    b["act_scale"] if static else self._unit,
+                                    b["act_offset"] if static else self._unit_offset, bias)
+        return _OPS.linear_packed(x2, b["weight_packed"], b["w_scale"], b["w_offset"], b.get("w_scale1"), bias,
+                                  *self._weight_args, *(NO_ACTIVATION_QUANT if self.aspec is None else self.activation_args()))
 
 
 class DeployConv2d(Conv2dMath, DeployLayer):
@@ -111,7 +130,7 @@ class DeployConv2d(Conv2dMath, DeployLayer):
         self._copy_conv_attrs(calib)
 
     def forward(self, x):
-        x = self.smoothed(x)
+        x, b = self._smoothed_input(x), self._buffers
         act_fmt, _, _, act_sym, act_scale, act_offset = self.activation_args()  # '' for none / integer kernel
         pad = self.padding
         if self.padding_mode != "zeros" or isinstance(pad, str):
@@ -120,13 +139,10 @@ class DeployConv2d(Conv2dMath, DeployLayer):
             mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
             x = F.pad(self.act_only(x) if act_fmt else x, self._reversed_padding_repeated_twice, mode=mode)
             pad, act_fmt = (0, 0), ""
-        bias = self.effective_bias(self.bias, x.dtype)
+        bias = self._bias_for(x.dtype)
         geometry = (list(self.kernel_size), list(self.stride), list(pad), list(self.dilation), self.groups)
-        w = self.wspec
         if self.integer_kernel:
-            return _OPS.conv2d_int8(x, self.weight_packed, self.w_scale.reshape(-1), 8 if w.fmt == "int8" else 4,
-                                    self.cols, self.act_scale, self.act_offset, bias, *geometry)
-        return _OPS.conv2d_packed(x, self.weight_packed, self.w_scale, self.w_offset,
-                                  self.w_scale1 if self.two_level else None, bias, w.fmt, w.strategy, w.gs,
-                                  w.symmetric, self.cols, self.weight_dtype, *geometry, act_fmt, act_sym, act_scale,
-                                  act_offset)
+            return _OPS.conv2d_int8(x, b["weight_packed"], b["w_scale"], 8 if self.wspec.fmt == "int8" else 4,
+                                    self.cols, b["act_scale"], b["act_offset"], bias, *geometry)
+        return _OPS.conv2d_packed(x, b["weight_packed"], b["w_scale"], b["w_offset"], b.get("w_scale1"), bias,
+                                  *self._weight_args, *geometry, act_fmt, act_sym, act_scale, act_offset)
