@@ -49,6 +49,8 @@ struct ConvDirect {
   };
 
   static bool positions_worthwhile(const Conv2dArgs& a) { return 2 * Geometry(a, true).C <= 3 * a.wo; }
+  // Whether conv2d below takes a direct tiling for groups of `rows` output channels.
+  static bool direct(const Conv2dArgs& a, int64_t rows) { return channels_tiling(rows) || positions_worthwhile(a); }
 
   // Float offset of column k (channel, ky, kx) inside an image's planes.
   static int64_t column_offset(const Conv2dArgs& a, const Geometry& g, int64_t k) {
@@ -67,8 +69,11 @@ struct ConvDirect {
 
   // Planes of images [img0, img0 + nimg), input channels [c0, c0 + cg): work item t is one
   // (image, phase) pair, whose cg planes are consecutive.
-  template <DType D>
-  static void fill_planes(const Conv2dArgs& a, const Geometry& g, int64_t c0, int64_t img0, int64_t t, float* buf) {
+  // Both fills call post(p, n) on each run of real (not padding) values they wrote: the
+  // activation QDQ when the convolution quantizes its input (Conv2dArgs::act), else nothing.
+  template <DType D, class Post>
+  static void fill_planes(const Conv2dArgs& a, const Geometry& g, int64_t c0, int64_t img0, int64_t t, float* buf,
+                          const Post& post) {
     const int64_t phase = t % (g.sy * g.sx), img = t / (g.sy * g.sx), fy = phase / g.sx, fx = phase % g.sx;
     float* out = buf + img * g.image + phase * a.cg * g.plane;
     const char* src = static_cast<const char*>(a.x);
@@ -98,14 +103,16 @@ struct ConvDirect {
             for (; q + L <= n; q += L) LK::K::template vstore<DType::kF32>(dst, q, LK::K::template vload<D>(src, first + q));
           for (; q < n; ++q) dst[q] = LK::K::template sload<D>(src, first + q * g.sx);
         }
+        post(dst, n);
         zero(row + q1, g.C - q1);
       }
     }
   }
 
   // Channels-last input: padded row r of image img (work item t = img * R + r), [C][cg].
-  template <DType D>
-  static void fill_nhwc_row(const Conv2dArgs& a, const Geometry& g, int64_t c0, int64_t img0, int64_t t, float* buf) {
+  template <DType D, class Post>
+  static void fill_nhwc_row(const Conv2dArgs& a, const Geometry& g, int64_t c0, int64_t img0, int64_t t, float* buf,
+                            const Post& post) {
     const int64_t img = t / g.R, r = t % g.R, iy = r - a.py, cg = a.cg;
     float* row = buf + img * g.image + r * g.C * cg;
     if (uint64_t(iy) >= uint64_t(a.h)) return zero(row, g.C * cg);
@@ -122,6 +129,7 @@ struct ConvDirect {
       for (int64_t q = x0; q < x1; ++q)
         for (int64_t c = 0; c < cg; ++c) row[q * cg + c] = LK::K::template sload<D>(a.x, first + (q - x0) * a.c + c);
     }
+    post(row + x0 * cg, (x1 - x0) * cg);
     zero(row + x1 * cg, (g.C - x1) * cg);
   }
 
@@ -182,16 +190,32 @@ struct ConvDirect {
     int64_t kc(int64_t kb) const { return min64(kBlockK, kpad - kb * kBlockK); }
     int64_t count(int64_t kb) const { return start[kb + 1] - start[kb]; }
     // Planes of images [img0, img0 + nimg) and zeros after them (inside a parallel region).
+    // (with Conv2dArgs::act, the activation QDQ of each copied run, in place: fp32 input
+    // only, whose QDQ values are the planes' values, bit for bit what fake_quant gives)
     void fill(const Conv2dArgs& a, int64_t img0, int64_t nimg) const {
       driver::with_dtype(a.dtype, [&](auto dt) {
         constexpr DType D = decltype(dt)::value;
-        if (g.nhwc) {
+        auto run = [&](const auto& post) {
+          if (g.nhwc) {
 #pragma omp for schedule(static)
-          for (int64_t t = 0; t < nimg * g.R; ++t) fill_nhwc_row<D>(a, g, c0, img0, t, buf);
-        } else {
+            for (int64_t t = 0; t < nimg * g.R; ++t) fill_nhwc_row<D>(a, g, c0, img0, t, buf, post);
+          } else {
 #pragma omp for schedule(static)
-          for (int64_t t = 0; t < nimg * g.sy * g.sx; ++t) fill_planes<D>(a, g, c0, img0, t, buf);
+            for (int64_t t = 0; t < nimg * g.sy * g.sx; ++t) fill_planes<D>(a, g, c0, img0, t, buf, post);
+          }
+        };
+        if constexpr (D == DType::kF32) {
+          if (a.act) {
+            const ActQuant& q = *a.act;
+            driver::with_codec<V>(q.spec, [&](auto codec) {
+              using C = typename decltype(codec)::type;
+              const auto gr = typename LK::K::Call(q.spec, 1).granule(GranuleParams{q.scale, q.offset, 0});
+              run([&](float* p, int64_t n) { LK::K::template qdq_span<C, D, D>(p, p, 0, n, gr); });
+            });
+            return;
+          }
         }
+        run([](float*, int64_t) {});
       });
 #pragma omp for schedule(static)
       for (int64_t i = 0; i < slack; ++i) buf[nimg * g.image + i] = 0.0f;

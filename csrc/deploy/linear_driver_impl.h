@@ -7,6 +7,7 @@
 #include <omp.h>
 
 #include <cstring>
+#include <stdexcept>
 
 #include "deploy/conv_patches.h"
 #include "deploy/linear_isa_table.h"
@@ -396,6 +397,8 @@ struct LinearKernels {
   // (direct from padded input planes where a tiling suits the layer, else packed patches)
   static void conv2d(const Conv2dArgs& a, int64_t group, const WeightDecoder& d, const float* bias) {
     if (ConvDirect<V, LinearKernels>::conv2d(a, group, d, bias)) return;
+    // (the patch packer reads x as it is: conv2d_packed quantizes x first unless direct() holds)
+    if (a.act) throw std::logic_error("conv2d: activation QDQ requested from the patch kernel");
     gemm(ConvIO{a, group * a.cg, group * (a.cout / a.groups)}, d, bias);
   }
 
@@ -406,7 +409,8 @@ struct LinearKernels {
     return d;
   }
   static LinearIsaTable table(WeightDecoder (*decoder)(const PackedWeight&) = &generic_decoder) {
-    return {V::kName, decoder, &linear, &conv2d, &ConvDirect<V, LinearKernels>::channels_tiling};
+    return {V::kName, decoder, &linear, &conv2d, &ConvDirect<V, LinearKernels>::channels_tiling,
+            &ConvDirect<V, LinearKernels>::direct};
   }
 };
 

@@ -13,6 +13,9 @@ struct LinearIsaTable {
   // Whether conv2d reads channels-last input (and writes channels-last output) directly for
   // groups of this many output channels; otherwise the caller converts.
   bool (*conv2d_channels_last)(int64_t rows);
+  // Whether conv2d runs a direct tiling (padded planes, which apply Conv2dArgs::act) for
+  // groups of this many output channels, rather than packing patches.
+  bool (*conv2d_direct)(const Conv2dArgs& a, int64_t rows);
 };
 
 LinearIsaTable linear_table_scalar();

@@ -108,7 +108,8 @@ IntWeight weight_rows(const IntWeight& w, int64_t lo, int64_t hi) {
   return r;
 }
 
-void conv2d_packed(const Conv2dArgs& a, const PackedWeight& w, const float* bias) {
+void conv2d_packed(const Conv2dArgs& a_in, const PackedWeight& w, const float* bias, const ActQuant& act) {
+  Conv2dArgs a = a_in;
   check_weight(w);
   if (a.groups < 1 || a.c % a.groups != 0 || a.cout % a.groups != 0 || a.cg != a.c / a.groups)
     throw std::invalid_argument("groups: " + std::to_string(a.groups) + " must divide the " + std::to_string(a.c) +
@@ -120,6 +121,21 @@ void conv2d_packed(const Conv2dArgs& a, const PackedWeight& w, const float* bias
   if (a.n == 0 || a.ho <= 0 || a.wo <= 0) return;
   const LinearIsaTable t = linear_table();
   const int64_t og = a.cout / a.groups;
+  if (act.enabled) {  // static per-tensor activation QDQ (elementwise: before the padding)
+    if (act.dynamic) throw std::invalid_argument("conv2d_packed: activations must be quantized per tensor");
+    if (a.dtype == DType::kF32 && (!a.channels_last || t.conv2d_channels_last(og)) && t.conv2d_direct(a, og)) {
+      a.act = &act;  // applied while the direct kernel copies x into its planes
+    } else {  // one pass over x's dense memory (either layout), into a buffer reused from call to call
+      thread_local GrowBuffer<uint8_t> qdq_buf;
+      const int64_t cols = a.c * a.h * a.w;
+      uint8_t* q = qdq_buf.get(a.n * cols * dtype_bytes(a.dtype));
+      float s = act.scale;
+      int32_t o = act.offset;
+      fake_quant(ConstMatrix{a.x, a.dtype, a.n, cols, cols}, act.spec, ScaleView{&s, &o, nullptr},
+                 MutMatrix{q, a.dtype, a.n, cols, cols});
+      a.x = q;
+    }
+  }
   if (a.channels_last && !t.conv2d_channels_last(og))
     return conv2d_through_nchw(a, [&](const Conv2dArgs& b) { conv2d_packed(b, w, bias); });
   for (int64_t g = 0; g < a.groups; ++g) {

@@ -60,9 +60,15 @@ struct Conv2dArgs {
   int64_t n = 0, c = 0, h = 0, w = 0, cout = 0, groups = 1, cg = 0;
   int64_t kh = 1, kw = 1, sy = 1, sx = 1, py = 0, px = 0, dy = 1, dx = 1, ho = 0, wo = 0;
   bool channels_last = false;  // x and y are laid out [n, h, w, c] (torch's channels_last)
+  // Static per-tensor activation QDQ that the kernel applies to x as it reads it (set by
+  // conv2d_packed for fp32 inputs of the direct convolution; null: x is used as it is).
+  const ActQuant* act = nullptr;
 };
-// w: all cout rows; bias: cout floats or null. Fills ho/wo-dependent output.
-void conv2d_packed(const Conv2dArgs& a, const PackedWeight& w, const float* bias);
+// w: all cout rows; bias: cout floats or null. Fills ho/wo-dependent output. `act`
+// (static per tensor only): the activations' fake quantization, applied first with
+// exactly the fake-quant kernels' result; the direct convolution of an fp32 input does it
+// while it copies the input into its padded planes (no separate pass over the input).
+void conv2d_packed(const Conv2dArgs& a, const PackedWeight& w, const float* bias, const ActQuant& act = {});
 
 // Dequantized rows [r0, r1) of w into out (fp32, `ld` floats between rows), exactly the
 // values linear_packed multiplies with (natural column order). For tests and tools.

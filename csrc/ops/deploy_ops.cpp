@@ -204,26 +204,11 @@ at::Tensor conv2d_packed_op(const at::Tensor& x, const at::Tensor& packed, const
                             const c10::optional<at::Tensor>& act_scale, const c10::optional<at::Tensor>& act_offset) {
   const WeightArgs w =
       packed_args(packed, scale, offset, scale1, format, granularity, group_size, symmetric, cols, weight_dtype);
-  at::Tensor xin = x;
+  // static per-tensor activations: quantized inside conv2d_packed (fused into the direct
+  // kernel's copy of the input, or one pass before it)
   const ActQuant act = act_args(act_format, "tensor", 0, act_symmetric, act_scale, act_offset);
-  if (act.enabled) {  // static per-tensor activations: elementwise QDQ, before the patches are taken
-    // (over the dense memory of a contiguous or channels-last input, which keeps its layout)
-    const bool dense = x.dim() == 4 && (x.is_contiguous() || x.is_contiguous(at::MemoryFormat::ChannelsLast));
-    at::Tensor src = dense ? x : x.contiguous();
-    // the quantized copy lives in a per-thread buffer reused from call to call (a fresh
-    // tensor of this size would be page-faulted in on every call)
-    thread_local GrowBuffer<char> qdq_buf;
-    xin = at::from_blob(qdq_buf.get(src.numel() * src.element_size()), src.sizes(), src.strides(),
-                        src.options());  // (same layout)
-    float s = act.scale;
-    int32_t o = act.offset;
-    const int64_t n = src.numel(), cols = n > 0 ? n / src.size(0) : 1;
-    const ConstMatrix xm{src.data_ptr(), float_dtype(src, "x"), n / cols, cols, cols};
-    const MutMatrix ym{xin.data_ptr(), xm.dtype, xm.rows, cols, cols};
-    value_errors([&] { fake_quant(xm, act.spec, ScaleView{&s, &o, nullptr}, ym); });
-  }
-  ConvTensors t = conv_tensors(xin, packed.size(0), bias, kernel, stride, padding, dilation, groups);
-  value_errors([&] { conv2d_packed(t.a, w.packed, t.bias.defined() ? t.bias.data_ptr<float>() : nullptr); });
+  ConvTensors t = conv_tensors(x, packed.size(0), bias, kernel, stride, padding, dilation, groups);
+  value_errors([&] { conv2d_packed(t.a, w.packed, t.bias.defined() ? t.bias.data_ptr<float>() : nullptr, act); });
   return t.y;
 }
 

@@ -349,6 +349,41 @@ def test_conv2d_channels_last_row_tiles(isa):
         assert_close_to_reference(got, want, k, what=f"{isa} row tiles {cin}->{cout} s{stride} {w} wide {dtype}")
 
 
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_conv2d_activation_qdq_fused_into_the_planes(isa):
+    """fp32 inputs of the direct convolution are fake-quantized while they are copied into
+    its padded planes. The output must equal, bit for bit, the same op run on the input
+    quantized beforehand, for every path: output channels in the vectors or positions,
+    NCHW and channels-last, strides 1 and 2, one and two k blocks, bias, NaN pixels, and
+    the paths that still quantize in a separate pass (bf16 input, the patch kernel)."""
+    OPS.set_isa(isa)
+    cases = [(16, 16, 1, 9, 11, torch.float32), (8, 32, 2, 12, 10, torch.float32),
+             (3, 12, 1, 8, 8, torch.float32), (40, 64, 1, 6, 7, torch.float32),  # 360 columns: two k blocks
+             (16, 48, 2, 9, 9, torch.float32), (4, 12, 1, 5, 2, torch.float32),  # 2 wide: patch kernel
+             (8, 32, 1, 7, 7, torch.bfloat16)]
+    for (cin, cout, stride, h, w, dtype), (fmt, sym) in itertools.product(
+            cases, [("hifloat8", True), ("float8_e4m3fn", True), ("int8", False)]):
+        k = cin * 9
+        packed, scale, _ = packed_weight(cout, k, "hifloat8", "channel", 0, True, seed=cin + cout)
+        bias = torch.randn(cout)
+        x = (torch.randn(2, cin, h, w) * 3 + 0.5).to(dtype)
+        x[1, 0, h // 2, w // 2] = float("nan")
+        a_s, a_o = formats.compute_scales(x[0:1].float(), fmt, "tensor", 0, sym)
+        xq = formats.fake_quant(x, fmt, "tensor", 0, sym, scale=a_s, offset=a_o)
+        args = (packed, scale, EMPTY, None, bias, "hifloat8", "channel", 0, True, k, dtype, [3, 3],
+                [stride, stride], [1, 1], [1, 1], 1)
+        for layout in (torch.contiguous_format, torch.channels_last):
+            what = f"{isa} {cin}->{cout} s{stride} {h}x{w} {dtype} {fmt} {layout}"
+            got = OPS.conv2d_packed(x.contiguous(memory_format=layout), *args, fmt, sym, a_s, a_o)
+            want = OPS.conv2d_packed(xq.contiguous(memory_format=layout), *args)
+            assert torch.equal(torch.isnan(got), torch.isnan(want)) and torch.isnan(got[1]).any(), what
+            assert torch.equal(torch.nan_to_num(got), torch.nan_to_num(want)), what
+            plain = OPS.conv2d_packed(x.contiguous(memory_format=layout), *args)
+            assert not torch.equal(torch.nan_to_num(got), torch.nan_to_num(plain)), what  # it did quantize
+    with pytest.raises(ValueError, match="mxfp8_e4m3fn uses blocks of 32"):  # convolutions: per tensor only
+        OPS.conv2d_packed(x, *args, "mxfp8_e4m3fn", True, None, None)
+
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("asym,bits", [(False, 8), (True, 8), (True, 4)])
 def test_conv2d_int8_matches_reference_and_propagates_nan(isa, asym, bits):
