@@ -44,6 +44,8 @@ def cnn_rows():
     return [("INT8 x INT8 MINMAX", full("int8")), ("HIFLOAT8 x HIFLOAT8 MINMAX", full("hifloat8")),
             ("FP8 x FP8 MINMAX", full("float8_e4m3fn")), ("HIFP8_OFMR_CFG", lowbit.HIFP8_OFMR_CFG),
             ("FP8_OFMR_CFG", lowbit.FP8_OFMR_CFG),
+            ("HIFP8_OFMR_CFG sequential", lowbit.HIFP8_OFMR_CFG, True),
+            ("FP8_OFMR_CFG sequential", lowbit.FP8_OFMR_CFG, True),
             ("MINMAX W4 channel (RTN)", {"quant_cfg": {"weights": _w("int4")}}),
             ("GPTQ W4 channel", {"quant_cfg": {"weights": _w("int4")}, "algorithm": "gptq"})]
 
@@ -54,12 +56,16 @@ def _sizes(model):
     return len(layers), float_bytes, sum(m.packed_bytes() for m in layers)
 
 
-def run_config(model, cfg, calib_batches, evaluate, calib_fn):
-    """quantize -> calibrate -> convert -> evaluate; returns a row dict."""
+def run_config(model, cfg, calib_batches, evaluate, calib_fn, sequential=False):
+    """quantize -> calibrate -> convert -> evaluate; returns a row dict. Sequential rows
+    calibrate block by block through lowbit.calibrate (later blocks see quantized inputs)."""
     q = copy.deepcopy(model)
     t0 = time.perf_counter()
-    lowbit.quantize(q, cfg)
-    calib_fn(q, calib_batches)
+    lowbit.quantize(q, cfg, sequential=sequential)
+    if sequential:
+        lowbit.calibrate(q, [b[0] if isinstance(b, tuple) else b for b in calib_batches])
+    else:
+        calib_fn(q, calib_batches)
     lowbit.convert(q)
     t_quant = time.perf_counter() - t0
     n, fb, pb = _sizes(q)
@@ -113,10 +119,11 @@ def resnet_job(depth=20, progress=True):
                 q(xb)
 
     results = []
-    for name, cfg in tqdm(cnn_rows(), desc=f"ResNet-{depth} configs", disable=not progress):
+    for name, cfg, *sequential in tqdm(cnn_rows(), desc=f"ResNet-{depth} configs", disable=not progress):
         cfg = copy.deepcopy(cfg)
         cfg["batch_num"] = len(cal)
-        results.append((name, run_config(model, cfg, cal, lambda q: cifar.top1(q, ev, progress, name), calib)))
+        results.append((name, run_config(model, cfg, cal, lambda q: cifar.top1(q, ev, progress, name), calib,
+                                         sequential=bool(sequential))))
     return render(f"ResNet-{depth} on CIFAR-10 (top-1 % on test images 0-8999; calibration on images 9000-9999; "
                   f"every Conv2d and the Linear quantized, BatchNorm in float)", "top-1 %", base, results, True)
 
