@@ -42,6 +42,12 @@ def timed(fn, n):
     return out
 
 
+def ms(t, width=7):
+    """Milliseconds with three significant digits or more (small layers take microseconds)."""
+    v = t * 1e3
+    return f"{v:{width}.2f}" if v >= 1 else f"{v:{width}.4f}"
+
+
 def read_bandwidth():
     x = torch.ones(256 * 1024 * 1024)
     x.sum()
@@ -130,18 +136,18 @@ def main():
                 cells = []
                 for label, nbytes, _, _ in cases:
                     t = statistics.median(ours[label])
-                    cell = f"{t * 1e3:7.2f} {tb / t:5.2f}x"
+                    cell = f"{ms(t)} {tb / t:5.2f}x"
                     if n == 1:
                         cell += f" {nbytes / t / 1e9:4.0f}G {100 * nbytes / t / 1e9 / bw:3.0f}%"
                     cells.append(f"{cell:>18}" if n != 1 else cell)
-                print(f"{n:>4} {tb * 1e3:9.2f} | " + " | ".join(cells))
+                print(f"{n:>4} {ms(tb, 9)} | " + " | ".join(cells))
                 if n == 1:  # the same with weights streamed from memory (rotation larger than L3)
                     tb = streamed(lambda ww: F.linear(x, ww), wd, wd.numel() * wd.element_size(), 3 * args.block)
                     cells = []
                     for label, nbytes, p, fn in cases:
                         t = streamed(lambda pp: fn(x, pp), p, nbytes, 6 * args.block)
-                        cells.append(f"{t * 1e3:7.2f} {tb / t:5.2f}x {nbytes / t / 1e9:4.0f}G {100 * nbytes / t / 1e9 / bw:3.0f}%")
-                    print(f"{'1 s':>4} {tb * 1e3:9.2f} | " + " | ".join(cells))
+                        cells.append(f"{ms(t)} {tb / t:5.2f}x {nbytes / t / 1e9:4.0f}G {100 * nbytes / t / 1e9 / bw:3.0f}%")
+                    print(f"{'1 s':>4} {ms(tb, 9)} | " + " | ".join(cells))
 
 
 if __name__ == "__main__":
