@@ -149,6 +149,28 @@ def test_ofmr_never_worse_than_minmax_on_calibration_data(fmt, full):
     assert_close_to_reference(of(xs[0]), y, of.cols)
 
 
+@pytest.mark.parametrize("fmt", ["hifloat8", "float8_e4m3fn"])
+@pytest.mark.parametrize("rows,k", [(37, 48), (1024, 4096)])  # the second takes 29 chunks of 2 candidates
+def test_ofmr_activation_losses_match_a_per_candidate_reference(fmt, rows, k):
+    """The chunked accumulation (all candidates' QDQ errors in one product per chunk) adds
+    to each candidate what one candidate at a time gives: sum over rows of
+    ||(x - QDQ_c(x)) W^T||^2 / ||x W^T||^2, including a scale so small that every value saturates."""
+    from lowbit.algorithms.ofmr import candidates
+    g = torch.Generator().manual_seed(rows)
+    x = torch.randn(rows, k, generator=g) * 3
+    w = torch.randn(5, k, generator=g)
+    cand = candidates(torch.tensor([float(x.abs().max()) / 16])).reshape(-1)
+    cand[3] = 1e-30  # every value saturates: a huge error, still finite in float64
+    loss = torch.full((cand.numel(),), 0.25, dtype=torch.float64)
+    torch.ops.lowbit.ofmr_act_losses_accumulate(loss, x, w, fmt, cand)
+    energy = (x @ w.t()).double().pow(2).sum(1)
+    for c, s in enumerate(cand.tolist()):
+        xq = lowbit.fake_quant(x, fmt, "tensor", 0, True, scale=torch.tensor([[s]]))
+        want = 0.25 + float((((x - xq) @ w.t()).double().pow(2).sum(1) / (energy + 1e-30)).sum())
+        assert loss[c].item() == pytest.approx(want, rel=1e-6), (c, s)
+    with pytest.raises(TypeError, match="loss must be a contiguous float64 tensor"):
+        torch.ops.lowbit.ofmr_act_losses_accumulate(loss.float(), x, w, fmt, cand)
+
 @pytest.mark.parametrize("bad,dtype", [(float("nan"), torch.float32), (float("inf"), torch.float32),
                                        (float("-inf"), torch.bfloat16), (float("nan"), torch.float16)])
 @pytest.mark.parametrize("algorithm,weights", [("ofmr", {"type": "hifloat8"}), ("gptq", W4G), ("awq", W4G)])
