@@ -57,22 +57,29 @@ bool vbmi_decoders_enabled() {
 }
 void allow_vbmi_decoders(bool allowed) { g_float8_vbmi_allowed = allowed; }
 
+namespace {
+// x quantized-dequantized by `act` (in x's dtype), dense, in a per-thread buffer reused
+// from call to call (a fresh one would be page-faulted in on every call); x itself when
+// `act` is off. Linear and Conv2d products do not nest, so they share the buffer.
+ConstMatrix quantized_activations(const ConstMatrix& x, const ActQuant& act) {
+  if (!act.enabled || x.rows == 0) return x;
+  thread_local GrowBuffer<uint8_t> buf;
+  uint8_t* q = buf.get(x.rows * x.cols * dtype_bytes(x.dtype));
+  const MutMatrix out{q, x.dtype, x.rows, x.cols, x.cols};
+  if (act.dynamic) {
+    fake_quant_dynamic(x, act.spec, out);
+  } else {
+    float s = act.scale;
+    int32_t o = act.offset;
+    fake_quant(x, act.spec, ScaleView{&s, &o, nullptr}, out);
+  }
+  return ConstMatrix{q, x.dtype, x.rows, x.cols, x.cols};
+}
+}  // namespace
+
 void linear_packed(const ConstMatrix& x_in, const PackedWeight& w, const float* bias, const MutMatrix& y,
                    const ActQuant& act) {
-  ConstMatrix x = x_in;
-  if (act.enabled && x.rows > 0) {  // quantize-dequantize the activations first, in x's dtype
-    thread_local GrowBuffer<uint8_t> qbuf;
-    uint8_t* qx = qbuf.get(x.rows * x.cols * dtype_bytes(x.dtype));
-    const MutMatrix q{qx, x.dtype, x.rows, x.cols, x.cols};
-    if (act.dynamic) {
-      fake_quant_dynamic(x, act.spec, q);
-    } else {
-      float s = act.scale;
-      int32_t o = act.offset;
-      fake_quant(x, act.spec, ScaleView{&s, &o, nullptr}, q);
-    }
-    x = ConstMatrix{qx, x.dtype, x.rows, x.cols, x.cols};
-  }
+  const ConstMatrix x = quantized_activations(x_in, act);  // full quantization: the activations first
   check_weight(w);
   if (x.cols != w.cols)
     throw std::invalid_argument("x: " + std::to_string(x.cols) + " columns, but the weight has " +
@@ -125,15 +132,9 @@ void conv2d_packed(const Conv2dArgs& a_in, const PackedWeight& w, const float* b
     if (act.dynamic) throw std::invalid_argument("conv2d_packed: activations must be quantized per tensor");
     if (a.dtype == DType::kF32 && (!a.channels_last || t.conv2d_channels_last(og)) && t.conv2d_direct(a, og)) {
       a.act = &act;  // applied while the direct kernel copies x into its planes
-    } else {  // one pass over x's dense memory (either layout), into a buffer reused from call to call
-      thread_local GrowBuffer<uint8_t> qdq_buf;
+    } else {  // one pass over x's dense memory (either layout keeps its layout)
       const int64_t cols = a.c * a.h * a.w;
-      uint8_t* q = qdq_buf.get(a.n * cols * dtype_bytes(a.dtype));
-      float s = act.scale;
-      int32_t o = act.offset;
-      fake_quant(ConstMatrix{a.x, a.dtype, a.n, cols, cols}, act.spec, ScaleView{&s, &o, nullptr},
-                 MutMatrix{q, a.dtype, a.n, cols, cols});
-      a.x = q;
+      a.x = quantized_activations(ConstMatrix{a.x, a.dtype, a.n, cols, cols}, act).data;
     }
   }
   if (a.channels_last && !t.conv2d_channels_last(og))
