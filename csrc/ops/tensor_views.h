@@ -113,18 +113,6 @@ inline ScaleArgs scale_args(const QuantSpec& spec, const at::Tensor& scale, cons
   return a;
 }
 
-// QDQ of a 2-D float32 tensor with one scale for all of it (scale > 0).
-inline at::Tensor qdq_with_scale(const at::Tensor& x2d, Format fmt, float scale) {
-  QuantSpec spec;
-  spec.format = fmt;
-  spec.granularity = Granularity::kTensor;
-  at::Tensor src = x2d.contiguous();
-  at::Tensor out = at::empty_like(src);
-  int32_t zero = 0;
-  fake_quant(as_const(src), spec, ScaleView{&scale, &zero, nullptr}, as_mut(out));
-  return out;
-}
-
 // QDQ of a 2-D tensor with scales/offsets computed from itself (dynamic) for `spec`.
 inline at::Tensor qdq_dynamic(const at::Tensor& x2d, const QuantSpec& spec) {
   at::Tensor src = x2d.contiguous();
