@@ -58,13 +58,12 @@ class DeployLayer(QuantLayerBase):
         self._unit = torch.ones(1, 1)  # the HiF8 cast's scale, and the per-token integer kernel's unused ones
         self._unit_offset = torch.zeros(1, dtype=torch.int32)
 
-    def _bias_for(self, dtype):
-        bias = self._buffers["bias"]
-        return self.effective_bias(bias, dtype) if bias is not None and self.int32_bias else bias
-
-    def _smoothed_input(self, x):
-        smooth = self._buffers["smooth"]
-        return x if smooth is None else x / smooth.to(x.dtype)
+    def _input_and_bias(self, x):
+        """x / s (AWQ, SmoothQuant) and the bias the op adds, with the buffers read from the
+        dict (nn.Module.__getattr__ is slow): what smoothed() and effective_bias() give."""
+        b = self._buffers
+        smooth = b["smooth"]
+        return x if smooth is None else x / smooth.to(x.dtype), self.effective_bias(b["bias"], x.dtype)
 
     def weight_dequant(self):
         if self.two_level:
@@ -109,11 +108,8 @@ class DeployLinear(LinearMath, DeployLayer):
         self.in_features, self.out_features = calib.in_features, calib.out_features
 
     def forward(self, x):
-        b = self._buffers  # (buffers read from the dict: nn.Module.__getattr__ is slow)
-        smooth, bias = b["smooth"], b["bias"]
-        x2 = x if smooth is None else x / smooth.to(x.dtype)
-        if bias is not None and self.int32_bias:
-            bias = self.effective_bias(bias, x.dtype)
+        b = self._buffers
+        x2, bias = self._input_and_bias(x)
         if self.integer_kernel:  # activations quantized inside, with the same rule
             static = self.static_act
             return _OPS.linear_int8(x2, b["weight_packed"], b["w_scale"],
@@ -130,7 +126,8 @@ class DeployConv2d(Conv2dMath, DeployLayer):
         self._copy_conv_attrs(calib)
 
     def forward(self, x):
-        x, b = self._smoothed_input(x), self._buffers
+        b = self._buffers
+        x, bias = self._input_and_bias(x)  # (the padding below keeps x's dtype)
         act_fmt, _, _, act_sym, act_scale, act_offset = self.activation_args()  # '' for none / integer kernel
         pad = self.padding
         if self.padding_mode != "zeros" or isinstance(pad, str):
@@ -139,7 +136,6 @@ class DeployConv2d(Conv2dMath, DeployLayer):
             mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
             x = F.pad(self.act_only(x) if act_fmt else x, self._reversed_padding_repeated_twice, mode=mode)
             pad, act_fmt = (0, 0), ""
-        bias = self._bias_for(x.dtype)
         geometry = (list(self.kernel_size), list(self.stride), list(pad), list(self.dilation), self.groups)
         if self.integer_kernel:
             return _OPS.conv2d_int8(x, b["weight_packed"], b["w_scale"], 8 if self.wspec.fmt == "int8" else 4,
