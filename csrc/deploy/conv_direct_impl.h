@@ -49,7 +49,8 @@ struct ConvDirect {
   };
 
   static bool positions_worthwhile(const Conv2dArgs& a) { return 2 * Geometry(a, true).C <= 3 * a.wo; }
-  // Whether conv2d below takes a direct tiling for groups of `rows` output channels.
+  // Whether conv2d below takes a direct tiling for groups of `rows` output channels
+  // (output channels that fill the vectors, or few dropped positions).
   static bool direct(const Conv2dArgs& a, int64_t rows) { return channels_tiling(rows) || positions_worthwhile(a); }
 
   // Float offset of column k (channel, ky, kx) inside an image's planes.
@@ -468,6 +469,7 @@ struct ConvDirect {
   static bool conv2d(const Conv2dArgs& a, int64_t group, const WeightDecoder& d, const float* bias) {
     const int64_t n = d.w->rows;
     if (a.channels_last && !channels_tiling(n)) return false;  // (never asked: see channels_tiling)
+    if (!direct(a, n)) return false;  // (the one rule, which conv2d_packed also asks)
     if constexpr (L == 16) {
       if (n % 64 == 0 && row_tiles(a, 4)) return run_channels<4, 4>(a, group, d, bias), true;
       if (n % 32 == 0 && row_tiles(a, 8)) return run_channels<8, 2>(a, group, d, bias), true;
@@ -476,16 +478,13 @@ struct ConvDirect {
       if (n % 48 == 0) return run_channels<8, 3>(a, group, d, bias), true;
       if (n % 32 == 0) return run_channels<12, 2>(a, group, d, bias), true;
       if (n % 16 == 0 && (a.channels_last || n > 16 || !positions_worthwhile(a))) return run_channels<12, 1>(a, group, d, bias), true;
-      if (!positions_worthwhile(a)) return false;
       if (n % 12 == 0 || n < 8) return run_positions<12, 2>(a, group, d, bias), true;
       return run_positions<8, 3>(a, group, d, bias), true;
     } else if constexpr (L == 8) {
       if (n % 16 == 0) return run_channels<6, 2>(a, group, d, bias), true;
       if (n % 8 == 0) return run_channels<12, 1>(a, group, d, bias), true;
-      if (!positions_worthwhile(a)) return false;
       return run_positions<4, 2>(a, group, d, bias), true;
     } else {
-      if (!positions_worthwhile(a)) return false;
       return run_positions<4, 1>(a, group, d, bias), true;
     }
   }
