@@ -67,10 +67,13 @@ struct Avx512Decoder {
 
   // The 32 values of one chunk of codes in two vectors; `mask` selects the valid bytes.
   // !kScaled (int8, E4M3Half): the values before the multiplication by `scale`.
+  // row_mult (8-bit codes; 4-bit codes have it in `table`): the row's multiplier
+  // (PackedWeight::row_scale1), applied after the scale and before the rounding to vd,
+  // as finish_row does.
   template <Kind kKind, bool kScaled = true>
   static inline void chunk(const uint8_t* codes, uint32_t mask, bool full, const __m512& table,
                            const __m512& scale, const __m512& offset, bool asym, DType vd, __m512& v0,
-                           __m512& v1, const uint16_t* lut16 = nullptr) {
+                           __m512& v1, const uint16_t* lut16 = nullptr, const float* row_mult = nullptr) {
     if constexpr (kKind == kHiF8 || kKind == kE4M3) {
       // |value| of codes 0..127 as bf16 (exact: at most 3 mantissa bits) from two 64-entry
       // word permutes picked by code bit 6; the sign is code bit 7 (weights never hold a
@@ -85,8 +88,8 @@ struct Avx512Decoder {
                                         _mm512_and_si512(_mm512_slli_epi16(idx, 8), _mm512_set1_epi16(-32768)));
       const __m512 f0 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(h)), 16));
       const __m512 f1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(h, 1)), 16));
-      v0 = round_value(_mm512_mul_ps(f0, scale), vd);
-      v1 = round_value(_mm512_mul_ps(f1, scale), vd);
+      v0 = round_value(times_row(_mm512_mul_ps(f0, scale), row_mult), vd);
+      v1 = round_value(times_row(_mm512_mul_ps(f1, scale), row_mult), vd);
     } else if constexpr (kKind == kE4M3Half) {
       // E4M3 code s.eeee.mmm -> fp16 bits s.0eeee.mmm0000000: the fp16 value is the E4M3 one
       // times 2^-8, subnormals included, widened exactly by vcvtph2ps; `scale` carries the
@@ -101,8 +104,8 @@ struct Avx512Decoder {
         v0 = _mm512_mul_ps(v0, _mm512_set1_ps(256.0f));
         v1 = _mm512_mul_ps(v1, _mm512_set1_ps(256.0f));
       }
-      v0 = _mm512_mul_ps(v0, scale);
-      v1 = _mm512_mul_ps(v1, scale);
+      v0 = times_row(_mm512_mul_ps(v0, scale), row_mult);  // (fp32 weights only: no rounding)
+      v1 = times_row(_mm512_mul_ps(v1, scale), row_mult);
     } else if constexpr (kKind == kNibbles) {
       const __m128i b = full ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes))
                              : _mm_maskz_loadu_epi8(__mmask16(mask), codes);
@@ -116,9 +119,12 @@ struct Avx512Decoder {
       v0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(b)));
       v1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(b, 1)));
       if (!kScaled) return;
-      v0 = round_value(int8_values(v0, scale, offset, asym), vd);
-      v1 = round_value(int8_values(v1, scale, offset, asym), vd);
+      v0 = round_value(times_row(int8_values(v0, scale, offset, asym), row_mult), vd);
+      v1 = round_value(times_row(int8_values(v1, scale, offset, asym), row_mult), vd);
     }
+  }
+  static inline __m512 times_row(__m512 v, const float* row_mult) {
+    return row_mult ? _mm512_mul_ps(v, _mm512_set1_ps(*row_mult)) : v;
   }
   // (q - offset) * scale of 16 signed 8-bit codes q (as floats)
   static inline __m512 int8_values(__m512 q, const __m512& scale, const __m512& offset, bool asym) {
@@ -184,9 +190,9 @@ struct Avx512Decoder {
       if (!kSimple && asym && !t.lut && orow) table = _mm512_sub_ps(table, _mm512_set1_ps(float(orow[g * stride])));
       table = _mm512_mul_ps(table, _mm512_set1_ps(sc));
       if (!kSimple && s1) table = _mm512_mul_ps(table, _mm512_set1_ps(s1[r]));
-      // (MX into bf16: a code value of at most 2 significant bits times a power of two,
-      // at least 2^-128 and exact in fp32, is already a bf16 value)
-      return kSimple || (kMx && vd == DType::kBF16) ? table : round_value(table, vd);
+      // (MX into bf16 without a row multiplier: a code value of at most 2 significant bits
+      // times a power of two, at least 2^-128 and exact in fp32, is already a bf16 value)
+      return kSimple || (kMx && vd == DType::kBF16 && !s1) ? table : round_value(table, vd);
     };
     int64_t k = k0;
     if constexpr (kKind == kNibbles && kLanes) {
@@ -238,6 +244,7 @@ struct Avx512Decoder {
         if (!flag) sc *= 256.0f;
       }
       const __m512 scale = _mm512_set1_ps(sc);
+      const float* row_mult = kKind != kNibbles && s1 ? s1 + r : nullptr;  // (4-bit: in the table)
       const __m512 offset = _mm512_set1_ps(orow ? float(orow[g * stride]) : 0.0f);
       __m512 table = t.base;
       if constexpr (kKind == kNibbles) table = nibble_table(g, sc);
@@ -247,13 +254,13 @@ struct Avx512Decoder {
       for (; k + kChunk <= gend; k += kChunk, cp += kStep) {
         _mm_prefetch(reinterpret_cast<const char*>(cp) + kPrefetch, _MM_HINT_T0);  // streamed weights: L1
         _mm_prefetch(reinterpret_cast<const char*>(cp) + 4 * kPrefetch, _MM_HINT_T1);  // and further ahead, L2
-        chunk<kKind, kScaled>(cp, 0, true, table, scale, offset, flag, vd, v0, v1, t.lut16);
+        chunk<kKind, kScaled>(cp, 0, true, table, scale, offset, flag, vd, v0, v1, t.lut16, row_mult);
         fn(k, v0, v1);
       }
       if (k < gend) {  // the ragged end of the row
         const int64_t valid = gend - k, bytes = kKind == kNibbles ? (valid + 1) / 2 : valid;
         chunk<kKind, kScaled>(row + (kKind == kNibbles ? k / 2 : k), uint32_t((uint64_t(1) << bytes) - 1), false,
-                              table, scale, offset, flag, vd, v0, v1, t.lut16);
+                              table, scale, offset, flag, vd, v0, v1, t.lut16, row_mult);
         fn(k, v0, v1);
         k += kChunk;
       }
@@ -404,7 +411,8 @@ struct Avx512Decoder {
       case Format::kMxFp8E4M3FN: break;
     }
     if (w.spec.format != Format::kHiFloat8 && w.value_dtype == DType::kF32) return make_kind<kE4M3Half>(w);
-    if (vbmi_decoders_enabled()) return vbmi_decoder_avx512(w);  // byte tables: fewer permutes
+    // byte tables: fewer permutes (their tables hold scaled values, no per-row multiplier)
+    if (vbmi_decoders_enabled() && !w.row_scale1) return vbmi_decoder_avx512(w);
     return w.spec.format == Format::kHiFloat8 ? make_kind<kHiF8>(w) : make_kind<kE4M3>(w);
   }
 };

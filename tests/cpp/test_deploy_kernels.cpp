@@ -203,6 +203,50 @@ TEST(DeployKernels, EveryCodeDecodesLikeUnpackOnEveryIsa) {
 // MX block scales at the ends of the E8M0 range (2^-127 .. 2^127, products down to 2^-128
 // and up to infinity) with every code: each decoder's values still equal unpack's bit for
 // bit in every weight dtype (the bf16 decoders take an MX product as already rounded).
+// A per-row multiplier (row_scale1: FP8 x FP4's first level, or a BatchNorm folded by
+// convert) scales each decoded row before its rounding to the weight dtype, in every
+// format: round_vd(unpack_fp32(code) * s1[r]) bit for bit on every ISA and decoder, and
+// the products use it (GEMV and GEMM against a double sum of those values).
+TEST(DeployKernels, RowMultiplierScalesEveryFormatOnEveryIsa) {
+  for (const Case& c : kCases) {
+    const int64_t n = 7, k = 172;
+    if (c.g == Granularity::kGroup && c.gs > k && c.f != Format::kMxFp4E2M1 && c.f != Format::kMxFp8E4M3FN) continue;
+    Packed p = make(c, n, k, 5);
+    const float s1[n] = {0.75f, -1.3f, 2.0f, 0.0f, 1e-3f, -0.1f, 3.7f};
+    for (DType vd : {DType::kF32, DType::kBF16, DType::kF16}) {
+      const PackedWeight w = p.view(n, k, vd, s1);
+      std::vector<float> want = unpacked(p, p.view(n, k, DType::kF32), n, k);
+      for (int64_t i = 0; i < n * k; ++i) {
+        const float v = want[size_t(i)] * s1[i / k];
+        want[size_t(i)] = vd == DType::kBF16 ? bf16_to_float(float_to_bf16(v))
+                          : vd == DType::kF16 ? fp16_to_float(float_to_fp16(v)) : v;
+      }
+      std::mt19937 rng(3);
+      std::normal_distribution<float> nd(0.0f, 1.0f);
+      std::vector<float> x(size_t(40 * k));
+      for (auto& v : x) v = nd(rng);
+      for (const std::string& isa : isas()) {
+        IsaGuard g(isa);
+        ASSERT_TRUE(decodes_to(w, want, n, k)) << isa << " format " << int(c.f) << " dtype " << int(vd);
+        for (int64_t m : {1, 40}) {
+          std::vector<float> y(size_t(m * n));
+          linear_packed(ConstMatrix{x.data(), DType::kF32, m, k, k}, w, nullptr, MutMatrix{y.data(), DType::kF32, m, n, n});
+          for (int64_t i = 0; i < m; ++i)
+            for (int64_t r = 0; r < n; ++r) {
+              double ref = 0, mag = 0;
+              for (int64_t j = 0; j < k; ++j) {
+                ref += double(x[size_t(i * k + j)]) * want[size_t(r * k + j)];
+                mag += std::fabs(double(x[size_t(i * k + j)]) * want[size_t(r * k + j)]);
+              }
+              ASSERT_NEAR(y[size_t(i * n + r)], ref, 1e-6 * mag + 1e-30)
+                  << isa << " format " << int(c.f) << " dtype " << int(vd) << " m=" << m << " row " << r;
+            }
+        }
+      }
+    }
+  }
+}
+
 TEST(DeployKernels, MxExtremeScalesDecodeLikeUnpack) {
   const uint8_t scales[] = {0, 1, 2, 64, 127, 200, 253, 254};
   for (Format f : {Format::kMxFp4E2M1, Format::kMxFp8E4M3FN}) {
