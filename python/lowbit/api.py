@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lowbit import _C, registry
+from lowbit import _C, batchnorm_fold, registry
 from lowbit.configs import builtin_config
 from lowbit.memory import release_freed_memory
 from lowbit.modules.calibration import CalibLayer
@@ -254,12 +254,20 @@ def _calib_modules(model):
     return [(n, m) for n, m in model.named_modules() if isinstance(m, CalibLayer)]
 
 
-def convert(model):
+def convert(model, fold_batchnorm=True):
     """Turns every calibration module into its deploy module (packed low-bit weights),
     in place; returns the model. A layer that has not finished calibration is an error
-    naming it, raised before anything changes."""
+    naming it, raised before anything changes.
+
+    fold_batchnorm: a BatchNorm2d that only reads a converted Conv2d's output becomes part
+    of that convolution (per-channel multiplier and bias; see lowbit.batchnorm_fold) and is
+    replaced by nn.Identity, which saves its pass over the activations. The quantized codes
+    are unchanged; the output changes by fp32 rounding only. Needs a model torch.fx can
+    trace (otherwise the BatchNorms stay, logged)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(fold_batchnorm, bool):
+        raise TypeError(f"fold_batchnorm: expected True or False, got {fold_batchnorm!r}")
     calib = _calib_modules(model)
     if not calib:
         raise ValueError("convert: the model holds no calibration module; call lowbit.quantize first")
@@ -278,6 +286,8 @@ def convert(model):
         _replace(model, name, m.layer_cfg["ops"][1](m))
         del m
     model._lowbit_skipped = skipped
+    if fold_batchnorm:
+        batchnorm_fold.fold_batchnorm(model)
     release_freed_memory()  # the float weights' freed pages: RSS reflects the converted model
     log.info("lowbit.convert: %d layers converted to deploy modules", count)
     return model

@@ -35,6 +35,8 @@ def save(model, path):
         cfg = {k: v for k, v in m.layer_cfg.items() if k != "ops"}
         meta["layers"][name] = {"config": cfg, "module": type(m).__name__, "weight_shape": list(m.weight_shape),
                                 "weight_dtype": str(m.weight_dtype)}
+        if getattr(m, "folded_batchnorm", None):
+            meta["layers"][name]["folded_batchnorm"] = m.folded_batchnorm
     sd = model.state_dict()
     os.makedirs(os.fspath(path), exist_ok=True)
     tensor_path, meta_path = _paths(path)
@@ -64,7 +66,7 @@ def load(model, path):
         raise ValueError(f"load: {tensor_path} has no lowbit metadata (not written by lowbit.save)")
     meta = json.loads(metadata["lowbit"])
     from lowbit.api import _replace  # noqa: PLC0415  (api imports this module's users)
-    built = []
+    built, folded = [], []
     for name, info in meta["layers"].items():
         try:
             ori = model.get_submodule(name) if name else model
@@ -84,9 +86,21 @@ def load(model, path):
         calib.calib_calls.fill_(calib.batch_num)  # the stored tensors replace what calibration computed
         deploy = ops[1](calib)
         deploy.weight_dtype = _DTYPES.get(info["weight_dtype"], deploy.weight_dtype)
+        bn_name = info.get("folded_batchnorm")
+        if bn_name:  # the folded layer's buffers (multiplier, bias), filled from the file below
+            try:
+                bn = model.get_submodule(bn_name)
+            except AttributeError:
+                bn = None
+            if not isinstance(bn, nn.BatchNorm2d):
+                raise ValueError(f"load: layer '{name}' holds the folded BatchNorm '{bn_name}', which is "
+                                 f"{type(bn).__name__ if bn is not None else 'missing'} in the model")
+            deploy.fold_output_affine(torch.ones(bn.num_features), torch.zeros(bn.num_features))
+            deploy.folded_batchnorm = bn_name
+            folded.append(bn_name)
         built.append((name, deploy))
     expected = {}
-    replaced = {n for n, _ in built}
+    replaced = {n for n, _ in built} | set(folded)
     for k, v in model.state_dict().items():
         owner = k.rpartition(".")[0]
         if not any(owner == n or owner.startswith(n + ".") if n else True for n in replaced):
@@ -113,6 +127,8 @@ def load(model, path):
                                  f"never writes: the file is corrupt")
     for name, d in built:
         _replace(model, name, d)
+    for bn_name in folded:
+        _replace(model, bn_name, nn.Identity())
     model.load_state_dict(stored, strict=True)
     model._lowbit_skipped = meta.get("skipped", {})
     return model

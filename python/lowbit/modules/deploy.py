@@ -58,6 +58,10 @@ class DeployLayer(QuantLayerBase):
         self._unit = torch.ones(1, 1)  # the HiF8 cast's scale, and the per-token integer kernel's unused ones
         self._unit_offset = torch.zeros(1, dtype=torch.int32)
 
+    def extra_repr(self):
+        bn = getattr(self, "folded_batchnorm", None)
+        return super().extra_repr() + (f", batchnorm={bn!r} folded" if bn else "")
+
     def _input_and_bias(self, x):
         """x / s (AWQ, SmoothQuant) and the bias the op adds, with the buffers read from the
         dict (nn.Module.__getattr__ is slow): what smoothed() and effective_bias() give."""
@@ -66,11 +70,31 @@ class DeployLayer(QuantLayerBase):
         return x if smooth is None else x / smooth.to(x.dtype), self.effective_bias(b["bias"], x.dtype)
 
     def weight_dequant(self):
-        if self.two_level:
-            w8q = self.wspec.weight_unpack(self.weight_packed, self.w_scale, self.w_offset, self.cols, torch.float32)
-            return self.two_level_weight(w8q, self.weight_dtype).reshape(self.weight_shape)
+        if self._buffers.get("w_scale1") is not None:  # FP8 x FP4, or a folded BatchNorm: rows times s1
+            w = self.wspec.weight_unpack(self.weight_packed, self.w_scale, self.w_offset, self.cols, torch.float32)
+            return (w * self.w_scale1).to(self.weight_dtype).reshape(self.weight_shape)
         w = self.wspec.weight_unpack(self.weight_packed, self.w_scale, self.w_offset, self.cols, self.weight_dtype)
         return w.reshape(self.weight_shape)
+
+    def fold_output_affine(self, mult, shift):
+        """Makes the layer compute mult * y + shift per output channel (convert's BatchNorm
+        folding). mult joins the per-row weight multiplier w_scale1, which every kernel
+        applies as it decodes a row (the integer kernels take it in their weight scale), and
+        the bias becomes mult * bias + shift, kept in float: the codes do not change."""
+        n = self.weight_shape[0]
+        mult, shift = mult.float().reshape(n, 1), shift.float().reshape(n)
+        s1 = self._buffers.get("w_scale1")
+        self.register_buffer("w_scale1", mult.clone() if s1 is None else s1 * mult)
+        bias = self.effective_bias(self._buffers["bias"], torch.float32)
+        bias = shift if bias is None else bias.float() * mult.reshape(n) + shift
+        self.register_buffer("bias", bias.to(self.weight_dtype))
+        self.int32_bias = False
+
+    def _int8_weight_scale(self):
+        """The integer kernels' per-row weight scale: w_scale, times w_scale1 after folding."""
+        b = self._buffers
+        s1 = b.get("w_scale1")
+        return b["w_scale"] if s1 is None else b["w_scale"].reshape(-1) * s1.reshape(-1)
 
     def reference_forward(self, x):
         """The fake-quant computation with a dequantized weight (what calibration returns),
@@ -112,7 +136,7 @@ class DeployLinear(LinearMath, DeployLayer):
         x2, bias = self._input_and_bias(x)
         if self.integer_kernel:  # activations quantized inside, with the same rule
             static = self.static_act
-            return _OPS.linear_int8(x2, b["weight_packed"], b["w_scale"],
+            return _OPS.linear_int8(x2, b["weight_packed"], self._int8_weight_scale(),
                                     8 if self.wspec.fmt == "int8" else 4, self.cols, not static,
                                     b["act_scale"] if static else self._unit,
                                     b["act_offset"] if static else self._unit_offset, bias)
@@ -138,7 +162,7 @@ class DeployConv2d(Conv2dMath, DeployLayer):
             pad, act_fmt = (0, 0), ""
         geometry = (list(self.kernel_size), list(self.stride), list(pad), list(self.dilation), self.groups)
         if self.integer_kernel:
-            return _OPS.conv2d_int8(x, b["weight_packed"], b["w_scale"], 8 if self.wspec.fmt == "int8" else 4,
+            return _OPS.conv2d_int8(x, b["weight_packed"], self._int8_weight_scale(), 8 if self.wspec.fmt == "int8" else 4,
                                     self.cols, b["act_scale"], b["act_offset"], bias, *geometry)
         return _OPS.conv2d_packed(x, b["weight_packed"], b["w_scale"], b["w_offset"], b.get("w_scale1"), bias,
                                   *self._weight_args, *geometry, act_fmt, act_sym, act_scale, act_offset)
