@@ -19,6 +19,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from torch.fx.experimental.optimization import fuse
 
 import lowbit
 from lowbit import formats
@@ -79,11 +80,14 @@ def model_table(batches, rounds):
                                               "inputs": {"type": "int8", "strategy": "tensor"}}}),
                ("HIFP8_OFMR", lowbit.HIFP8_OFMR_CFG),
                ("W4 channel", {"quant_cfg": {"weights": {"type": "int4", "strategy": "channel"}}})]
-    print("\nReal models (CIFAR-10 test images), images/s; ratio = float time / converted time")
-    print(f"{'model':>10} {'batch':>5} {'input':>6} {'float img/s':>12} | " + " | ".join(f"{n:>17}" for n, _ in configs))
+    print("\nReal models (CIFAR-10 test images), images/s; ratio = float time / that model's time. convert() folds")
+    print("each BatchNorm into its convolution; 'float BN-folded' is the float model with torch.fx's own Conv+BN")
+    print("fusion (torch.fx.experimental.optimization.fuse), the float baseline a user could also have")
+    names = ["float BN-folded"] + [n for n, _ in configs]
+    print(f"{'model':>10} {'batch':>5} {'input':>6} {'float img/s':>12} | " + " | ".join(f"{n:>17}" for n in names))
     for depth in (20, 56):
         model = cifar.load_resnet(depth).eval()
-        converted = []
+        converted = [fuse(copy.deepcopy(model))]
         for _, cfg in configs:
             q = copy.deepcopy(model)
             cfg = copy.deepcopy(cfg)
