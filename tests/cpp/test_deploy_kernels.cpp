@@ -267,7 +267,7 @@ TEST(DeployKernels, MxExtremeScalesDecodeLikeUnpack) {
 
 TEST(DeployKernels, LinearPackedWithinFp32SummationError) {
   for (const Case& c : kCases) {
-    for (int64_t m : {1, 3, 9, 40}) {
+    for (int64_t m : {1, 3, 9, 20, 40, 96, 120}) {  // GEMV; AVX-512 tiles 8x1, 8x2, 6x4 (40, 120), 12x2 (96)
       const int64_t n = 13, k = 172;
       if (c.g == Granularity::kGroup && c.gs > k && c.f != Format::kMxFp4E2M1 && c.f != Format::kMxFp8E4M3FN) continue;
       Packed p = make(c, n, k, uint32_t(m));
