@@ -125,7 +125,8 @@ def resnet_job(depth=20, progress=True):
         results.append((name, run_config(model, cfg, cal, lambda q: cifar.top1(q, ev, progress, name), calib,
                                          sequential=bool(sequential))))
     return render(f"ResNet-{depth} on CIFAR-10 (top-1 % on test images 0-8999; calibration on images 9000-9999; "
-                  f"every Conv2d and the Linear quantized, BatchNorm in float)", "top-1 %", base, results, True)
+                  f"every Conv2d and the Linear quantized, each BatchNorm folded into its Conv2d by convert)",
+                  "top-1 %", base, results, True)
 
 
 def main_job(progress=True):
