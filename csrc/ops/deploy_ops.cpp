@@ -54,17 +54,78 @@ struct WeightArgs {
   }
 };
 
+// The constant arguments of a float-activation product (linear_packed's format ...
+// act_symmetric), parsed and validated.
+struct ProductSpec {
+  QuantSpec w;
+  int64_t cols = 0;
+  at::ScalarType weight_dtype = at::kFloat;
+  bool act = false;  // activation fake quantization inside the op
+  QuantSpec a;
+};
+
+ProductSpec product_spec(const std::string& format, const std::string& granularity, int64_t group_size,
+                         bool symmetric, int64_t cols, at::ScalarType weight_dtype, const std::string& act_format,
+                         const std::string& act_granularity, int64_t act_group_size, bool act_symmetric) {
+  ProductSpec p;
+  p.w = make_spec(format, granularity, group_size, symmetric, "auto");
+  TORCH_CHECK_VALUE(cols > 0, "cols: ", cols, " must be positive");
+  p.cols = cols;
+  float_dtype(weight_dtype, "weight_dtype");
+  p.weight_dtype = weight_dtype;
+  p.act = !act_format.empty();
+  if (p.act) p.a = make_spec(act_format, act_granularity, act_group_size, act_symmetric, "auto");
+  return p;
+}
+
+// A ProductSpec as the int64 tensor linear_packed_spec() returns and linear_packed_by_spec()
+// reads: converting ten Python arguments (strings among them) on every call cost more than
+// a small layer's whole product.
+constexpr int64_t kSpecLen = 10;
+at::Tensor encode_spec(const ProductSpec& p) {
+  at::Tensor t = at::empty({kSpecLen}, at::kLong);
+  int64_t* v = t.data_ptr<int64_t>();
+  const int64_t e[kSpecLen] = {int64_t(p.w.format), int64_t(p.w.granularity), p.w.group_size, p.w.symmetric,
+                               p.cols, int64_t(p.weight_dtype), p.act ? int64_t(p.a.format) : -1,
+                               int64_t(p.a.granularity), p.a.group_size, p.a.symmetric};
+  std::copy(e, e + kSpecLen, v);
+  return t;
+}
+ProductSpec decode_spec(const at::Tensor& t) {
+  TORCH_CHECK_VALUE(t.scalar_type() == at::kLong && t.dim() == 1 && t.numel() == kSpecLen && t.is_contiguous() &&
+                        t.device().is_cpu(),
+                    "spec: expected the int64 tensor of ", kSpecLen, " values that linear_packed_spec returns");
+  const int64_t* v = t.data_ptr<int64_t>();
+  const auto in = [](int64_t x, int64_t hi) { return x >= 0 && x <= hi; };
+  const int64_t last_format = int64_t(Format::kMxFp4E2M1), last_gran = int64_t(Granularity::kToken);
+  TORCH_CHECK_VALUE(in(v[0], last_format) && in(v[1], last_gran) && in(v[3], 1) && v[4] > 0 &&
+                        (v[6] == -1 || (in(v[6], last_format) && in(v[7], last_gran) && in(v[9], 1))),
+                    "spec: not a tensor that linear_packed_spec returned");
+  ProductSpec p;
+  const auto spec = [](int64_t f, int64_t g, int64_t gs, int64_t sym) {
+    QuantSpec q;
+    q.format = Format(f), q.granularity = Granularity(g), q.group_size = gs, q.symmetric = sym != 0;
+    value_errors([&] { validate_spec(q); });
+    return q;
+  };
+  p.w = spec(v[0], v[1], v[2], v[3]);
+  p.cols = v[4];
+  p.weight_dtype = at::ScalarType(int8_t(v[5]));
+  float_dtype(p.weight_dtype, "spec: weight_dtype");
+  p.act = v[6] >= 0;
+  if (p.act) p.a = spec(v[6], v[7], v[8], v[9]);
+  return p;
+}
+
 WeightArgs packed_args(const at::Tensor& packed, const at::Tensor& scale, const at::Tensor& offset,
-                       const c10::optional<at::Tensor>& scale1, const std::string& format,
-                       const std::string& granularity, int64_t group_size, bool symmetric, int64_t cols,
+                       const c10::optional<at::Tensor>& scale1, const QuantSpec& spec, int64_t cols,
                        at::ScalarType weight_dtype) {
   TORCH_CHECK_TYPE(packed.scalar_type() == at::kByte, "packed: dtype ", packed.scalar_type(), "; expected uint8");
   TORCH_CHECK_VALUE(packed.dim() == 2, "packed: expected a 2-D [out_features, bytes] tensor, got rank ", packed.dim());
-  const QuantSpec spec = make_spec(format, granularity, group_size, symmetric, "auto");
   const int64_t n = packed.size(0);
   TORCH_CHECK_VALUE(packed.size(1) == packed_row_bytes(spec, cols), "packed: ", packed.size(1),
                     " bytes per row do not match ", packed_row_bytes(spec, cols), " for ", cols, " columns of ",
-                    format);
+                    format_info(spec.format).name);
   WeightArgs a;
   a.codes = packed.contiguous();
   a.sa = scale_args(spec, scale, offset, n, cols);
@@ -112,14 +173,13 @@ WeightArgs int8_args(const at::Tensor& packed, const at::Tensor& w_scale, int64_
   return a;
 }
 
-// Activation fake quantization applied inside a product op ('' format: none).
-ActQuant act_args(const std::string& act_format, const std::string& act_granularity, int64_t act_group_size,
-                  bool act_symmetric, const c10::optional<at::Tensor>& act_scale,
+// Activation fake quantization applied inside a product op (none unless `enabled`).
+ActQuant act_args(bool enabled, const QuantSpec& spec, const c10::optional<at::Tensor>& act_scale,
                   const c10::optional<at::Tensor>& act_offset) {
   ActQuant a;
-  if (act_format.empty()) return a;
+  if (!enabled) return a;
   a.enabled = true;
-  a.spec = make_spec(act_format, act_granularity, act_group_size, act_symmetric, "auto");
+  a.spec = spec;
   a.dynamic = a.spec.granularity != Granularity::kTensor || format_info(a.spec.format).is_mx;
   if (!a.dynamic) {
     TORCH_CHECK_VALUE(act_scale.has_value() && act_scale->numel() == 1, "act_scale: a static per-tensor "
@@ -131,6 +191,19 @@ ActQuant act_args(const std::string& act_format, const std::string& act_granular
   return a;
 }
 
+at::Tensor linear_by_spec(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale,
+                          const at::Tensor& offset, const c10::optional<at::Tensor>& scale1,
+                          const c10::optional<at::Tensor>& bias, const ProductSpec& p,
+                          const c10::optional<at::Tensor>& act_scale, const c10::optional<at::Tensor>& act_offset) {
+  WeightArgs w = packed_args(packed, scale, offset, scale1, p.w, p.cols, p.weight_dtype);
+  w.act_quant = act_args(p.act, p.a, act_scale, act_offset);
+  const int64_t n = packed.size(0);
+  Operands o = operands(x, p.cols, n);
+  at::Tensor b = float_bias(bias, n);
+  w.run(as_const(o.src), b.defined() ? b.data_ptr<float>() : nullptr, as_mut(o.out));
+  return o.out;
+}
+
 at::Tensor linear_packed_op(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale,
                             const at::Tensor& offset, const c10::optional<at::Tensor>& scale1,
                             const c10::optional<at::Tensor>& bias, const std::string& format,
@@ -138,14 +211,25 @@ at::Tensor linear_packed_op(const at::Tensor& x, const at::Tensor& packed, const
                             at::ScalarType weight_dtype, const std::string& act_format,
                             const std::string& act_granularity, int64_t act_group_size, bool act_symmetric,
                             const c10::optional<at::Tensor>& act_scale, const c10::optional<at::Tensor>& act_offset) {
-  WeightArgs w =
-      packed_args(packed, scale, offset, scale1, format, granularity, group_size, symmetric, cols, weight_dtype);
-  w.act_quant = act_args(act_format, act_granularity, act_group_size, act_symmetric, act_scale, act_offset);
-  const int64_t n = packed.size(0);
-  Operands o = operands(x, cols, n);
-  at::Tensor b = float_bias(bias, n);
-  w.run(as_const(o.src), b.defined() ? b.data_ptr<float>() : nullptr, as_mut(o.out));
-  return o.out;
+  const ProductSpec p = product_spec(format, granularity, group_size, symmetric, cols, weight_dtype, act_format,
+                                     act_granularity, act_group_size, act_symmetric);
+  return linear_by_spec(x, packed, scale, offset, scale1, bias, p, act_scale, act_offset);
+}
+
+at::Tensor linear_packed_spec_op(const std::string& format, const std::string& granularity, int64_t group_size,
+                                 bool symmetric, int64_t cols, at::ScalarType weight_dtype,
+                                 const std::string& act_format, const std::string& act_granularity,
+                                 int64_t act_group_size, bool act_symmetric) {
+  return encode_spec(product_spec(format, granularity, group_size, symmetric, cols, weight_dtype, act_format,
+                                  act_granularity, act_group_size, act_symmetric));
+}
+
+at::Tensor linear_packed_by_spec_op(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale,
+                                    const at::Tensor& offset, const c10::optional<at::Tensor>& scale1,
+                                    const c10::optional<at::Tensor>& bias, const at::Tensor& spec,
+                                    const c10::optional<at::Tensor>& act_scale,
+                                    const c10::optional<at::Tensor>& act_offset) {
+  return linear_by_spec(x, packed, scale, offset, scale1, bias, decode_spec(spec), act_scale, act_offset);
 }
 
 at::Tensor linear_int8_op(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& w_scale, int64_t bits,
@@ -202,11 +286,12 @@ at::Tensor conv2d_packed_op(const at::Tensor& x, const at::Tensor& packed, const
                             at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                             const std::string& act_format, bool act_symmetric,
                             const c10::optional<at::Tensor>& act_scale, const c10::optional<at::Tensor>& act_offset) {
-  const WeightArgs w =
-      packed_args(packed, scale, offset, scale1, format, granularity, group_size, symmetric, cols, weight_dtype);
+  const ProductSpec p = product_spec(format, granularity, group_size, symmetric, cols, weight_dtype, act_format,
+                                     "tensor", 0, act_symmetric);
+  const WeightArgs w = packed_args(packed, scale, offset, scale1, p.w, p.cols, p.weight_dtype);
   // static per-tensor activations: quantized inside conv2d_packed (fused into the direct
   // kernel's copy of the input, or one pass before it)
-  const ActQuant act = act_args(act_format, "tensor", 0, act_symmetric, act_scale, act_offset);
+  const ActQuant act = act_args(p.act, p.a, act_scale, act_offset);
   ConvTensors t = conv_tensors(x, packed.size(0), bias, kernel, stride, padding, dilation, groups);
   value_errors([&] { conv2d_packed(t.a, w.packed, t.bias.defined() ? t.bias.data_ptr<float>() : nullptr, act); });
   return t.y;
@@ -231,6 +316,13 @@ TORCH_LIBRARY_FRAGMENT(lowbit, m) {
         "str format, str granularity, int group_size, bool symmetric, int cols, ScalarType weight_dtype, "
         "str act_format='', str act_granularity='tensor', int act_group_size=0, bool act_symmetric=True, "
         "Tensor? act_scale=None, Tensor? act_offset=None) -> Tensor");
+  // The deploy modules' form of linear_packed: the constant arguments as one int64 tensor,
+  // built once by linear_packed_spec (same meaning, same checks).
+  m.def("linear_packed_spec(str format, str granularity, int group_size, bool symmetric, int cols, "
+        "ScalarType weight_dtype, str act_format='', str act_granularity='tensor', int act_group_size=0, "
+        "bool act_symmetric=True) -> Tensor");
+  m.def("linear_packed_by_spec(Tensor x, Tensor packed, Tensor scale, Tensor offset, Tensor? scale1, Tensor? bias, "
+        "Tensor spec, Tensor? act_scale=None, Tensor? act_offset=None) -> Tensor");
   m.def("linear_int8(Tensor x, Tensor packed, Tensor w_scale, int bits, int cols, bool per_token, "
         "Tensor act_scale, Tensor act_offset, Tensor? bias) -> Tensor");
   m.def("int8_kernel() -> str");
@@ -244,6 +336,8 @@ TORCH_LIBRARY_FRAGMENT(lowbit, m) {
   m.impl("conv2d_packed", c10::DispatchKey::CPU, TORCH_FN(conv2d_packed_op));
   m.impl("conv2d_int8", c10::DispatchKey::CPU, TORCH_FN(conv2d_int8_op));
   m.impl("linear_packed", c10::DispatchKey::CPU, TORCH_FN(linear_packed_op));
+  m.impl("linear_packed_by_spec", c10::DispatchKey::CPU, TORCH_FN(linear_packed_by_spec_op));
+  m.impl("linear_packed_spec", TORCH_FN(linear_packed_spec_op));
   m.impl("linear_int8", c10::DispatchKey::CPU, TORCH_FN(linear_int8_op));
   m.impl("int8_kernel", TORCH_FN(int8_kernel_name));
 }

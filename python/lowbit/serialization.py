@@ -86,6 +86,7 @@ def load(model, path):
         calib.calib_calls.fill_(calib.batch_num)  # the stored tensors replace what calibration computed
         deploy = ops[1](calib)
         deploy.weight_dtype = _DTYPES.get(info["weight_dtype"], deploy.weight_dtype)
+        deploy._build_op_args()
         bn_name = info.get("folded_batchnorm")
         if bn_name:  # the folded layer's buffers (multiplier, bias), filled from the file below
             try:

@@ -239,8 +239,9 @@ def test_converted_model_keeps_no_float_weights():
     packed = sum(m.packed_bytes() for m in model.modules() if isinstance(m, DeployLayer))
     biases = (512 + 128) * 4
     assert packed == 256 * 512 // 2 + 512 * 8 * 4 + 512 * 128 // 2 + 128 * 16 * 4  # codes + one scale per group
-    # everything the model holds: packed weights, scales, biases and the recorded errors
-    assert lowbit.model_bytes(model) == packed + biases + 2 * 8
+    # everything the model holds: packed weights, scales, biases, the recorded errors and
+    # each layer's op spec (10 int64)
+    assert lowbit.model_bytes(model) == packed + biases + 2 * 8 + 2 * 10 * 8
     assert lowbit.model_bytes(model) < float_bytes / 5
 
 
@@ -486,3 +487,53 @@ def test_conv_padding_modes_with_quantized_activations(conv, acts):
     lowbit.convert(model)
     assert isinstance(model[0], DeployConv2d)
     assert assert_deploy_layers_match(model, x) == 2
+
+
+ACTIVATIONS = [("", "tensor", 0, True), ("int8", "tensor", 0, False), ("hifloat8", "tensor", 0, True),
+               ("int8", "token", 0, True), ("mxfp8_e4m3fn", "group", 32, True)]
+
+
+@pytest.mark.parametrize("act", ACTIVATIONS)
+@pytest.mark.parametrize("weight", WEIGHTS)
+def test_linear_packed_by_spec_equals_linear_packed(weight, act):
+    """The deploy modules' form (constant arguments in one tensor from linear_packed_spec)
+    gives exactly linear_packed's result."""
+    fmt, gran, gs, sym = weight
+    k, n = 172, 9
+    packed, scale, offset = packed_weight(n, k, fmt, gran, gs, sym)
+    offset = EMPTY if sym else offset
+    x, bias = torch.randn(5, k), torch.randn(n)
+    static = act[0] and act[1] == "tensor"
+    a_scale, a_offset = (torch.tensor([0.03]), torch.tensor([3 if not act[3] else 0], dtype=torch.int32)) \
+        if static else (None, None)
+    for dtype in (torch.float32, torch.bfloat16):
+        args = (fmt, gran, gs, sym, k, dtype, *act)
+        spec = OPS.linear_packed_spec(*args)
+        assert spec.dtype == torch.int64 and spec.shape == (10,)
+        want = OPS.linear_packed(x.to(dtype), packed, scale, offset, None, bias, *args, a_scale, a_offset)
+        got = OPS.linear_packed_by_spec(x.to(dtype), packed, scale, offset, None, bias, spec, a_scale, a_offset)
+        assert torch.equal(got, want), (weight, act, dtype)
+
+
+def test_linear_packed_spec_errors_name_the_argument():
+    with pytest.raises(ValueError, match="format"):
+        OPS.linear_packed_spec("int5", "channel", 0, True, 64, torch.float32)
+    with pytest.raises(ValueError, match="cols: 0 must be positive"):
+        OPS.linear_packed_spec("int8", "channel", 0, True, 0, torch.float32)
+    with pytest.raises(TypeError, match="weight_dtype: dtype Long is not supported"):
+        OPS.linear_packed_spec("int8", "channel", 0, True, 64, torch.int64)
+    packed, scale, _ = packed_weight(4, 64, "int8", "channel", 0, True)
+    spec = OPS.linear_packed_spec("int8", "channel", 0, True, 64, torch.float32)
+    x = torch.randn(2, 64)
+    for bad in (spec.int(), spec[:9], spec.reshape(2, 5)):
+        with pytest.raises(ValueError, match="spec: expected the int64 tensor of 10 values"):
+            OPS.linear_packed_by_spec(x, packed, scale, EMPTY, None, None, bad)
+    for pos, value in ((0, 8), (1, -1), (4, 0), (6, 99)):
+        bad = spec.clone()
+        bad[pos] = value
+        with pytest.raises(ValueError, match="spec: not a tensor that linear_packed_spec returned"):
+            OPS.linear_packed_by_spec(x, packed, scale, EMPTY, None, None, bad)
+    bad = spec.clone()
+    bad[5] = 4  # a ScalarType code that is not a float type (int64)
+    with pytest.raises(TypeError, match="spec: weight_dtype"):
+        OPS.linear_packed_by_spec(x, packed, scale, EMPTY, None, None, bad)

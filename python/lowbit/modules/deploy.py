@@ -54,9 +54,15 @@ class DeployLayer(QuantLayerBase):
         # The op arguments that never change, gathered once: on a small layer the Python
         # around the op (attribute look-ups through nn.Module, helper calls, a fresh
         # tensor per call) cost as much as the product itself.
-        self._weight_args = (w.fmt, w.strategy, w.gs, w.symmetric, self.cols, self.weight_dtype)
         self._unit = torch.ones(1, 1)  # the HiF8 cast's scale, and the per-token integer kernel's unused ones
         self._unit_offset = torch.zeros(1, dtype=torch.int32)
+        self._build_op_args()
+
+    def _build_op_args(self):
+        """The op arguments that depend on the weight's format and dtype (again after
+        lowbit.load sets the saved weight dtype)."""
+        w = self.wspec
+        self._weight_args = (w.fmt, w.strategy, w.gs, w.symmetric, self.cols, self.weight_dtype)
 
     def extra_repr(self):
         bn = getattr(self, "folded_batchnorm", None)
@@ -131,6 +137,14 @@ class DeployLinear(LinearMath, DeployLayer):
         DeployLayer.__init__(self, calib)
         self.in_features, self.out_features = calib.in_features, calib.out_features
 
+    def _build_op_args(self):
+        # linear_packed's constant arguments as the one int64 tensor linear_packed_by_spec
+        # reads: converting them from Python on every call cost 2 us, a third of a small
+        # layer's call (rebuilt, never saved)
+        super()._build_op_args()
+        self.register_buffer("op_spec", _OPS.linear_packed_spec(*self._weight_args, *self.activation_args()[:4]),
+                             persistent=False)
+
     def forward(self, x):
         b = self._buffers
         x2, bias = self._input_and_bias(x)
@@ -140,8 +154,11 @@ class DeployLinear(LinearMath, DeployLayer):
                                     8 if self.wspec.fmt == "int8" else 4, self.cols, not static,
                                     b["act_scale"] if static else self._unit,
                                     b["act_offset"] if static else self._unit_offset, bias)
-        return _OPS.linear_packed(x2, b["weight_packed"], b["w_scale"], b["w_offset"], b.get("w_scale1"), bias,
-                                  *self._weight_args, *(NO_ACTIVATION_QUANT if self.aspec is None else self.activation_args()))
+        if self.aspec is None:
+            return _OPS.linear_packed_by_spec(x2, b["weight_packed"], b["w_scale"], b["w_offset"], b.get("w_scale1"),
+                                              bias, b["op_spec"])
+        return _OPS.linear_packed_by_spec(x2, b["weight_packed"], b["w_scale"], b["w_offset"], b.get("w_scale1"),
+                                          bias, b["op_spec"], *self.activation_args()[4:])
 
 
 class DeployConv2d(Conv2dMath, DeployLayer):
