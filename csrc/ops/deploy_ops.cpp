@@ -224,20 +224,31 @@ at::Tensor linear_packed_spec_op(const std::string& format, const std::string& g
                                   act_granularity, act_group_size, act_symmetric));
 }
 
+// AWQ / SmoothQuant layers: x / s, as the fake-quant module computes it (the division in
+// x's dtype), without a second op call from Python.
+at::Tensor smoothed(const at::Tensor& x, const c10::optional<at::Tensor>& smooth) {
+  if (!smooth.has_value() || !smooth->defined()) return x;
+  TORCH_CHECK_VALUE(x.dim() >= 1 && smooth->numel() == x.size(-1), "smooth: ", smooth->numel(),
+                    " entries, expected one per input feature of x");
+  return x / smooth->to(x.scalar_type());
+}
+
 at::Tensor linear_packed_by_spec_op(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale,
                                     const at::Tensor& offset, const c10::optional<at::Tensor>& scale1,
                                     const c10::optional<at::Tensor>& bias, const at::Tensor& spec,
                                     const c10::optional<at::Tensor>& act_scale,
-                                    const c10::optional<at::Tensor>& act_offset) {
-  return linear_by_spec(x, packed, scale, offset, scale1, bias, decode_spec(spec), act_scale, act_offset);
+                                    const c10::optional<at::Tensor>& act_offset,
+                                    const c10::optional<at::Tensor>& smooth) {
+  return linear_by_spec(smoothed(x, smooth), packed, scale, offset, scale1, bias, decode_spec(spec), act_scale,
+                        act_offset);
 }
 
 at::Tensor linear_int8_op(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& w_scale, int64_t bits,
                           int64_t cols, bool per_token, const at::Tensor& act_scale, const at::Tensor& act_offset,
-                          const c10::optional<at::Tensor>& bias) {
+                          const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& smooth) {
   const WeightArgs w = int8_args(packed, w_scale, bits, cols, per_token, act_scale, act_offset);
   const int64_t n = packed.size(0);
-  Operands o = operands(x, cols, n);
+  Operands o = operands(smoothed(x, smooth), cols, n);
   at::Tensor b = float_bias(bias, n);
   w.run(as_const(o.src), b.defined() ? b.data_ptr<float>() : nullptr, as_mut(o.out));
   return o.out;
@@ -322,9 +333,9 @@ TORCH_LIBRARY_FRAGMENT(lowbit, m) {
         "ScalarType weight_dtype, str act_format='', str act_granularity='tensor', int act_group_size=0, "
         "bool act_symmetric=True) -> Tensor");
   m.def("linear_packed_by_spec(Tensor x, Tensor packed, Tensor scale, Tensor offset, Tensor? scale1, Tensor? bias, "
-        "Tensor spec, Tensor? act_scale=None, Tensor? act_offset=None) -> Tensor");
+        "Tensor spec, Tensor? act_scale=None, Tensor? act_offset=None, Tensor? smooth=None) -> Tensor");
   m.def("linear_int8(Tensor x, Tensor packed, Tensor w_scale, int bits, int cols, bool per_token, "
-        "Tensor act_scale, Tensor act_offset, Tensor? bias) -> Tensor");
+        "Tensor act_scale, Tensor act_offset, Tensor? bias, Tensor? smooth=None) -> Tensor");
   m.def("int8_kernel() -> str");
   m.def("conv2d_packed(Tensor x, Tensor packed, Tensor scale, Tensor offset, Tensor? scale1, Tensor? bias, "
         "str format, str granularity, int group_size, bool symmetric, int cols, ScalarType weight_dtype, "

@@ -165,6 +165,11 @@ def test_linear_int8_equals_fake_quant_reference(isa, bits, per_token, asym):
         x, packed, ws, a_s, a_o, bias, want = int8_case(m, k, n, bits, per_token, asym, dtype, m + k + n)
         got = OPS.linear_int8(x, packed, ws, bits, k, per_token, a_s, a_o, bias)
         assert_close_to_reference(got, want, k, what=f"{isa} int8 x int{bits} {m}x{k}x{n} {dtype}")
+        if m == 3 and n == 7:  # SmoothQuant's x / s inside the op: the result of dividing first
+            smooth = torch.rand(k) + 0.5
+            got = OPS.linear_int8(x, packed, ws, bits, k, per_token, a_s, a_o, bias, smooth)
+            assert torch.equal(got, OPS.linear_int8(x / smooth.to(dtype), packed, ws, bits, k, per_token, a_s, a_o,
+                                                    bias))
 
 
 def test_linear_int8_nan_rows_and_saturation():
@@ -513,6 +518,12 @@ def test_linear_packed_by_spec_equals_linear_packed(weight, act):
         want = OPS.linear_packed(x.to(dtype), packed, scale, offset, None, bias, *args, a_scale, a_offset)
         got = OPS.linear_packed_by_spec(x.to(dtype), packed, scale, offset, None, bias, spec, a_scale, a_offset)
         assert torch.equal(got, want), (weight, act, dtype)
+        smooth = torch.rand(k) + 0.5  # AWQ / SmoothQuant: the op divides x by it, in x's dtype
+        want = OPS.linear_packed(x.to(dtype) / smooth.to(dtype), packed, scale, offset, None, bias, *args,
+                                 a_scale, a_offset)
+        got = OPS.linear_packed_by_spec(x.to(dtype), packed, scale, offset, None, bias, spec, a_scale, a_offset,
+                                        smooth)
+        assert torch.equal(got, want), (weight, act, dtype, "smooth")
 
 
 def test_linear_packed_spec_errors_name_the_argument():
@@ -533,6 +544,8 @@ def test_linear_packed_spec_errors_name_the_argument():
         bad[pos] = value
         with pytest.raises(ValueError, match="spec: not a tensor that linear_packed_spec returned"):
             OPS.linear_packed_by_spec(x, packed, scale, EMPTY, None, None, bad)
+    with pytest.raises(ValueError, match="smooth: 63 entries, expected one per input feature of x"):
+        OPS.linear_packed_by_spec(x, packed, scale, EMPTY, None, None, spec, None, None, torch.ones(63))
     bad = spec.clone()
     bad[5] = 4  # a ScalarType code that is not a float type (int64)
     with pytest.raises(TypeError, match="spec: weight_dtype"):

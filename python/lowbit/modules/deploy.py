@@ -147,18 +147,17 @@ class DeployLinear(LinearMath, DeployLayer):
 
     def forward(self, x):
         b = self._buffers
-        x2, bias = self._input_and_bias(x)
+        bias = self.effective_bias(b["bias"], x.dtype)
+        # (the ops divide x by the AWQ / SmoothQuant factors when `smooth` is given)
         if self.integer_kernel:  # activations quantized inside, with the same rule
             static = self.static_act
-            return _OPS.linear_int8(x2, b["weight_packed"], self._int8_weight_scale(),
+            return _OPS.linear_int8(x, b["weight_packed"], self._int8_weight_scale(),
                                     8 if self.wspec.fmt == "int8" else 4, self.cols, not static,
                                     b["act_scale"] if static else self._unit,
-                                    b["act_offset"] if static else self._unit_offset, bias)
-        if self.aspec is None:
-            return _OPS.linear_packed_by_spec(x2, b["weight_packed"], b["w_scale"], b["w_offset"], b.get("w_scale1"),
-                                              bias, b["op_spec"])
-        return _OPS.linear_packed_by_spec(x2, b["weight_packed"], b["w_scale"], b["w_offset"], b.get("w_scale1"),
-                                          bias, b["op_spec"], *self.activation_args()[4:])
+                                    b["act_offset"] if static else self._unit_offset, bias, b["smooth"])
+        act_scale, act_offset = (None, None) if self.aspec is None else self.activation_args()[4:]
+        return _OPS.linear_packed_by_spec(x, b["weight_packed"], b["w_scale"], b["w_offset"], b.get("w_scale1"),
+                                          bias, b["op_spec"], act_scale, act_offset, b["smooth"])
 
 
 class DeployConv2d(Conv2dMath, DeployLayer):
