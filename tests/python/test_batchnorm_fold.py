@@ -200,3 +200,29 @@ def test_resnet20_hifp8_folded_keeps_accuracy(shared_data):
     with torch.no_grad():
         agree = (models[0](x[2000:2500]).argmax(1) == models[1](x[2000:2500]).argmax(1)).float().mean()
     assert agree >= 0.99, float(agree)
+
+
+@pytest.mark.parametrize("wtype,itype", [("int4", None), ("hifloat8", "hifloat8"), ("int8", "int8")])
+def test_bf16_model_folds_within_bf16_rounding(wtype, itype):
+    """A bf16 model: the folded bias is stored in bf16 and the decoded weights are rounded
+    to bf16 after the multiplier, so the outputs differ from conv -> BatchNorm by bf16
+    roundings (about one ulp of the largest output), not more."""
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Conv2d(16, 12, 3, padding=1), _trained_bn(12)).eval().to(torch.bfloat16)
+    x = torch.randn(2, 16, 9, 9).to(torch.bfloat16)
+    q = {"weights": {"type": wtype}}
+    if itype:
+        q["inputs"] = {"type": itype, "strategy": "tensor"}
+    outs = []
+    for fold in (False, True):
+        m = copy.deepcopy(model)
+        lowbit.quantize(m, {"quant_cfg": q})
+        with torch.no_grad():
+            m(x)
+        lowbit.convert(m, fold_batchnorm=fold)
+        assert isinstance(m[1], nn.Identity) == fold
+        with torch.no_grad():
+            outs.append(m(x))
+    assert outs[1].dtype == torch.bfloat16
+    diff, top = float((outs[0].float() - outs[1].float()).abs().max()), float(outs[0].float().abs().max())
+    assert diff <= 2 ** -7 * top, (diff, top)
