@@ -120,7 +120,7 @@ class CalibLayer(QuantLayerBase):
         w2d = self.weight_source()
         if self.two_level:
             w8q = self.wspec.weight_qdq(fp8_stage(w2d, self.w_scale1), self.w_scale, self.w_offset)
-            return self.two_level_weight(w8q, self.weight_dtype).reshape(self.weight_shape)
+            return self.row_scaled_weight(w8q, self.weight_dtype).reshape(self.weight_shape)
         return self.wspec.weight_qdq(w2d, self.w_scale, self.w_offset).to(self.weight_dtype).reshape(self.weight_shape)
 
     @staticmethod

@@ -74,8 +74,10 @@ class QuantLayerBase(nn.Module):
         q = torch.clamp(torch.round(bias.float() / s), -INT32_MAX - 1, INT32_MAX)
         return (q * s).to(dtype)
 
-    def two_level_weight(self, w8q, dtype):
-        return (w8q * self.w_scale1).to(dtype)
+    def row_scaled_weight(self, w, dtype):
+        """Rows of an fp32 weight times w_scale1 (FP8 x FP4's first level, or a BatchNorm
+        folded by convert), then rounded to dtype: what the kernels decode."""
+        return (w * self.w_scale1).to(dtype)
 
     def compute(self, x, w, bias):
         raise NotImplementedError

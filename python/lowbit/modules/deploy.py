@@ -78,7 +78,7 @@ class DeployLayer(QuantLayerBase):
     def weight_dequant(self):
         if self._buffers.get("w_scale1") is not None:  # FP8 x FP4, or a folded BatchNorm: rows times s1
             w = self.wspec.weight_unpack(self.weight_packed, self.w_scale, self.w_offset, self.cols, torch.float32)
-            return (w * self.w_scale1).to(self.weight_dtype).reshape(self.weight_shape)
+            return self.row_scaled_weight(w, self.weight_dtype).reshape(self.weight_shape)
         w = self.wspec.weight_unpack(self.weight_packed, self.w_scale, self.w_offset, self.cols, self.weight_dtype)
         return w.reshape(self.weight_shape)
 
@@ -178,7 +178,8 @@ class DeployConv2d(Conv2dMath, DeployLayer):
             pad, act_fmt = (0, 0), ""
         geometry = (list(self.kernel_size), list(self.stride), list(pad), list(self.dilation), self.groups)
         if self.integer_kernel:
-            return _OPS.conv2d_int8(x, b["weight_packed"], self._int8_weight_scale(), 8 if self.wspec.fmt == "int8" else 4,
-                                    self.cols, b["act_scale"], b["act_offset"], bias, *geometry)
+            return _OPS.conv2d_int8(x, b["weight_packed"], self._int8_weight_scale(),
+                                    8 if self.wspec.fmt == "int8" else 4, self.cols, b["act_scale"], b["act_offset"],
+                                    bias, *geometry)
         return _OPS.conv2d_packed(x, b["weight_packed"], b["w_scale"], b["w_offset"], b.get("w_scale1"), bias,
                                   *self._weight_args, *geometry, act_fmt, act_sym, act_scale, act_offset)
