@@ -357,6 +357,26 @@ def test_conv2d_channels_last_row_tiles(isa):
 
 
 @pytest.mark.parametrize("isa", ISAS)
+def test_conv2d_batches_in_several_passes(isa):
+    """A batch larger than one pass of the direct convolution (planes and results of at
+    most 2 MB: fifteen 16-channel 32 x 32 images) is done pass by pass; every image's output
+    equals the reference, in both tilings and layouts, with the activation QDQ fused."""
+    OPS.set_isa(isa)
+    for cout, channels_last in [(16, False), (16, True), (12, False)]:
+        k = 16 * 9
+        packed, scale, offset = packed_weight(cout, k, "hifloat8", "channel", 0, True, seed=cout)
+        x = torch.randn(33, 16, 32, 32)
+        a_scale = torch.tensor([float(x.abs().max()) / 15])
+        args = (packed, scale, EMPTY, None, torch.randn(cout), "hifloat8", "channel", 0, True, k, torch.float32,
+                [3, 3], [1, 1], [1, 1], [1, 1], 1, "hifloat8", True, a_scale, torch.zeros(1, dtype=torch.int32))
+        got = OPS.conv2d_packed(x.contiguous(memory_format=torch.channels_last) if channels_last else x, *args)
+        wd = formats.unpack(packed, "hifloat8", scale, k, offset, "channel", 0, True).reshape(cout, 16, 3, 3)
+        xq = formats.fake_quant(x, "hifloat8", "tensor", 0, True, scale=a_scale)
+        want = F.conv2d(xq, wd, args[4], 1, 1)
+        assert_close_to_reference(got, want, k, what=f"{isa} {cout} channels, channels_last={channels_last}")
+
+
+@pytest.mark.parametrize("isa", ISAS)
 def test_conv2d_activation_qdq_fused_into_the_planes(isa):
     """fp32 inputs of the direct convolution are fake-quantized while they are copied into
     its padded planes. The output must equal, bit for bit, the same op run on the input
