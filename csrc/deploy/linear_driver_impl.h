@@ -99,6 +99,20 @@ struct LinearKernels {
   // ---- GEMV: up to kGemvRows activation rows, each weight row read once ----
   static constexpr int kGemvRows = 8;
   static constexpr int64_t kGemvSpan = 4096;  // columns decoded at a time (16 KiB, L1)
+  static constexpr int64_t kGemvBlockRows = 64;  // weight rows per call of a fused decoder (at most)
+
+  // y[m, n] = dots[(n - n0) * MR + m] + bias[n] for m < M, n in [n0, n1) (y's dtype chosen
+  // once, not per element)
+  static void store_dots(const MutMatrix& y, int64_t M, int MR, int64_t n0, int64_t n1, const float* dots,
+                         const float* bias) {
+    driver::with_dtype(y.dtype, [&](auto dt) {
+      constexpr DType D = decltype(dt)::value;
+      for (int64_t m = 0; m < M; ++m) {
+        char* row = static_cast<char*>(y.data) + m * y.ld * dtype_bytes(D);
+        for (int64_t n = n0; n < n1; ++n) store_element(row, D, n, dots[(n - n0) * MR + m] + (bias ? bias[n] : 0.0f));
+      }
+    });
+  }
 
   template <int MR>
   static void gemv_rows(const ConstMatrix& x, const WeightDecoder& d, const float* bias, const MutMatrix& y) {
@@ -116,16 +130,20 @@ struct LinearKernels {
     }
     if (d.dot_rows) {  // fused decode + multiply, in column spans whose activations stay in L1
       const auto dot_rows = bounded || !d.dot_rows_huge_x ? d.dot_rows : d.dot_rows_huge_x;
-      constexpr int64_t kRows = 16;
+      // Up to 64 rows per call: each call sets up its decoder (a few dozen ns), which 16-row
+      // blocks repeated 11 times for a 172-row layer; in parallel, at least 4 blocks per thread.
+      const bool parallel = N * kpad >= (1 << 16);
+      const int64_t rows = parallel ? min64(kGemvBlockRows, round_up((N + 4 * omp_get_max_threads() - 1) /
+                                                                  (4 * omp_get_max_threads()), 16))
+                                    : kGemvBlockRows;
       const int64_t span = max64(kLaneBlock, (24 * 1024 / (4 * MR)) / kLaneBlock * kLaneBlock);
-      omp_region(N * kpad >= (1 << 16), [&] {
+      omp_region(parallel, [&] {
 #pragma omp for schedule(static)
-        for (int64_t n0 = 0; n0 < N; n0 += kRows) {
-          float dots[kRows * MR] = {};
-          const int64_t n1 = min64(N, n0 + kRows);
+        for (int64_t n0 = 0; n0 < N; n0 += rows) {
+          float dots[kGemvBlockRows * MR] = {};
+          const int64_t n1 = min64(N, n0 + rows);
           for (int64_t k0 = 0; k0 < kpad; k0 += span) dot_rows(d, n0, n1, xp, MR, kpad, k0, min64(kpad, k0 + span), dots);
-          for (int64_t n = n0; n < n1; ++n)
-            for (int m = 0; m < M; ++m) store_at(y, m, n, dots[(n - n0) * MR + m] + (bias ? bias[n] : 0.0f));
+          store_dots(y, M, MR, n0, n1, dots, bias);
         }
       });
       return;

@@ -99,6 +99,22 @@ def test_linear_packed_big_shape(fmt, gran, gs):
 
 
 @pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("n,k", [(172, 64), (200, 64), (172, 512), (1000, 96)])
+def test_gemv_row_blocks(isa, n, k):
+    """The fused GEMV takes weight rows in blocks of up to 64 (serial), or of 16-64 with
+    at least 4 per thread (parallel: 172 x 512 and 1000 x 96): ragged last blocks and every
+    activation-row count up to 8 equal the reference."""
+    OPS.set_isa(isa)
+    for fmt, gran, gs in [("int8", "channel", 0), ("int4", "group", 32), ("hifloat8", "tensor", 0)]:
+        packed, scale, offset = packed_weight(n, k, fmt, gran, gs, True, seed=n + k)
+        for m in (1, 3, 8):
+            x, bias = torch.randn(m, k), torch.randn(n)
+            got = OPS.linear_packed(x, packed, scale, EMPTY, None, bias, fmt, gran, gs, True, k, torch.float32)
+            want = reference(x, packed, scale, offset, fmt, gran, gs, True, k, torch.float32, bias)
+            assert_close_to_reference(got, want, k, what=f"{isa} {fmt} {n}x{k} M={m}")
+
+
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("fmt,gran", [("int8", "channel"), ("int8", "tensor"), ("float8_e4m3fn", "channel"),
                                       ("hifloat8", "channel")])
 def test_gemv_huge_and_nan_activations(isa, fmt, gran):
