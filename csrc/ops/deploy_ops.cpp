@@ -10,6 +10,7 @@
 
 #include "deploy/packed_linear.h"
 #include "deploy/scratch.h"
+#include "formats/half.h"
 #include "ops/product_spec.h"
 #include "ops/tensor_views.h"
 
@@ -129,16 +130,49 @@ ActQuant act_args(bool enabled, const QuantSpec& spec, const c10::optional<at::T
   return a;
 }
 
+// AWQ / SmoothQuant layers: the activations divided by the smoothing factors as the
+// fake-quant module computes them (torch's x / s.to(x.dtype): s rounded to x's dtype, the
+// quotient too), into a per-thread buffer: no second op call from Python, no tensor.
+ConstMatrix smoothed(const ConstMatrix& x, const c10::optional<at::Tensor>& smooth) {
+  if (!smooth.has_value() || !smooth->defined()) return x;
+  TORCH_CHECK_VALUE(smooth->numel() == x.cols, "smooth: ", smooth->numel(), " entries, expected one per input ",
+                    "feature of x (", x.cols, ")");
+  const at::Tensor s = smooth->scalar_type() == at::kFloat && smooth->is_contiguous()
+                           ? *smooth : smooth->to(at::kFloat).contiguous();
+  const float* sv = s.data_ptr<float>();
+  thread_local GrowBuffer<uint8_t> buf;
+  const int64_t es = dtype_bytes(x.dtype);
+  uint8_t* out = buf.get(x.rows * x.cols * es);
+  for (int64_t r = 0; r < x.rows; ++r) {
+    const uint8_t* in = static_cast<const uint8_t*>(x.data) + r * x.ld * es;
+    uint8_t* dst = out + r * x.cols * es;
+    if (x.dtype == DType::kF32) {
+      const float* a = reinterpret_cast<const float*>(in);
+      float* d = reinterpret_cast<float*>(dst);
+      for (int64_t k = 0; k < x.cols; ++k) d[k] = a[k] / sv[k];
+    } else {
+      const uint16_t* a = reinterpret_cast<const uint16_t*>(in);
+      uint16_t* d = reinterpret_cast<uint16_t*>(dst);
+      if (x.dtype == DType::kBF16)
+        for (int64_t k = 0; k < x.cols; ++k) d[k] = float_to_bf16(bf16_to_float(a[k]) / bf16_to_float(float_to_bf16(sv[k])));
+      else
+        for (int64_t k = 0; k < x.cols; ++k) d[k] = float_to_fp16(fp16_to_float(a[k]) / fp16_to_float(float_to_fp16(sv[k])));
+    }
+  }
+  return {out, x.dtype, x.rows, x.cols, x.cols};
+}
+
 at::Tensor linear_by_spec(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale,
                           const at::Tensor& offset, const c10::optional<at::Tensor>& scale1,
                           const c10::optional<at::Tensor>& bias, const ProductSpec& p,
-                          const c10::optional<at::Tensor>& act_scale, const c10::optional<at::Tensor>& act_offset) {
+                          const c10::optional<at::Tensor>& act_scale, const c10::optional<at::Tensor>& act_offset,
+                          const c10::optional<at::Tensor>& smooth = c10::nullopt) {
   WeightArgs w = packed_args(packed, scale, offset, scale1, p.w, p.cols, p.weight_dtype);
   w.act_quant = act_args(p.act, p.a, act_scale, act_offset);
   const int64_t n = packed.size(0);
   Operands o = operands(x, p.cols, n);
   at::Tensor b = float_bias(bias, n);
-  w.run(as_const(o.src), b.defined() ? b.data_ptr<float>() : nullptr, as_mut(o.out));
+  w.run(smoothed(as_const(o.src), smooth), b.defined() ? b.data_ptr<float>() : nullptr, as_mut(o.out));
   return o.out;
 }
 
@@ -162,23 +196,13 @@ at::Tensor linear_packed_spec_op(const std::string& format, const std::string& g
                                   act_granularity, act_group_size, act_symmetric));
 }
 
-// AWQ / SmoothQuant layers: x / s, as the fake-quant module computes it (the division in
-// x's dtype), without a second op call from Python.
-at::Tensor smoothed(const at::Tensor& x, const c10::optional<at::Tensor>& smooth) {
-  if (!smooth.has_value() || !smooth->defined()) return x;
-  TORCH_CHECK_VALUE(x.dim() >= 1 && smooth->numel() == x.size(-1), "smooth: ", smooth->numel(),
-                    " entries, expected one per input feature of x");
-  return x / smooth->to(x.scalar_type());
-}
-
 at::Tensor linear_packed_by_spec_op(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale,
                                     const at::Tensor& offset, const c10::optional<at::Tensor>& scale1,
                                     const c10::optional<at::Tensor>& bias, const at::Tensor& spec,
                                     const c10::optional<at::Tensor>& act_scale,
                                     const c10::optional<at::Tensor>& act_offset,
                                     const c10::optional<at::Tensor>& smooth) {
-  return linear_by_spec(smoothed(x, smooth), packed, scale, offset, scale1, bias, decode_spec(spec), act_scale,
-                        act_offset);
+  return linear_by_spec(x, packed, scale, offset, scale1, bias, decode_spec(spec), act_scale, act_offset, smooth);
 }
 
 at::Tensor linear_int8_op(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& w_scale, int64_t bits,
@@ -186,9 +210,9 @@ at::Tensor linear_int8_op(const at::Tensor& x, const at::Tensor& packed, const a
                           const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& smooth) {
   const WeightArgs w = int8_args(packed, w_scale, bits, cols, per_token, act_scale, act_offset);
   const int64_t n = packed.size(0);
-  Operands o = operands(smoothed(x, smooth), cols, n);
+  Operands o = operands(x, cols, n);
   at::Tensor b = float_bias(bias, n);
-  w.run(as_const(o.src), b.defined() ? b.data_ptr<float>() : nullptr, as_mut(o.out));
+  w.run(smoothed(as_const(o.src), smooth), b.defined() ? b.data_ptr<float>() : nullptr, as_mut(o.out));
   return o.out;
 }
 

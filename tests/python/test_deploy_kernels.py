@@ -547,7 +547,7 @@ def test_linear_packed_by_spec_equals_linear_packed(weight, act):
     static = act[0] and act[1] == "tensor"
     a_scale, a_offset = (torch.tensor([0.03]), torch.tensor([3 if not act[3] else 0], dtype=torch.int32)) \
         if static else (None, None)
-    for dtype in (torch.float32, torch.bfloat16):
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
         args = (fmt, gran, gs, sym, k, dtype, *act)
         spec = OPS.linear_packed_spec(*args)
         assert spec.dtype == torch.int64 and spec.shape == (10,)
@@ -560,6 +560,12 @@ def test_linear_packed_by_spec_equals_linear_packed(weight, act):
         got = OPS.linear_packed_by_spec(x.to(dtype), packed, scale, offset, None, bias, spec, a_scale, a_offset,
                                         smooth)
         assert torch.equal(got, want), (weight, act, dtype, "smooth")
+    xt = torch.randn(k, 5).t()  # a transposed view: x is not contiguous
+    want = OPS.linear_packed(xt / smooth, packed, scale, offset, None, bias, fmt, gran, gs, sym, k, torch.float32,
+                             *act, a_scale, a_offset)
+    spec = OPS.linear_packed_spec(fmt, gran, gs, sym, k, torch.float32, *act)
+    got = OPS.linear_packed_by_spec(xt, packed, scale, offset, None, bias, spec, a_scale, a_offset, smooth)
+    assert torch.equal(got, want), (weight, act, "smooth, strided x")
 
 
 def test_linear_packed_spec_errors_name_the_argument():
