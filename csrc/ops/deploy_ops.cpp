@@ -132,13 +132,20 @@ ActQuant act_args(bool enabled, const QuantSpec& spec, const c10::optional<at::T
 
 // AWQ / SmoothQuant layers: the activations divided by the smoothing factors as the
 // fake-quant module computes them (torch's x / s.to(x.dtype): s rounded to x's dtype, the
-// quotient too), into a per-thread buffer: no second op call from Python, no tensor.
-ConstMatrix smoothed(const ConstMatrix& x, const c10::optional<at::Tensor>& smooth) {
+// quotient too). Small inputs (decoding) go into a per-thread buffer, which saves the ATen
+// division's dispatch and allocation (about 1 us); larger ones use that division, which is
+// vectorized and parallel (`keep` holds its result).
+ConstMatrix smoothed(const ConstMatrix& x, const c10::optional<at::Tensor>& smooth, const at::Tensor& src,
+                     at::Tensor& keep) {
   if (!smooth.has_value() || !smooth->defined()) return x;
   TORCH_CHECK_VALUE(smooth->numel() == x.cols, "smooth: ", smooth->numel(), " entries, expected one per input ",
                     "feature of x (", x.cols, ")");
-  const at::Tensor s = smooth->scalar_type() == at::kFloat && smooth->is_contiguous()
-                           ? *smooth : smooth->to(at::kFloat).contiguous();
+  if (x.rows * x.cols > (1 << 14)) {
+    keep = (src / smooth->reshape({x.cols}).to(src.scalar_type())).contiguous();
+    return as_const(keep);
+  }
+  const at::Tensor s = smooth->scalar_type() == at::kFloat && smooth->is_contiguous() ? *smooth
+                                                                                       : smooth->to(at::kFloat).contiguous();
   const float* sv = s.data_ptr<float>();
   thread_local GrowBuffer<uint8_t> buf;
   const int64_t es = dtype_bytes(x.dtype);
@@ -150,14 +157,13 @@ ConstMatrix smoothed(const ConstMatrix& x, const c10::optional<at::Tensor>& smoo
       const float* a = reinterpret_cast<const float*>(in);
       float* d = reinterpret_cast<float*>(dst);
       for (int64_t k = 0; k < x.cols; ++k) d[k] = a[k] / sv[k];
-    } else {
-      const uint16_t* a = reinterpret_cast<const uint16_t*>(in);
-      uint16_t* d = reinterpret_cast<uint16_t*>(dst);
-      if (x.dtype == DType::kBF16)
-        for (int64_t k = 0; k < x.cols; ++k) d[k] = float_to_bf16(bf16_to_float(a[k]) / bf16_to_float(float_to_bf16(sv[k])));
-      else
-        for (int64_t k = 0; k < x.cols; ++k) d[k] = float_to_fp16(fp16_to_float(a[k]) / fp16_to_float(float_to_fp16(sv[k])));
+      continue;
     }
+    const uint16_t* a = reinterpret_cast<const uint16_t*>(in);
+    uint16_t* d = reinterpret_cast<uint16_t*>(dst);
+    for (int64_t k = 0; k < x.cols; ++k)
+      d[k] = x.dtype == DType::kBF16 ? float_to_bf16(bf16_to_float(a[k]) / bf16_to_float(float_to_bf16(sv[k])))
+                                     : float_to_fp16(fp16_to_float(a[k]) / fp16_to_float(float_to_fp16(sv[k])));
   }
   return {out, x.dtype, x.rows, x.cols, x.cols};
 }
@@ -172,7 +178,8 @@ at::Tensor linear_by_spec(const at::Tensor& x, const at::Tensor& packed, const a
   const int64_t n = packed.size(0);
   Operands o = operands(x, p.cols, n);
   at::Tensor b = float_bias(bias, n);
-  w.run(smoothed(as_const(o.src), smooth), b.defined() ? b.data_ptr<float>() : nullptr, as_mut(o.out));
+  at::Tensor keep;
+  w.run(smoothed(as_const(o.src), smooth, o.src, keep), b.defined() ? b.data_ptr<float>() : nullptr, as_mut(o.out));
   return o.out;
 }
 
@@ -212,7 +219,8 @@ at::Tensor linear_int8_op(const at::Tensor& x, const at::Tensor& packed, const a
   const int64_t n = packed.size(0);
   Operands o = operands(x, cols, n);
   at::Tensor b = float_bias(bias, n);
-  w.run(smoothed(as_const(o.src), smooth), b.defined() ? b.data_ptr<float>() : nullptr, as_mut(o.out));
+  at::Tensor keep;
+  w.run(smoothed(as_const(o.src), smooth, o.src, keep), b.defined() ? b.data_ptr<float>() : nullptr, as_mut(o.out));
   return o.out;
 }
 
