@@ -68,13 +68,6 @@ class DeployLayer(QuantLayerBase):
         bn = getattr(self, "folded_batchnorm", None)
         return super().extra_repr() + (f", batchnorm={bn!r} folded" if bn else "")
 
-    def _input_and_bias(self, x):
-        """x / s (AWQ, SmoothQuant) and the bias the op adds, with the buffers read from the
-        dict (nn.Module.__getattr__ is slow): what smoothed() and effective_bias() give."""
-        b = self._buffers
-        smooth = b["smooth"]
-        return x if smooth is None else x / smooth.to(x.dtype), self.effective_bias(b["bias"], x.dtype)
-
     def weight_dequant(self):
         if self._buffers.get("w_scale1") is not None:  # FP8 x FP4, or a folded BatchNorm: rows times s1
             w = self.wspec.weight_unpack(self.weight_packed, self.w_scale, self.w_offset, self.cols, torch.float32)
@@ -167,7 +160,8 @@ class DeployConv2d(Conv2dMath, DeployLayer):
 
     def forward(self, x):
         b = self._buffers
-        x, bias = self._input_and_bias(x)  # (the padding below keeps x's dtype)
+        x = self.smoothed(x)
+        bias = self.effective_bias(b["bias"], x.dtype)  # (the padding below keeps x's dtype)
         act_fmt, _, _, act_sym, act_scale, act_offset = self.activation_args()  # '' for none / integer kernel
         pad = self.padding
         if self.padding_mode != "zeros" or isinstance(pad, str):
