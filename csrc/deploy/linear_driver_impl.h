@@ -101,15 +101,15 @@ struct LinearKernels {
   static constexpr int64_t kGemvSpan = 4096;  // columns decoded at a time (16 KiB, L1)
   static constexpr int64_t kGemvBlockRows = 64;  // weight rows per call of a fused decoder (at most)
 
-  // y[m, n] = dots[(n - n0) * MR + m] + bias[n] for m < M, n in [n0, n1) (y's dtype chosen
-  // once, not per element)
-  static void store_dots(const MutMatrix& y, int64_t M, int MR, int64_t n0, int64_t n1, const float* dots,
+  // Results kept transposed into y: y[m, n] = dots[(n - n0) * ld + m] + bias[n] for m < M,
+  // n in [n0, n1) (y's dtype chosen once, not per element). The GEMV's and the GEMM's.
+  static void store_dots(const MutMatrix& y, int64_t M, int64_t ld, int64_t n0, int64_t n1, const float* dots,
                          const float* bias) {
     driver::with_dtype(y.dtype, [&](auto dt) {
       constexpr DType D = decltype(dt)::value;
       for (int64_t m = 0; m < M; ++m) {
         char* row = static_cast<char*>(y.data) + m * y.ld * dtype_bytes(D);
-        for (int64_t n = n0; n < n1; ++n) store_element(row, D, n, dots[(n - n0) * MR + m] + (bias ? bias[n] : 0.0f));
+        for (int64_t n = n0; n < n1; ++n) store_element(row, D, n, dots[(n - n0) * ld + m] + (bias ? bias[n] : 0.0f));
       }
     });
   }
@@ -269,8 +269,9 @@ struct LinearKernels {
       for (int64_t t = 0; t < mt * nt; ++t) {
         const int64_t m0 = (t / nt) * 32, n0 = (t % nt) * 32;
         const int64_t m1 = min64(M, m0 + 32), n1 = min64(N, n0 + 32);
-        for (int64_t m = m0; m < m1; ++m)
-          for (int64_t n = n0; n < n1; ++n) store_at(y, m_begin + m, n, ct[n * ldc + m] + (bias ? bias[n] : 0.0f));
+        const MutMatrix rows{static_cast<char*>(y.data) + (m_begin + m0) * y.ld * dtype_bytes(y.dtype), y.dtype,
+                             m1 - m0, y.cols, y.ld};
+        store_dots(rows, m1 - m0, ldc, n0, n1, ct + n0 * ldc + m0, bias);
       }
     }
   };
