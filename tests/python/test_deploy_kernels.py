@@ -20,7 +20,7 @@ def _available_isas():
         try:
             OPS.set_isa(isa)
             out.append(isa)
-        except RuntimeError:
+        except (RuntimeError, ValueError):  # ValueError: not supported by this CPU
             pass
     OPS.set_isa("auto")
     return out

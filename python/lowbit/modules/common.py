@@ -83,12 +83,14 @@ class QuantLayerBase(nn.Module):
         raise NotImplementedError
 
 
-def _fp32_for_cpu_half(fn, x, w, bias):
+def _fp32_for_cpu_half(fn, x, w, bias, also_bf16=False):
     """torch's CPU kernels have no float16 matmul/convolution: compute those in float32
-    (float32 accumulation) and return float16."""
-    if x.dtype == torch.float16 and x.device.type == "cpu":
+    (float32 accumulation) and return float16. ``also_bf16``: the same for bfloat16
+    (torch 1.13's bf16 convolution on CPUs without AVX-512 rounds partial sums to bf16,
+    5x the error of one rounding at the end; the deploy kernels accumulate in fp32)."""
+    if (x.dtype == torch.float16 or (also_bf16 and x.dtype == torch.bfloat16)) and x.device.type == "cpu":
         b = None if bias is None else bias.float()
-        return fn(x.float(), w.float(), b).to(torch.float16)
+        return fn(x.float(), w.float(), b).to(x.dtype)
     return fn(x, w, bias)
 
 
@@ -99,7 +101,7 @@ class LinearMath:
 
 class Conv2dMath:
     def compute(self, x, w, bias):
-        return _fp32_for_cpu_half(lambda a, b, c: nn.Conv2d._conv_forward(self, a, b, c), x, w, bias)
+        return _fp32_for_cpu_half(lambda a, b, c: nn.Conv2d._conv_forward(self, a, b, c), x, w, bias, also_bf16=True)
 
     def _copy_conv_attrs(self, ori):
         for k in ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups",
