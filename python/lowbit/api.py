@@ -137,6 +137,23 @@ def _replace(model, name, new):
     setattr(parent, child, new)
 
 
+def _merge_skipped(earlier, plans):
+    """The skip record after another quantize() call: the earlier calls' entries of layers
+    still left in float (their reasons first, then this call's when it differs), plus this
+    call's own skips; a layer this call quantized drops out. Every float Linear/Conv2d is in
+    ``plans``, so an earlier entry of a layer that is not (quantized, or gone) is dropped."""
+    merged = {}
+    for p in plans:
+        if not p.skip_reason:
+            continue
+        old = earlier.get(p.name)
+        if old is None or p.skip_reason in old.split("; "):
+            merged[p.name] = old or p.skip_reason
+        else:
+            merged[p.name] = f"{old}; {p.skip_reason}"
+    return merged
+
+
 def quantize(model, config=None, target="generic", sequential=False):
     """Replaces the model's Linear/Conv2d layers (subclasses too) with calibration
     modules, in place, and returns the model.
@@ -146,6 +163,9 @@ def quantize(model, config=None, target="generic", sequential=False):
     ``target="ascend"`` also applies Ascend's dtype and shape limits (layers outside them
     are left in float, with the reason in ``lowbit.summary``). ``sequential=True``
     calibrates block by block so later layers see quantized inputs (lowbit.sequential).
+    Calling it again on the same model quantizes the layers still in float; the skip
+    record that ``lowbit.summary`` shows keeps the earlier calls' skips of layers left in
+    float.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
@@ -174,7 +194,7 @@ def quantize(model, config=None, target="generic", sequential=False):
     for p, new in built:
         _replace(model, p.name, new)
     skipped = {p.name: p.skip_reason for p in plans if p.skip_reason}
-    model._lowbit_skipped = skipped
+    model._lowbit_skipped = _merge_skipped(getattr(model, "_lowbit_skipped", None) or {}, plans)
     calibrating = [m for _, m in built if getattr(m, "needs_calibration", False)]
     if calibrating:
         progress = CalibrationProgress(len(calibrating))

@@ -7,15 +7,20 @@ A convolution unfolds into many rows per call (ResNet-20: 256K patches for 250 i
 at most MAX_ROWS evenly spaced rows per call enter H, which is plenty to estimate a
 K x K matrix with K <= a few thousand, and keeps calibration time linear in the layers.
 
-When every row of a call enters H (Linear layers up to MAX_ROWS rows), H's diagonal
-(sums of squares) doubles as the NaN/Inf check of the activations: an O(K) test after
-the update replaces a pass over the whole input.
+A call is checked before it enters H (CalibLayer._observe has found the input finite,
+with max |x| = amax): H must stay finite in float32, which a bound guarantees without
+a look at the new entries: every diagonal entry grows by at most rows * amax^2 and the
+off-diagonal ones are bounded by the diagonal (Cauchy-Schwarz), so
+    max(diag H) + rows * amax^2 < FLOAT32_MAX / 2
+(the half: headroom for rounding) keeps every partial sum finite. A batch outside it is
+rejected with H untouched, and a later batch can still be taken.
 """
 import torch
 
-from lowbit.modules.calibration import CalibLinear
+from lowbit.modules.calibration import CalibConv2d
 
 MAX_ROWS = 32768
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
 class HessianMixin:
@@ -28,9 +33,27 @@ class HessianMixin:
     def free_hessian(self):
         self.hessian = torch.zeros(0)
 
-    def checks_finite_itself(self, x):
-        """True when observe_hessian sees every row of x (then it checks them)."""
-        return isinstance(self, CalibLinear) and x.numel() // max(x.shape[-1], 1) <= MAX_ROWS
+    def hessian_row_count(self, x):
+        """How many rows of x enter H: what input_rows(x, MAX_ROWS) gives, without building them."""
+        if isinstance(self, CalibConv2d):
+            h_out, w_out = self.output_hw(*x.shape[-2:])
+            return self.images_for_rows(x, MAX_ROWS) * h_out * w_out
+        m = x.numel() // max(x.shape[-1], 1)
+        if m <= MAX_ROWS:
+            return m
+        step = -(-m // MAX_ROWS)  # input_rows keeps rows[::step]
+        return -(-m // step)
+
+    def check_hessian(self, x, lo, hi):
+        """Raises (before H changes) when adding x's rows could take H past float32."""
+        amax = max(-float(lo), float(hi))
+        held = float(self.hessian.diagonal(0, 1, 2).max()) if self.hessian.numel() else 0.0
+        if held + self.hessian_row_count(x) * amax * amax >= FLOAT32_MAX / 2:
+            raise self.nonfinite_input_error(x, lo, hi)
+
+    def check_observation(self, x, lo, hi):
+        super().check_observation(x, lo, hi)
+        self.check_hessian(x, lo, hi)
 
     def observe_hessian(self, x):
         if self.hessian.numel() == 0:
@@ -40,8 +63,6 @@ class HessianMixin:
             self.hessian = torch.zeros(self.groups, k, k)
         for g, rows in enumerate(self.input_rows(x, MAX_ROWS)):
             torch.ops.lowbit.hessian_accumulate(self.hessian[g], rows)
-        if self.checks_finite_itself(x) and not bool(torch.isfinite(self.hessian.diagonal(0, 1, 2)).all()):
-            raise self.nonfinite_input_error(x)
         self.hessian_rows += rows.shape[0]
 
     def finish_hessian(self):

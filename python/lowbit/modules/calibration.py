@@ -6,6 +6,11 @@ batch_num-th call, and returns fake-quantized output from then on. Layers withou
 need (weight-only, dynamic per-token or MX activations, cast) are fake-quantized from the
 first call. All state is in registered buffers: a state_dict saved mid-calibration can be
 restored and calibration continues.
+
+A calibration batch is checked before any statistic changes (its shape, that it is not
+empty, that it is finite, and the algorithm's own limits such as the float32 Hessian's
+range): a rejected batch is a ValueError naming the layer and leaves no trace, so
+calibration goes on with the next batch as if the rejected one had never come.
 """
 import logging
 import time
@@ -96,8 +101,7 @@ class CalibLayer(QuantLayerBase):
         (whole images: no aliasing with positions) and a Linear keeps evenly spaced rows."""
         if isinstance(self, CalibConv2d):
             if max_rows is not None:
-                h_out, w_out = self.compute(x[:1], self.weight, None).shape[-2:]
-                x = x[: max(1, -(-max_rows // (h_out * w_out)))]
+                x = x[: self.images_for_rows(x, max_rows)]
             if self.padding_mode != "zeros":
                 x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
                 pad = 0
@@ -132,24 +136,40 @@ class CalibLayer(QuantLayerBase):
             return xd.min(), xd.max()
         return torch.aminmax(xd)
 
-    def checks_finite_itself(self, x):
-        """True when observe_algorithm checks x for NaN/Inf (then _observe does not)."""
-        return False
+    def error_prefix(self):
+        """'layer NAME', plus the calibration batch while the layer collects statistics."""
+        if self.deferred or self.calibrated:
+            return f"layer '{self.layer_name}'"
+        return f"layer '{self.layer_name}', calibration batch {int(self.calib_calls) + 1}"
 
-    def nonfinite_input_error(self, xd):
-        where = f"layer '{self.layer_name}', calibration batch {int(self.calib_calls) + 1}"
-        lo, hi = self._input_range(xd)
-        if torch.isfinite(lo) and torch.isfinite(hi):  # finite, but its squares overflow float32
-            return ValueError(f"{where}: activations too large (up to {max(-float(lo), float(hi)):.3g} in "
-                              f"magnitude): their squares overflow float32")
-        return ValueError(f"{where}: activations contain NaN or Inf")
+    def input_shape_error(self, x):
+        """Why the layer cannot take an input of x's shape (None when it can)."""
+        return None
+
+    def nonfinite_input_error(self, xd, lo=None, hi=None):
+        if lo is None:
+            lo, hi = self._input_range(xd)
+        if torch.isfinite(lo) and torch.isfinite(hi):  # finite, but too large for check_observation
+            amax = max(-float(lo), float(hi))
+            return ValueError(f"{self.error_prefix()}: activations too large (up to {amax:.3g} in magnitude): "
+                              f"their sums of squares would overflow the float32 Hessian")
+        return ValueError(f"{self.error_prefix()}: activations contain NaN or Inf")
+
+    def check_observation(self, x, lo, hi):
+        """Raises when the algorithm's statistics cannot take x (finite, non-empty, of the
+        right shape, with min lo and max hi); called before anything changes."""
 
     def _observe(self, x):
         xd = x.detach()
-        if self.static_act or not self.checks_finite_itself(xd):
-            lo, hi = self._input_range(xd)
-            if not (torch.isfinite(lo) and torch.isfinite(hi)):
-                raise self.nonfinite_input_error(xd)
+        if xd.numel() == 0:  # no rows: a layer finalized on it would have seen nothing
+            raise ValueError(f"{self.error_prefix()}: empty input (shape {list(xd.shape)})")
+        if isinstance(self, CalibConv2d) and xd.dim() == 3:  # an unbatched image: a batch of one
+            xd = xd.unsqueeze(0)
+        # every check before the first statistic changes: a rejected batch leaves no trace
+        lo, hi = self._input_range(xd)
+        if not (torch.isfinite(lo) and torch.isfinite(hi)):
+            raise self.nonfinite_input_error(xd, lo, hi)
+        self.check_observation(xd, lo, hi)
         if self.static_act and self.algorithm == "quantile":  # EMA of the per-call max |x|
             m = torch.maximum(-lo, hi).float()
             first = int(self.calib_calls) == 0
@@ -178,6 +198,9 @@ class CalibLayer(QuantLayerBase):
     fake_quant_weight_cache = None  # sequential mode: weight_fake_quant() while a block's outputs are computed
 
     def forward(self, x):
+        problem = self.input_shape_error(x)
+        if problem is not None:
+            raise ValueError(f"{self.error_prefix()}: {problem}")
         if self.deferred:
             return self.compute(x, self.weight, self.bias)
         if not self.calibrated:
@@ -193,8 +216,37 @@ class CalibLinear(LinearMath, CalibLayer):
         CalibLayer.__init__(self, ori, layer_name, layer_cfg)
         self.in_features, self.out_features = ori.in_features, ori.out_features
 
+    def input_shape_error(self, x):
+        if x.dim() == 0:
+            return "expected an input of at least 1 dimension, got shape []"
+        k = self.weight_shape[1]
+        if x.shape[-1] != k:
+            return f"input width {x.shape[-1]} (shape {list(x.shape)}) does not match in_features {k}"
+        return None
+
 
 class CalibConv2d(Conv2dMath, CalibLayer):
     def __init__(self, ori, layer_name, layer_cfg):
         CalibLayer.__init__(self, ori, layer_name, layer_cfg)
         self._copy_conv_attrs(ori)
+
+    def input_shape_error(self, x):
+        if x.dim() not in (3, 4):
+            return f"expected a 3-D or 4-D input, got shape {list(x.shape)}"
+        channels = self.weight_shape[1] * self.groups
+        if x.shape[-3] != channels:
+            return f"input has {x.shape[-3]} channels (shape {list(x.shape)}), expected in_channels {channels}"
+        return None
+
+    def output_hw(self, h, w):
+        """The output's spatial size for an [.., h, w] input."""
+        if self.padding == "same":
+            return h, w
+        pad = (0, 0) if self.padding == "valid" else self.padding
+        return tuple((n + 2 * p - d * (k - 1) - 1) // s + 1
+                     for n, p, d, k, s in zip((h, w), pad, self.dilation, self.kernel_size, self.stride))
+
+    def images_for_rows(self, x, max_rows):
+        """How many of x's first (whole) images input_rows unfolds to reach max_rows rows."""
+        h_out, w_out = self.output_hw(*x.shape[-2:])
+        return min(x.shape[0], max(1, -(-max_rows // max(h_out * w_out, 1))))
