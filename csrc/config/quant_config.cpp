@@ -87,6 +87,9 @@ TensorQuantCfg parse_weights(const std::string& path, const ConfigValue& v) {
   }
   if (c.strategy == Granularity::kGroup && c.group_size % 32 != 0)
     value_error(path + ".group_size: " + std::to_string(c.group_size) + " is not a multiple of 32");
+  if (c.strategy == Granularity::kGroup && c.group_size > kMaxGroupSize)
+    value_error(path + ".group_size: " + std::to_string(c.group_size) + " is larger than " +
+                std::to_string(kMaxGroupSize) + "; allowed: multiples of 32 up to " + std::to_string(kMaxGroupSize));
   if (is_mx(c.type) && (c.strategy != Granularity::kGroup || c.group_size != 32))
     value_error(path + ": " + name_of(c.type) + " weights use blocks of 32: strategy must be 'group' with group_size 32");
   if (is_float4(c.type) && c.strategy != Granularity::kGroup)

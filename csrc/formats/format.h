@@ -52,5 +52,7 @@ std::string allowed_format_names();
 
 // MX blocks are always this long.
 constexpr int kMxBlock = 32;
+// The largest group size of strategy 'group' (kernels size per-thread scratch by it).
+constexpr int64_t kMaxGroupSize = int64_t(1) << 20;
 
 }  // namespace lowbit

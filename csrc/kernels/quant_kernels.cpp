@@ -21,9 +21,10 @@ void validate_spec(const QuantSpec& spec) {
                                   "' with group_size " + std::to_string(spec.group_size));
   }
   if (spec.granularity == Granularity::kGroup) {
-    if (spec.group_size <= 0 || spec.group_size % 32 != 0)
+    if (spec.group_size <= 0 || spec.group_size % 32 != 0 || spec.group_size > kMaxGroupSize)
       throw std::invalid_argument("group_size: " + std::to_string(spec.group_size) +
-                                  " is not a positive multiple of 32; allowed: 32, 64, 96, 128, ...");
+                                  " is not a positive multiple of 32 up to " + std::to_string(kMaxGroupSize) +
+                                  "; allowed: 32, 64, 96, 128, ...");
   } else if (spec.group_size != 0) {
     throw std::invalid_argument("group_size: " + std::to_string(spec.group_size) +
                                 " is only allowed with granularity 'group' (got '" +

@@ -1,6 +1,7 @@
 // torch.ops.lowbit.linear_packed / linear_int8: the deploy layers' matrix products on
 // packed weights (csrc/deploy), for any leading shape [..., K] -> [..., N].
 #include <ATen/ATen.h>
+#include <cmath>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -16,6 +17,13 @@
 
 namespace lowbit {
 namespace {
+
+// A static activation scale and zero point as the kernels need them: the scale finite
+// and positive, the zero point an int8 value (anything else overflows their arithmetic).
+void check_static_act(float scale, int32_t offset) {
+  TORCH_CHECK_VALUE(std::isfinite(scale) && scale > 0.0f, "act_scale: ", scale, " is not a finite positive scale");
+  TORCH_CHECK_VALUE(offset >= -128 && offset <= 127, "act_offset: ", offset, " is outside the int8 range [-128, 127]");
+}
 
 at::Tensor float_bias(const c10::optional<at::Tensor>& bias, int64_t n) {
   if (!bias.has_value() || !bias->defined()) return at::Tensor();
@@ -108,6 +116,7 @@ WeightArgs int8_args(const at::Tensor& packed, const at::Tensor& w_scale, int64_
   if (!per_token) {
     a.act.scale = first_value<float>(act_scale, "act_scale");
     a.act.offset = act_offset.numel() ? first_value<int32_t>(act_offset, "act_offset") : 0;
+    check_static_act(a.act.scale, a.act.offset);
   }
   return a;
 }
@@ -126,6 +135,7 @@ ActQuant act_args(bool enabled, const QuantSpec& spec, const c10::optional<at::T
     a.scale = first_value<float>(*act_scale, "act_scale");
     if (act_offset.has_value() && act_offset->numel() == 1)
       a.offset = first_value<int32_t>(*act_offset, "act_offset");
+    check_static_act(a.scale, a.offset);
   }
   return a;
 }

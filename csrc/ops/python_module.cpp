@@ -6,8 +6,10 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <cstdio>
 
 #include "config/quant_config.h"
+#include "serialization/atomic_file.h"
 
 namespace py = pybind11;
 
@@ -16,43 +18,82 @@ const char* ops_library_version();
 
 namespace {
 
-ConfigValue to_value(py::handle h) {
+// Python value -> ConfigValue. Never crashes on any input: nesting is bounded (a dict
+// that contains itself is named as such), ints must fit in int64, strings must be
+// encodable as UTF-8; every problem is a ConfigError naming the key path.
+constexpr int kMaxConfigDepth = 32;
+
+std::string type_name_of(py::handle h) { return py::str(py::type::of(h).attr("__name__")); }
+
+std::string utf8_of(py::handle h, const std::string& path) {
+  Py_ssize_t n = 0;
+  const char* p = PyUnicode_AsUTF8AndSize(h.ptr(), &n);
+  if (!p) {
+    PyErr_Clear();
+    throw ConfigError{false, path + ": the str cannot be encoded as UTF-8 (lone surrogate?)"};
+  }
+  return std::string(p, size_t(n));
+}
+
+ConfigValue to_value(py::handle h, const std::string& path, std::vector<PyObject*>& stack) {
+  if (stack.size() >= size_t(kMaxConfigDepth))
+    throw ConfigError{false, path + ": nested more than " + std::to_string(kMaxConfigDepth) + " levels deep"};
   ConfigValue v;
-  v.type_name = py::str(py::type::of(h).attr("__name__"));
+  v.type_name = type_name_of(h);
   if (h.is_none()) {
     v.kind = ConfigValue::Kind::kNone;
   } else if (py::isinstance<py::bool_>(h)) {
     v.kind = ConfigValue::Kind::kBool;
-    v.b = h.cast<bool>();
+    v.b = h.ptr() == Py_True;
   } else if (py::isinstance<py::int_>(h)) {
+    int overflow = 0;
+    const long long x = PyLong_AsLongLongAndOverflow(h.ptr(), &overflow);
+    if (overflow || (x == -1 && PyErr_Occurred())) {
+      PyErr_Clear();
+      throw ConfigError{false, path + ": the int " + std::string(py::str(h)).substr(0, 40) +
+                                   " is out of range (at most 2**63 - 1 in magnitude)"};
+    }
     v.kind = ConfigValue::Kind::kInt;
-    v.i = h.cast<int64_t>();
+    v.i = x;
   } else if (py::isinstance<py::float_>(h)) {
     v.kind = ConfigValue::Kind::kFloat;
-    v.f = h.cast<double>();
+    v.f = PyFloat_AsDouble(h.ptr());
   } else if (py::isinstance<py::str>(h)) {
     v.kind = ConfigValue::Kind::kString;
-    v.s = h.cast<std::string>();
-  } else if (py::isinstance<py::dict>(h)) {
-    v.kind = ConfigValue::Kind::kDict;
-    for (auto kv : h.cast<py::dict>()) {
-      if (!py::isinstance<py::str>(kv.first))
-        throw ConfigError{true, "config: every key must be a str, got " +
-                                    std::string(py::str(py::type::of(kv.first).attr("__name__"))) + " " +
-                                    std::string(py::repr(kv.first))};
-      v.dict.emplace_back(kv.first.cast<std::string>(), to_value(kv.second));
+    v.s = utf8_of(h, path);
+  } else if (py::isinstance<py::dict>(h) || py::isinstance<py::list>(h) || py::isinstance<py::tuple>(h) ||
+             py::isinstance<py::set>(h) || py::isinstance<py::frozenset>(h)) {
+    if (std::find(stack.begin(), stack.end(), h.ptr()) != stack.end())
+      throw ConfigError{false, path + ": the " + v.type_name + " contains itself"};
+    stack.push_back(h.ptr());
+    if (py::isinstance<py::dict>(h)) {
+      v.kind = ConfigValue::Kind::kDict;
+      for (auto kv : h.cast<py::dict>()) {
+        if (!py::isinstance<py::str>(kv.first))
+          throw ConfigError{true, path + ": every key must be a str, got " +
+                                      type_name_of(kv.first) + " " + std::string(py::repr(kv.first))};
+        std::string key = utf8_of(kv.first, path + " key " + std::string(py::repr(kv.first)));
+        const std::string child = path == "config" ? key : path + "." + key;
+        v.dict.emplace_back(key, to_value(kv.second, child, stack));
+      }
+    } else {
+      v.kind = ConfigValue::Kind::kList;
+      size_t i = 0;
+      for (auto item : py::iter(h)) v.list.push_back(to_value(item, path + "[" + std::to_string(i++) + "]", stack));
+      if (py::isinstance<py::set>(h) || py::isinstance<py::frozenset>(h))  // sets: deterministic order
+        std::sort(v.list.begin(), v.list.end(), [](const ConfigValue& a, const ConfigValue& b) { return a.repr() < b.repr(); });
     }
-  } else if (py::isinstance<py::list>(h) || py::isinstance<py::tuple>(h) || py::isinstance<py::set>(h) ||
-             py::isinstance<py::frozenset>(h)) {
-    v.kind = ConfigValue::Kind::kList;
-    for (auto item : py::iter(h)) v.list.push_back(to_value(item));
-    if (py::isinstance<py::set>(h) || py::isinstance<py::frozenset>(h))  // sets: deterministic order
-      std::sort(v.list.begin(), v.list.end(), [](const ConfigValue& a, const ConfigValue& b) { return a.repr() < b.repr(); });
+    stack.pop_back();
   } else {
     v.kind = ConfigValue::Kind::kOther;  // rejected by every rule, shown by its repr
-    v.s = std::string(py::repr(h));
+    v.s = std::string(py::repr(h)).substr(0, 200);
   }
   return v;
+}
+
+ConfigValue to_value(py::handle h) {
+  std::vector<PyObject*> stack;
+  return to_value(h, "config", stack);
 }
 
 py::dict tensor_dict(const TensorQuantCfg& c) {
@@ -99,15 +140,30 @@ std::vector<CustomAlgorithm> to_custom(const std::vector<std::pair<std::string, 
   return out;
 }
 
+// Control characters (a NUL would end the message early) shown as \xNN.
+std::string printable(const std::string& s) {
+  std::string out;
+  for (unsigned char c : s) {
+    if (c < 0x20 || c == 0x7F) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\x%02x", c);
+      out += buf;
+    } else {
+      out += char(c);
+    }
+  }
+  return out;
+}
+
 template <class Fn>
 auto raising_python_errors(Fn&& fn) -> decltype(fn()) {
   try {
     return fn();
   } catch (const ConfigError& e) {
-    if (e.type_error) throw py::type_error(e.message);
-    throw py::value_error(e.message);
+    if (e.type_error) throw py::type_error(printable(e.message));
+    throw py::value_error(printable(e.message));
   } catch (const std::invalid_argument& e) {
-    throw py::value_error(e.what());
+    throw py::value_error(printable(e.what()));
   }
 }
 
@@ -155,6 +211,18 @@ PYBIND11_MODULE(_C, m) {
       py::arg("custom_algorithms") = std::vector<std::pair<std::string, std::vector<std::string>>>{},
       "Checks one layer's effective (normalized) settings.");
   m.def("did_you_mean", &did_you_mean);
+  m.def(
+      "write_file_atomic",
+      [](const std::string& path, py::bytes data) {
+        const std::string bytes = data;
+        raising_python_errors([&] {
+          write_file_atomic(path, reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size());
+          return 0;
+        });
+      },
+      py::arg("path"), py::arg("data"),
+      "Writes data to path through a temporary file in the same folder, fsync and rename: a crash or a full "
+      "disk leaves the old file. Raises ValueError (naming the path and the system's reason).");
   m.def(
       "algorithm_layer_types",
       [](const std::string& name, std::vector<std::pair<std::string, std::vector<std::string>>> custom) {

@@ -1,12 +1,15 @@
 // torch.ops.lowbit.save_safetensors / load_safetensors: at::Tensor <-> the torch-free
-// safetensors reader and writer (serialization/safetensors.cpp).
+// safetensors reader and writer (serialization/safetensors.cpp); validate_saved_model:
+// lowbit's metadata against the loaded tensors (serialization/saved_model.cpp).
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
 #include <cstring>
+#include <map>
 #include <stdexcept>
 
 #include "serialization/safetensors.h"
+#include "serialization/saved_model.h"
 
 namespace lowbit {
 namespace {
@@ -31,8 +34,8 @@ at::ScalarType dtype_of(const std::string& name) {
   TORCH_CHECK_VALUE(false, "safetensors: dtype '", name, "' is not supported by lowbit");
 }
 
-void save_op(const std::string& path, const std::vector<std::string>& names, const std::vector<at::Tensor>& tensors,
-             const std::vector<std::string>& meta_keys, const std::vector<std::string>& meta_values) {
+std::string save_op(const std::string& path, const std::vector<std::string>& names, const std::vector<at::Tensor>& tensors,
+             const std::vector<std::string>& meta_keys, const std::vector<std::string>& meta_values, bool checksum) {
   TORCH_CHECK_VALUE(names.size() == tensors.size(), "names: ", names.size(), " names for ", tensors.size(), " tensors");
   TORCH_CHECK_VALUE(meta_keys.size() == meta_values.size(), "metadata: keys and values differ in length");
   SafetensorsFile file;
@@ -49,7 +52,7 @@ void save_op(const std::string& path, const std::vector<std::string>& names, con
   }
   for (size_t i = 0; i < meta_keys.size(); ++i) file.metadata[meta_keys[i]] = meta_values[i];
   try {
-    write_safetensors(path, file);
+    return write_safetensors(path, file, checksum);
   } catch (const std::invalid_argument& e) {
     TORCH_CHECK_VALUE(false, e.what());
   }
@@ -78,11 +81,50 @@ load_op(const std::string& path) {
   return {names, tensors, keys, values};
 }
 
+void validate_op(const std::string& meta, const std::vector<std::string>& names, const std::vector<at::Tensor>& tensors,
+                 const std::vector<std::string>& custom_names, const std::vector<std::string>& custom_types) {
+  TORCH_CHECK_VALUE(names.size() == tensors.size(), "names: ", names.size(), " names for ", tensors.size(), " tensors");
+  TORCH_CHECK_VALUE(custom_names.size() == custom_types.size(), "custom_types: one entry per custom algorithm");
+  std::vector<at::Tensor> contiguous;
+  contiguous.reserve(tensors.size());
+  std::map<std::string, TensorRef> refs;
+  for (size_t i = 0; i < names.size(); ++i) {
+    contiguous.push_back(tensors[i].detach().cpu().contiguous());
+    const at::Tensor& t = contiguous.back();
+    TensorRef r;
+    r.dtype = dtype_name(t.scalar_type());
+    r.shape.assign(t.sizes().begin(), t.sizes().end());
+    r.data = static_cast<const uint8_t*>(t.data_ptr());
+    r.bytes = size_t(t.numel()) * t.element_size();
+    refs[names[i]] = r;
+  }
+  std::vector<CustomAlgorithm> custom;
+  for (size_t i = 0; i < custom_names.size(); ++i) {
+    CustomAlgorithm c{custom_names[i], {}};
+    std::string types = custom_types[i];
+    for (size_t start = 0; start <= types.size();) {
+      size_t comma = types.find(',', start);
+      if (comma == std::string::npos) comma = types.size();
+      if (comma > start) c.layer_types.push_back(types.substr(start, comma - start));
+      start = comma + 1;
+    }
+    custom.push_back(c);
+  }
+  try {
+    validate_saved_model(meta, refs, custom);
+  } catch (const std::invalid_argument& e) {
+    TORCH_CHECK_VALUE(false, e.what());
+  }
+}
+
 }  // namespace
 }  // namespace lowbit
 
 TORCH_LIBRARY_FRAGMENT(lowbit, m) {
-  m.def("save_safetensors(str path, str[] names, Tensor[] tensors, str[] meta_keys, str[] meta_values) -> ()");
+  m.def("save_safetensors(str path, str[] names, Tensor[] tensors, str[] meta_keys, str[] meta_values, "
+        "bool checksum=False) -> str");
+  m.def("validate_saved_model(str meta, str[] names, Tensor[] tensors, str[] custom_names, str[] custom_types) -> ()");
+  m.impl("validate_saved_model", TORCH_FN(lowbit::validate_op));
   m.def("load_safetensors(str path) -> (str[], Tensor[], str[], str[])");
   m.impl("save_safetensors", TORCH_FN(lowbit::save_op));
   m.impl("load_safetensors", TORCH_FN(lowbit::load_op));

@@ -1,5 +1,6 @@
 #include "serialization/json.h"
 
+#include <cmath>
 #include <cstdio>
 #include <cerrno>
 #include <cstdlib>
@@ -88,6 +89,8 @@ struct Parser {
             uint32_t lo = hex4();
             if (lo < 0xDC00 || lo >= 0xE000) fail("bad low surrogate");
             cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+          } else if (cp >= 0xDC00 && cp < 0xE000) {
+            fail("unpaired low surrogate");
           }
           utf8(out, cp);
           break;
@@ -150,7 +153,7 @@ struct Parser {
         v.kind = JsonValue::Kind::kInt, v.integer = x;
       } else {
         double x = std::strtod(num.c_str(), &end);
-        if (*end) fail("bad number '" + num + "'");
+        if (*end || !std::isfinite(x)) fail("bad number '" + num + "'");
         v.kind = JsonValue::Kind::kNumber, v.number = x;
       }
     } else {
@@ -162,7 +165,36 @@ struct Parser {
 };
 }  // namespace
 
+size_t invalid_utf8_at(const std::string& text) {
+  const auto* p = reinterpret_cast<const unsigned char*>(text.data());
+  const size_t n = text.size();
+  size_t i = 0;
+  while (i < n) {
+    const unsigned c = p[i];
+    if (c < 0x80) {
+      ++i;
+      continue;
+    }
+    int len;
+    uint32_t cp, min;
+    if ((c & 0xE0) == 0xC0) len = 2, cp = c & 0x1F, min = 0x80;
+    else if ((c & 0xF0) == 0xE0) len = 3, cp = c & 0x0F, min = 0x800;
+    else if ((c & 0xF8) == 0xF0) len = 4, cp = c & 0x07, min = 0x10000;
+    else return i;
+    if (i + size_t(len) > n) return i;
+    for (int k = 1; k < len; ++k) {
+      if ((p[i + size_t(k)] & 0xC0) != 0x80) return i;
+      cp = (cp << 6) | (p[i + size_t(k)] & 0x3F);
+    }
+    if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp < 0xE000)) return i;  // overlong, too large, surrogate
+    i += size_t(len);
+  }
+  return std::string::npos;
+}
+
 JsonValue parse_json(const std::string& text) {
+  const size_t bad_at = invalid_utf8_at(text);
+  if (bad_at != std::string::npos) throw std::invalid_argument("invalid UTF-8 at byte " + std::to_string(bad_at));
   Parser p{text};
   JsonValue v = p.value();
   p.ws();

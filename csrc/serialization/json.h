@@ -19,8 +19,11 @@ struct JsonValue {
   const JsonValue* find(const std::string& key) const;
 };
 
-// Throws std::invalid_argument with the byte offset of the problem.
+// Throws std::invalid_argument with the byte offset of the problem. The text must be
+// valid UTF-8 (no overlong forms or surrogates); so is every string parsed from it.
 JsonValue parse_json(const std::string& text);
+// Byte offset of the first invalid UTF-8 sequence, or std::string::npos.
+size_t invalid_utf8_at(const std::string& text);
 std::string json_quote(const std::string& s);
 
 }  // namespace lowbit

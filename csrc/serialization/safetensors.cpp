@@ -3,8 +3,11 @@
 #include <algorithm>
 #include <cstring>
 #include <fstream>
+#include <map>
 #include <stdexcept>
 
+#include "serialization/atomic_file.h"
+#include "serialization/checksum.h"
 #include "serialization/json.h"
 
 namespace lowbit {
@@ -13,7 +16,50 @@ namespace {
 [[noreturn]] void bad(const std::string& msg) { throw std::invalid_argument("safetensors: " + msg); }
 
 constexpr uint64_t kMaxHeader = 100u << 20;  // the format's own limit is 100 MB
+
+// count * size, or false when it does not fit in `limit`
+bool checked_bytes(uint64_t count, uint64_t size, uint64_t limit, uint64_t* out) {
+  if (size && count > limit / size) return false;
+  *out = count * size;
+  return true;
+}
+
+// Element count of a shape; throws when it overflows 2^62 or a dimension is negative.
+uint64_t element_count(const std::string& where, const std::vector<int64_t>& shape) {
+  uint64_t n = 1;
+  for (int64_t d : shape) {
+    if (d < 0) bad(where + ": negative dimension " + std::to_string(d));
+    if (d && n > (uint64_t(1) << 62) / uint64_t(d)) bad(where + ": element count of the shape overflows");
+    n *= uint64_t(d);
+  }
+  return n;
+}
+
+void extend_str(uint32_t& crc, const std::string& s) { crc = crc32c_extend(crc, s.data(), s.size() + 1); }  // with NUL
 }  // namespace
+
+uint32_t content_checksum(const SafetensorsFile& file) {
+  std::vector<const StoredTensor*> order;
+  for (const auto& t : file.tensors) order.push_back(&t);
+  std::sort(order.begin(), order.end(), [](const StoredTensor* a, const StoredTensor* b) { return a->name < b->name; });
+  uint32_t crc = 0;
+  for (const StoredTensor* t : order) {
+    extend_str(crc, t->name);
+    extend_str(crc, t->dtype);
+    std::string shape;
+    for (int64_t d : t->shape) shape += std::to_string(d) + ",";
+    extend_str(crc, shape);
+    const uint64_t n = t->data.size();
+    crc = crc32c_extend(crc, &n, sizeof n);
+    if (n) crc = crc32c_extend(crc, t->data.data(), t->data.size());
+  }
+  for (const auto& kv : file.metadata) {
+    if (kv.first == kChecksumKey) continue;
+    extend_str(crc, kv.first);
+    extend_str(crc, kv.second);
+  }
+  return crc;
+}
 
 int64_t safetensors_dtype_size(const std::string& d) {
   if (d == "F64" || d == "I64" || d == "U64") return 8;
@@ -23,15 +69,17 @@ int64_t safetensors_dtype_size(const std::string& d) {
   bad("unknown dtype '" + d + "'");
 }
 
-std::vector<uint8_t> serialize_safetensors(const SafetensorsFile& file) {
+namespace {
+std::vector<uint8_t> serialize_with_metadata(const SafetensorsFile& file,
+                                             const std::map<std::string, std::string>& metadata) {
   std::vector<const StoredTensor*> order;
   for (const auto& t : file.tensors) order.push_back(&t);
   std::sort(order.begin(), order.end(), [](const StoredTensor* a, const StoredTensor* b) { return a->name < b->name; });
   std::string header = "{";
-  if (!file.metadata.empty()) {
+  if (!metadata.empty()) {
     header += "\"__metadata__\":{";
     bool first = true;
-    for (const auto& kv : file.metadata) {
+    for (const auto& kv : metadata) {
       header += (first ? "" : ",") + json_quote(kv.first) + ":" + json_quote(kv.second);
       first = false;
     }
@@ -42,12 +90,9 @@ std::vector<uint8_t> serialize_safetensors(const SafetensorsFile& file) {
     const StoredTensor& t = *order[i];
     if (t.name.empty() || t.name == "__metadata__") bad("invalid tensor name '" + t.name + "'");
     if (i && order[i - 1]->name == t.name) bad("duplicate tensor name '" + t.name + "'");
-    int64_t n = 1;
-    for (int64_t d : t.shape) {
-      if (d < 0) bad("negative dimension in '" + t.name + "'");
-      n *= d;
-    }
-    if (uint64_t(n * safetensors_dtype_size(t.dtype)) != t.data.size())
+    const uint64_t n = element_count("'" + t.name + "'", t.shape);
+    uint64_t bytes = 0;
+    if (!checked_bytes(n, uint64_t(safetensors_dtype_size(t.dtype)), UINT64_MAX, &bytes) || bytes != t.data.size())
       bad("'" + t.name + "': " + std::to_string(t.data.size()) + " data bytes do not match its shape and dtype");
     std::string shape;
     for (size_t k = 0; k < t.shape.size(); ++k) shape += (k ? "," : "") + std::to_string(t.shape[k]);
@@ -69,6 +114,14 @@ std::vector<uint8_t> serialize_safetensors(const SafetensorsFile& file) {
   }
   return out;
 }
+}  // namespace
+
+std::vector<uint8_t> serialize_safetensors(const SafetensorsFile& file, bool with_checksum) {
+  if (!with_checksum) return serialize_with_metadata(file, file.metadata);
+  std::map<std::string, std::string> metadata = file.metadata;
+  metadata[kChecksumKey] = crc32c_label(content_checksum(file));
+  return serialize_with_metadata(file, metadata);
+}
 
 SafetensorsFile parse_safetensors(const uint8_t* bytes, size_t size) {
   if (size < 8) bad("file of " + std::to_string(size) + " bytes is too short for the 8-byte header length");
@@ -77,6 +130,7 @@ SafetensorsFile parse_safetensors(const uint8_t* bytes, size_t size) {
   if (n > kMaxHeader) bad("header length " + std::to_string(n) + " is larger than 100 MB (corrupt file?)");
   if (n > size - 8) bad("header length " + std::to_string(n) + " runs past the end of the file (" + std::to_string(size) +
                         " bytes): truncated file?");
+  if (n == 0 || bytes[8] != '{') bad("header does not start with '{'");
   JsonValue root;
   try {
     root = parse_json(std::string(reinterpret_cast<const char*>(bytes + 8), size_t(n)));
@@ -87,7 +141,8 @@ SafetensorsFile parse_safetensors(const uint8_t* bytes, size_t size) {
   const uint64_t data_size = size - 8 - n;
   const uint8_t* data = bytes + 8 + n;
   SafetensorsFile file;
-  std::vector<std::pair<uint64_t, uint64_t>> ranges;
+  std::vector<std::pair<std::pair<uint64_t, uint64_t>, std::string>> ranges;
+  std::vector<std::pair<uint64_t, uint64_t>> spans;  // per tensor, in header order
   for (const auto& kv : root.object) {
     if (kv.first == "__metadata__") {
       if (kv.second.kind != JsonValue::Kind::kObject) bad("__metadata__ is not an object");
@@ -99,7 +154,11 @@ SafetensorsFile parse_safetensors(const uint8_t* bytes, size_t size) {
     }
     const JsonValue& t = kv.second;
     const std::string where = "tensor '" + kv.first + "'";
+    if (kv.first.empty()) bad("a tensor has an empty name");
     if (t.kind != JsonValue::Kind::kObject) bad(where + " is not an object");
+    for (const auto& field : t.object)
+      if (field.first != "dtype" && field.first != "shape" && field.first != "data_offsets")
+        bad(where + ": unknown field '" + field.first + "'");
     const JsonValue* dtype = t.find("dtype");
     const JsonValue* shape = t.find("shape");
     const JsonValue* offs = t.find("data_offsets");
@@ -110,37 +169,66 @@ SafetensorsFile parse_safetensors(const uint8_t* bytes, size_t size) {
     st.name = kv.first;
     st.dtype = dtype->str;
     const int64_t es = safetensors_dtype_size(st.dtype);
-    uint64_t count = 1;
     for (const auto& d : shape->array) {
       if (d.kind != JsonValue::Kind::kInt || d.integer < 0) bad(where + ": shape entries must be non-negative ints");
-      if (d.integer > 0 && count > (uint64_t(1) << 62) / uint64_t(d.integer)) bad(where + ": shape overflows");
-      count *= uint64_t(d.integer);
       st.shape.push_back(d.integer);
     }
+    const uint64_t count = element_count(where, st.shape);
     for (const auto& o : offs->array)
       if (o.kind != JsonValue::Kind::kInt || o.integer < 0) bad(where + ": data_offsets must be non-negative ints");
     const uint64_t begin = uint64_t(offs->array[0].integer), end = uint64_t(offs->array[1].integer);
     if (end < begin || end > data_size)
       bad(where + ": data_offsets [" + std::to_string(begin) + ", " + std::to_string(end) + "] outside the " +
           std::to_string(data_size) + "-byte data section (truncated file?)");
-    if (end - begin != count * uint64_t(es))
+    uint64_t expected = 0;
+    if (!checked_bytes(count, uint64_t(es), data_size, &expected) || end - begin != expected)
       bad(where + ": " + std::to_string(end - begin) + " bytes do not match shape and dtype " + st.dtype);
-    st.data.assign(data + begin, data + end);
-    ranges.emplace_back(begin, end);
+    ranges.push_back({{begin, end}, kv.first});
+    spans.emplace_back(begin, end);
     file.tensors.push_back(std::move(st));
   }
+  // The tensors must tile the data section exactly, as the format's reference reader requires.
   std::sort(ranges.begin(), ranges.end());
-  for (size_t i = 1; i < ranges.size(); ++i)
-    if (ranges[i].first < ranges[i - 1].second) bad("tensor data ranges overlap");
+  uint64_t covered = 0;
+  for (const auto& r : ranges) {
+    if (r.first.first < covered) bad("tensor '" + r.second + "': data overlaps the previous tensor's");
+    if (r.first.first > covered)
+      bad("tensor '" + r.second + "': " + std::to_string(r.first.first - covered) +
+          " unused bytes before its data (gap in the data section)");
+    covered = r.first.second;
+  }
+  if (covered != data_size)
+    bad(std::to_string(data_size - covered) + " bytes after the last tensor's data (the header length or the "
+        "offsets are wrong)");
+  // Copy the data once everything is known to be consistent.
+  for (size_t i = 0; i < file.tensors.size(); ++i)
+    file.tensors[i].data.assign(data + spans[i].first, data + spans[i].second);
+  auto sum = file.metadata.find(kChecksumKey);
+  if (sum != file.metadata.end()) {
+    const std::string actual = crc32c_label(content_checksum(file));
+    if (sum->second != actual)
+      bad("checksum mismatch: the metadata says " + sum->second + ", the content gives " + actual +
+          " (the file was damaged or modified after it was written)");
+  }
   return file;
 }
 
-void write_safetensors(const std::string& path, const SafetensorsFile& file) {
-  std::vector<uint8_t> bytes = serialize_safetensors(file);
-  std::ofstream f(path, std::ios::binary | std::ios::trunc);
-  if (!f) bad("cannot open '" + path + "' for writing");
-  f.write(reinterpret_cast<const char*>(bytes.data()), std::streamsize(bytes.size()));
-  if (!f) bad("writing '" + path + "' failed");
+std::string write_safetensors(const std::string& path, const SafetensorsFile& file, bool with_checksum) {
+  const std::string label = with_checksum ? crc32c_label(content_checksum(file)) : std::string();
+  std::vector<uint8_t> bytes;
+  if (with_checksum) {
+    std::map<std::string, std::string> meta = file.metadata;
+    meta[kChecksumKey] = label;
+    bytes = serialize_with_metadata(file, meta);
+  } else {
+    bytes = serialize_with_metadata(file, file.metadata);
+  }
+  try {
+    write_file_atomic(path, bytes.data(), bytes.size());
+  } catch (const std::invalid_argument& e) {
+    bad(e.what());
+  }
+  return label;
 }
 
 SafetensorsFile read_safetensors(const std::string& path) {

@@ -6,7 +6,7 @@ from lowbit.formats import (FORMATS, GRANULARITIES, compute_scales, decode, enco
 from lowbit import algorithms  # noqa: F401  (registers gptq, awq, smoothquant, ofmr)
 from lowbit.api import algorithm_register, calibrate, convert, model_bytes, quantize, summary
 from lowbit.configs import BUILTIN_CONFIG_NAMES, builtin_config
-from lowbit.serialization import load, save
+from lowbit.serialization import FormatError, load, save
 from lowbit.torchscript import export_torchscript
 
 __version__ = _C.__version__
@@ -26,5 +26,5 @@ def validate_config(config):
     message names the key path, the value and what is allowed.
     """
     return _C.parse_config(config)
-__all__ = ["quantize", "calibrate", "convert", "summary", "model_bytes", "algorithm_register", "save", "load", "export_torchscript", "BUILTIN_CONFIG_NAMES", "builtin_config", "validate_config", "FORMATS", "GRANULARITIES", "compute_scales", "decode", "encode", "fake_quant",
+__all__ = ["FormatError", "quantize", "calibrate", "convert", "summary", "model_bytes", "algorithm_register", "save", "load", "export_torchscript", "BUILTIN_CONFIG_NAMES", "builtin_config", "validate_config", "FORMATS", "GRANULARITIES", "compute_scales", "decode", "encode", "fake_quant",
            "fake_quant_dynamic", "isa", "pack", "packed_row_bytes", "set_isa", "unpack"]

@@ -2,18 +2,28 @@
 every other tensor of its state_dict) plus per-layer quantization metadata, written and
 read by the C++ safetensors code."""
 import json
+import logging
 import os
 
 import torch
 from torch import nn
 
-from lowbit import registry
+from lowbit import _C, registry
 from lowbit.modules.calibration import CalibLayer
 from lowbit.modules.deploy import DeployLayer
 
+log = logging.getLogger("lowbit")
+
 TENSORS_FILE = "model.safetensors"
 META_FILE = "lowbit.json"
+CHECKSUM_KEY = "lowbit.checksum"
 _DTYPES = {"torch.float32": torch.float32, "torch.float16": torch.float16, "torch.bfloat16": torch.bfloat16}
+
+
+class FormatError(ValueError):
+    """A saved model that lowbit.load refuses: damaged, truncated, not written by lowbit, or
+    holding settings or values that lowbit would never write. The message names the file
+    and the field."""
 
 
 def _paths(path):
@@ -21,8 +31,23 @@ def _paths(path):
     return os.path.join(path, TENSORS_FILE), os.path.join(path, META_FILE)
 
 
+def _custom_args():
+    custom = registry.custom_algorithms()
+    return [n for n, _ in custom], [",".join(t) for _, t in custom]
+
+
+def _validate(meta_text, names, tensors):
+    """lowbit's metadata against the tensors, by the C++ validator (serialization/saved_model.cpp)."""
+    torch.ops.lowbit.validate_saved_model(meta_text, names, tensors, *_custom_args())
+
+
 def save(model, path):
-    """Writes ``path/model.safetensors`` and ``path/lowbit.json`` (the directory is created)."""
+    """Writes ``path/model.safetensors`` (tensors, lowbit's metadata and a CRC-32C checksum
+    of both) and ``path/lowbit.json`` (a readable copy of the metadata; lowbit.load never
+    reads it). The folder is created. Each file is written to a temporary file in the same
+    folder, flushed to disk and renamed over the old one: a crash, a kill or a full disk
+    at any moment leaves the previous model loadable. The metadata is checked as
+    lowbit.load checks it before anything is written."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     layers = {n: m for n, m in model.named_modules() if isinstance(m, DeployLayer)}
@@ -38,32 +63,48 @@ def save(model, path):
         if getattr(m, "folded_batchnorm", None):
             meta["layers"][name]["folded_batchnorm"] = m.folded_batchnorm
     sd = model.state_dict()
+    names, tensors = list(sd), [t.detach() for t in sd.values()]
+    text = json.dumps(meta, indent=1, sort_keys=True)
+    try:
+        _validate(text, names, tensors)
+    except ValueError as e:
+        raise ValueError(f"save: the model cannot be saved as it is: {e}") from None
     os.makedirs(os.fspath(path), exist_ok=True)
     tensor_path, meta_path = _paths(path)
-    text = json.dumps(meta, indent=1, sort_keys=True)
-    torch.ops.lowbit.save_safetensors(tensor_path, list(sd), [t.detach() for t in sd.values()], ["lowbit"], [text])
-    with open(meta_path, "w", encoding="utf-8") as f:
-        f.write(text + "\n")
-
-
-# 8-bit float formats: (code & mask) == value marks a NaN code
-_NAN_CODE_RULES = {"float8_e4m3fn": (0x7F, 0x7F), "mxfp8_e4m3fn": (0x7F, 0x7F), "hifloat8": (0xFF, 0x80)}
+    checksum = torch.ops.lowbit.save_safetensors(tensor_path, names, tensors, ["lowbit"], [text], True)
+    # the readable copy, tagged with the tensors file's checksum (a copy left over from an
+    # earlier save after a crash between the two renames shows another checksum)
+    copy = dict(meta, checksum=checksum)
+    _C.write_file_atomic(meta_path, (json.dumps(copy, indent=1, sort_keys=True) + "\n").encode("utf-8"))
 
 
 def load(model, path):
     """Loads a saved quantized model into ``model``, a freshly built float model of the
     same architecture, in place; returns it. Everything is checked before the model
-    changes: a layer that is missing, of another type or shape, or a file whose tensors
-    do not match gives a ValueError naming it."""
+    changes. A damaged or foreign file (bad checksum, a header or data section that does
+    not add up, metadata lowbit would never write, non-finite or out-of-range scales,
+    NaN weight codes) raises ``lowbit.FormatError`` (a ValueError) naming the file and
+    the field; a layer that is missing in the model, of another type or shape raises a
+    ValueError naming it. ``lowbit.json`` is not read."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     if any(isinstance(m, (CalibLayer, DeployLayer)) for m in model.modules()):
         raise ValueError("load: the model is already quantized; pass a freshly built float model")
     tensor_path, _ = _paths(path)
-    names, tensors, keys, values = torch.ops.lowbit.load_safetensors(tensor_path)
+    try:
+        names, tensors, keys, values = torch.ops.lowbit.load_safetensors(tensor_path)
+    except ValueError as e:
+        raise FormatError(f"load: {tensor_path}: {e}") from None
     metadata = dict(zip(keys, values))
     if "lowbit" not in metadata:
-        raise ValueError(f"load: {tensor_path} has no lowbit metadata (not written by lowbit.save)")
+        raise FormatError(f"load: {tensor_path} has no lowbit metadata (not written by lowbit.save)")
+    if CHECKSUM_KEY not in metadata:
+        log.warning("lowbit.load: %s carries no checksum (written by an older lowbit): its data is not verified",
+                    tensor_path)
+    try:
+        _validate(metadata["lowbit"], names, tensors)
+    except ValueError as e:
+        raise FormatError(f"load: {tensor_path}: {e}") from None
     meta = json.loads(metadata["lowbit"])
     from lowbit.api import _replace  # noqa: PLC0415  (api imports this module's users)
     built, folded = [], []
@@ -85,7 +126,10 @@ def load(model, path):
         calib = ops[0](ori, name, cfg)
         calib.calib_calls.fill_(calib.batch_num)  # the stored tensors replace what calibration computed
         deploy = ops[1](calib)
-        deploy.weight_dtype = _DTYPES.get(info["weight_dtype"], deploy.weight_dtype)
+        if type(deploy).__name__ != info["module"]:
+            raise FormatError(f"load: {tensor_path}: layers['{name}'].module: '{info['module']}', but algorithm "
+                              f"'{cfg['algorithm']}' builds {type(deploy).__name__}")
+        deploy.weight_dtype = _DTYPES[info["weight_dtype"]]
         deploy._build_op_args()
         bn_name = info.get("folded_batchnorm")
         if bn_name:  # the folded layer's buffers (multiplier, bias), filled from the file below
@@ -117,15 +161,6 @@ def load(model, path):
         if tuple(stored[k].shape) != tuple(v.shape) or stored[k].dtype != v.dtype:
             raise ValueError(f"load: tensor '{k}' is {tuple(stored[k].shape)} {stored[k].dtype} in the file, "
                              f"{tuple(v.shape)} {v.dtype} in the model")
-    for name, d in built:  # NaN codes: quantization never writes them, and the kernels assume none
-        fmt = getattr(getattr(d, "wspec", None), "fmt", None)
-        codes = stored.get(f"{name}.weight_packed" if name else "weight_packed")
-        if fmt in _NAN_CODE_RULES and codes is not None and not getattr(d, "two_level", False):
-            mask, nan = _NAN_CODE_RULES[fmt]
-            bad = int(((codes & mask) == nan).sum())
-            if bad:
-                raise ValueError(f"load: layer '{name}' ({fmt}) holds {bad} NaN weight codes, which quantization "
-                                 f"never writes: the file is corrupt")
     for name, d in built:
         _replace(model, name, d)
     for bn_name in folded:

@@ -1,9 +1,11 @@
 // safetensors writer/reader: round trips, the file layout, and corrupt input.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
 #include <random>
 
+#include "serialization/checksum.h"
 #include "serialization/json.h"
 #include "serialization/safetensors.h"
 
@@ -78,7 +80,7 @@ TEST(Safetensors, CorruptFilesGiveClearErrors) {
   b[0] = 40;
   expect_error(b, "runs past the end");
   expect_error(with_header("{\"x\":", 0), "not valid JSON");
-  expect_error(with_header("[1,2]", 0), "not a JSON object");
+  expect_error(with_header("[1,2]", 0), "does not start with '{'");
   expect_error(with_header("{\"x\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 4), "outside the 4-byte");
   expect_error(with_header("{\"x\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,8]}}", 8), "do not match shape");
   expect_error(with_header("{\"x\":{\"dtype\":\"X1\",\"shape\":[1],\"data_offsets\":[0,1]}}", 1), "unknown dtype");
@@ -121,4 +123,82 @@ TEST(Json, ParsesStringsNumbersAndRejectsGarbage) {
     EXPECT_THROW(parse_json(bad), std::invalid_argument) << bad;
   std::string deep(100, '[');
   EXPECT_THROW(parse_json(deep), std::invalid_argument);
+}
+
+// ---- strictness added for the reliability issue: every case failed (or crashed) before ----
+
+TEST(Safetensors, DataSectionMustBeCoveredExactly) {
+  // a gap before a tensor, trailing bytes, and a header length lowered by one (the data
+  // section then starts a byte early: every tensor shifted, one byte left over)
+  expect_error(with_header("{\"x\":{\"dtype\":\"U8\",\"shape\":[2],\"data_offsets\":[1,3]}}", 3), "gap");
+  expect_error(with_header("{\"x\":{\"dtype\":\"U8\",\"shape\":[2],\"data_offsets\":[0,2]}}", 3), "after the last");
+  std::vector<uint8_t> good = serialize_safetensors(sample());
+  std::vector<uint8_t> b = good;
+  b[0] = uint8_t(b[0] - 1);  // the header ends in padding spaces: still valid JSON
+  expect_error(b, "after the last");
+  b = good;
+  b.push_back(0);
+  expect_error(b, "after the last");
+}
+
+TEST(Safetensors, ShapesThatOverflowAreRejected) {
+  // 2^31 * 2^31 elements of 8 bytes: the element count fits in 64 bits, the byte count does not
+  expect_error(with_header("{\"x\":{\"dtype\":\"F64\",\"shape\":[2147483648,2147483648],\"data_offsets\":[0,0]}}", 0),
+               "do not match shape");
+  expect_error(with_header("{\"x\":{\"dtype\":\"U8\",\"shape\":[4294967296,4294967296,16],\"data_offsets\":[0,0]}}", 0),
+               "overflows");
+  SafetensorsFile f;
+  f.tensors = {StoredTensor{"x", "F64", {int64_t(1) << 31, int64_t(1) << 31}, {}}};
+  EXPECT_THROW(serialize_safetensors(f), std::invalid_argument);
+}
+
+TEST(Safetensors, HeaderMustBeUtf8AndStrict) {
+  expect_error(with_header("{\"\xff\":{\"dtype\":\"U8\",\"shape\":[0],\"data_offsets\":[0,0]}}", 0), "invalid UTF-8");
+  expect_error(with_header("{\"\xc0\xae\":{\"dtype\":\"U8\",\"shape\":[0],\"data_offsets\":[0,0]}}", 0), "invalid UTF-8");
+  expect_error(with_header("{\"\\udc00\":{\"dtype\":\"U8\",\"shape\":[0],\"data_offsets\":[0,0]}}", 0), "surrogate");
+  expect_error(with_header("{\"x\":{\"dtype\":\"U8\",\"shape\":[0],\"data_offsets\":[0,0],\"extra\":1}}", 0),
+               "unknown field");
+  expect_error(with_header(" {}", 0), "does not start with");
+  EXPECT_THROW(parse_json("[1e999]"), std::invalid_argument);
+}
+
+TEST(Safetensors, ChecksumIsWrittenAndVerified) {
+  std::vector<uint8_t> bytes = serialize_safetensors(sample(), true);
+  SafetensorsFile back = parse_safetensors(bytes.data(), bytes.size());
+  ASSERT_EQ(back.metadata.count(kChecksumKey), 1u);
+  EXPECT_EQ(back.metadata.at(kChecksumKey), crc32c_label(content_checksum(sample())));
+  // flipping any data byte, or a metadata byte, is caught
+  const size_t data_start = bytes.size() - 14;
+  for (size_t pos : {data_start, data_start + 5, bytes.size() - 1}) {
+    std::vector<uint8_t> b = bytes;
+    b[pos] ^= 0x01;
+    expect_error(b, "checksum mismatch");
+  }
+  std::vector<uint8_t> b = bytes;
+  const std::string header(reinterpret_cast<const char*>(b.data() + 8), data_start - 8);
+  const size_t q = header.find("quoted");
+  ASSERT_NE(q, std::string::npos);
+  b[8 + q] = 'Q';
+  expect_error(b, "checksum mismatch");
+  // without a checksum the same content still reads (files from other writers)
+  std::vector<uint8_t> plain = serialize_safetensors(sample(), false);
+  EXPECT_EQ(parse_safetensors(plain.data(), plain.size()).metadata.count(kChecksumKey), 0u);
+}
+
+TEST(Checksum, Crc32cVectorsAndBothPathsAgree) {
+  const std::string digits = "123456789";
+  EXPECT_EQ(crc32c_extend(0, digits.data(), digits.size()), 0xE3069283u);  // the standard check value
+  EXPECT_EQ(crc32c_extend_portable(0, digits.data(), digits.size()), 0xE3069283u);
+  std::vector<uint8_t> zeros(32, 0);
+  EXPECT_EQ(crc32c_extend(0, zeros.data(), zeros.size()), 0x8A9136AAu);  // RFC 3720 B.4
+  std::mt19937 rng(3);
+  std::vector<uint8_t> buf(4099);
+  for (auto& v : buf) v = uint8_t(rng());
+  for (size_t n : {size_t(0), size_t(1), size_t(7), size_t(8), size_t(9), size_t(4099)}) {
+    EXPECT_EQ(crc32c_extend(0, buf.data(), n), crc32c_extend_portable(0, buf.data(), n)) << n;
+    // extending in two pieces equals one pass
+    EXPECT_EQ(crc32c_extend(crc32c_extend(0, buf.data(), n / 3), buf.data() + n / 3, n - n / 3),
+              crc32c_extend(0, buf.data(), n));
+  }
+  EXPECT_EQ(crc32c_label(0xE3069283u), "crc32c:e3069283");
 }

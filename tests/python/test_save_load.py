@@ -97,11 +97,23 @@ def test_corrupt_and_truncated_files_give_clear_errors(tmp_path):
         lowbit.load(m, tmp_path)
 
 
+def _rewrite(path, mutate):
+    """Rewrites a saved model's tensors file with mutate(stored tensors dict) applied and a
+    fresh checksum: a file as a hostile or buggy writer would make it."""
+    names, tensors, keys, values = torch.ops.lowbit.load_safetensors(str(path / "model.safetensors"))
+    stored = dict(zip(names, tensors))
+    mutate(stored)
+    meta = dict(zip(keys, values))
+    torch.ops.lowbit.save_safetensors(str(path / "model.safetensors"), list(stored), list(stored.values()),
+                                      ["lowbit"], [meta["lowbit"]], True)
+
+
 @pytest.mark.parametrize("fmt,code", [("float8_e4m3fn", 0x7F), ("float8_e4m3fn", 0xFF), ("hifloat8", 0x80),
                                       ("mxfp8_e4m3fn", 0xFF)])
 def test_load_rejects_nan_weight_codes(fmt, code, tmp_path):
     # quantization never writes them and the kernels assume there are none: a file that
-    # holds one is corrupt (the neighbouring codes, 0x7E and 0x81, load fine)
+    # holds one is corrupt (the neighbouring codes, 0x7E and 0x81, load fine); save refuses
+    # to write one
     strategy = {"strategy": "group", "group_size": 32} if fmt.startswith("mx") else {}
     model = lowbit.convert(lowbit.quantize(make_mlp(), {"quant_cfg": {"weights": {"type": fmt, **strategy}}}))
     ok = code - 1 if code != 0x80 else 0x81
@@ -109,7 +121,13 @@ def test_load_rejects_nan_weight_codes(fmt, code, tmp_path):
     lowbit.save(model, tmp_path)
     assert int(lowbit.load(make_mlp(), tmp_path)[2].weight_packed[3, 5]) == ok
     model[2].weight_packed[3, 5] = code
-    lowbit.save(model, tmp_path)
-    with pytest.raises(ValueError, match=rf"load: layer '2' \({fmt}\) holds 1 NaN weight codes, which quantization "
-                                         r"never writes: the file is corrupt"):
+    with pytest.raises(ValueError, match=rf"save: .*tensor '2.weight_packed': code 197 is a NaN code of {fmt}"):
+        lowbit.save(model, tmp_path / "other")
+    assert not (tmp_path / "other").exists()
+
+    def put(stored):
+        stored["2.weight_packed"][3, 5] = code
+    _rewrite(tmp_path, put)
+    with pytest.raises(lowbit.FormatError, match=rf"load: .*model.safetensors: tensor '2.weight_packed': code 197 is "
+                                                 rf"a NaN code of {fmt}, which quantization never writes"):
         lowbit.load(make_mlp(), tmp_path)
