@@ -6,8 +6,10 @@
 
 #include <cstring>
 #include <map>
+#include <memory>
 #include <stdexcept>
 
+#include "serialization/mapped_file.h"
 #include "serialization/safetensors.h"
 #include "serialization/saved_model.h"
 
@@ -58,23 +60,43 @@ std::string save_op(const std::string& path, const std::vector<std::string>& nam
   }
 }
 
+// The file is memory-mapped (copy on write): each tensor whose bytes are aligned for
+// its dtype views the mapping (kept alive by the tensors), the rest are copied. The
+// header and the data section's coverage are checked first, the checksum (when the file
+// has one) before any tensor is made.
 std::tuple<std::vector<std::string>, std::vector<at::Tensor>, std::vector<std::string>, std::vector<std::string>>
 load_op(const std::string& path) {
-  SafetensorsFile file;
+  std::shared_ptr<MappedFile> mapped;
+  SafetensorsIndex index;
   try {
-    file = read_safetensors(path);
+    mapped = std::make_shared<MappedFile>(path);
+  } catch (const std::invalid_argument& e) {
+    TORCH_CHECK_VALUE(false, "safetensors: ", e.what());
+  }
+  try {
+    index = parse_safetensors_index(mapped->data(), mapped->size());
+    verify_checksum(index, mapped->data());
   } catch (const std::invalid_argument& e) {
     TORCH_CHECK_VALUE(false, e.what());
   }
   std::vector<std::string> names, keys, values;
   std::vector<at::Tensor> tensors;
-  for (auto& st : file.tensors) {
-    at::Tensor t = at::empty(st.shape, at::TensorOptions().dtype(dtype_of(st.dtype)));
-    if (!st.data.empty()) std::memcpy(t.data_ptr(), st.data.data(), st.data.size());
-    names.push_back(st.name);
-    tensors.push_back(t);
+  for (auto& t : index.tensors) {
+    const at::ScalarType type = dtype_of(t.dtype);
+    const auto options = at::TensorOptions().dtype(type);
+    uint8_t* p = mapped->data() + index.data_start + t.begin;
+    const size_t n = size_t(t.end - t.begin);
+    at::Tensor out;
+    if (n && reinterpret_cast<uintptr_t>(p) % at::elementSize(type) == 0) {
+      out = at::from_blob(p, t.shape, [keep = mapped](void*) {}, options);
+    } else {
+      out = at::empty(t.shape, options);
+      if (n) std::memcpy(out.data_ptr(), p, n);
+    }
+    names.push_back(t.name);
+    tensors.push_back(out);
   }
-  for (const auto& kv : file.metadata) {
+  for (const auto& kv : index.metadata) {
     keys.push_back(kv.first);
     values.push_back(kv.second);
   }

@@ -38,27 +38,53 @@ uint64_t element_count(const std::string& where, const std::vector<int64_t>& sha
 void extend_str(uint32_t& crc, const std::string& s) { crc = crc32c_extend(crc, s.data(), s.size() + 1); }  // with NUL
 }  // namespace
 
-uint32_t content_checksum(const SafetensorsFile& file) {
-  std::vector<const StoredTensor*> order;
-  for (const auto& t : file.tensors) order.push_back(&t);
-  std::sort(order.begin(), order.end(), [](const StoredTensor* a, const StoredTensor* b) { return a->name < b->name; });
+namespace {
+// What the checksum covers of one tensor, wherever its bytes live.
+struct ChecksumItem {
+  const std::string* name;
+  const std::string* dtype;
+  const std::vector<int64_t>* shape;
+  const uint8_t* data;
+  uint64_t size;
+};
+
+uint32_t checksum_of(std::vector<ChecksumItem> items, const std::map<std::string, std::string>& metadata) {
+  std::sort(items.begin(), items.end(), [](const ChecksumItem& a, const ChecksumItem& b) { return *a.name < *b.name; });
   uint32_t crc = 0;
-  for (const StoredTensor* t : order) {
-    extend_str(crc, t->name);
-    extend_str(crc, t->dtype);
+  for (const ChecksumItem& t : items) {
+    extend_str(crc, *t.name);
+    extend_str(crc, *t.dtype);
     std::string shape;
-    for (int64_t d : t->shape) shape += std::to_string(d) + ",";
+    for (int64_t d : *t.shape) shape += std::to_string(d) + ",";
     extend_str(crc, shape);
-    const uint64_t n = t->data.size();
-    crc = crc32c_extend(crc, &n, sizeof n);
-    if (n) crc = crc32c_extend(crc, t->data.data(), t->data.size());
+    crc = crc32c_extend(crc, &t.size, sizeof t.size);
+    if (t.size) crc = crc32c_extend(crc, t.data, size_t(t.size));
   }
-  for (const auto& kv : file.metadata) {
+  for (const auto& kv : metadata) {
     if (kv.first == kChecksumKey) continue;
     extend_str(crc, kv.first);
     extend_str(crc, kv.second);
   }
   return crc;
+}
+}  // namespace
+
+uint32_t content_checksum(const SafetensorsFile& file) {
+  std::vector<ChecksumItem> items;
+  for (const auto& t : file.tensors) items.push_back({&t.name, &t.dtype, &t.shape, t.data.data(), t.data.size()});
+  return checksum_of(std::move(items), file.metadata);
+}
+
+void verify_checksum(const SafetensorsIndex& index, const uint8_t* bytes) {
+  auto sum = index.metadata.find(kChecksumKey);
+  if (sum == index.metadata.end()) return;
+  std::vector<ChecksumItem> items;
+  for (const auto& t : index.tensors)
+    items.push_back({&t.name, &t.dtype, &t.shape, bytes + index.data_start + t.begin, t.end - t.begin});
+  const std::string actual = crc32c_label(checksum_of(std::move(items), index.metadata));
+  if (sum->second != actual)
+    bad("checksum mismatch: the metadata says " + sum->second + ", the content gives " + actual +
+        " (the file was damaged or modified after it was written)");
 }
 
 int64_t safetensors_dtype_size(const std::string& d) {
@@ -123,7 +149,7 @@ std::vector<uint8_t> serialize_safetensors(const SafetensorsFile& file, bool wit
   return serialize_with_metadata(file, metadata);
 }
 
-SafetensorsFile parse_safetensors(const uint8_t* bytes, size_t size) {
+SafetensorsIndex parse_safetensors_index(const uint8_t* bytes, size_t size) {
   if (size < 8) bad("file of " + std::to_string(size) + " bytes is too short for the 8-byte header length");
   uint64_t n = 0;
   for (int b = 0; b < 8; ++b) n |= uint64_t(bytes[b]) << (8 * b);
@@ -139,10 +165,9 @@ SafetensorsFile parse_safetensors(const uint8_t* bytes, size_t size) {
   }
   if (root.kind != JsonValue::Kind::kObject) bad("header is not a JSON object");
   const uint64_t data_size = size - 8 - n;
-  const uint8_t* data = bytes + 8 + n;
-  SafetensorsFile file;
+  SafetensorsIndex file;
+  file.data_start = 8 + n;
   std::vector<std::pair<std::pair<uint64_t, uint64_t>, std::string>> ranges;
-  std::vector<std::pair<uint64_t, uint64_t>> spans;  // per tensor, in header order
   for (const auto& kv : root.object) {
     if (kv.first == "__metadata__") {
       if (kv.second.kind != JsonValue::Kind::kObject) bad("__metadata__ is not an object");
@@ -165,7 +190,7 @@ SafetensorsFile parse_safetensors(const uint8_t* bytes, size_t size) {
     if (!dtype || dtype->kind != JsonValue::Kind::kString) bad(where + ": missing or non-string dtype");
     if (!shape || shape->kind != JsonValue::Kind::kArray) bad(where + ": missing or non-array shape");
     if (!offs || offs->kind != JsonValue::Kind::kArray || offs->array.size() != 2) bad(where + ": bad data_offsets");
-    StoredTensor st;
+    TensorSpan st;
     st.name = kv.first;
     st.dtype = dtype->str;
     const int64_t es = safetensors_dtype_size(st.dtype);
@@ -184,7 +209,8 @@ SafetensorsFile parse_safetensors(const uint8_t* bytes, size_t size) {
     if (!checked_bytes(count, uint64_t(es), data_size, &expected) || end - begin != expected)
       bad(where + ": " + std::to_string(end - begin) + " bytes do not match shape and dtype " + st.dtype);
     ranges.push_back({{begin, end}, kv.first});
-    spans.emplace_back(begin, end);
+    st.begin = begin;
+    st.end = end;
     file.tensors.push_back(std::move(st));
   }
   // The tensors must tile the data section exactly, as the format's reference reader requires.
@@ -200,15 +226,18 @@ SafetensorsFile parse_safetensors(const uint8_t* bytes, size_t size) {
   if (covered != data_size)
     bad(std::to_string(data_size - covered) + " bytes after the last tensor's data (the header length or the "
         "offsets are wrong)");
-  // Copy the data once everything is known to be consistent.
-  for (size_t i = 0; i < file.tensors.size(); ++i)
-    file.tensors[i].data.assign(data + spans[i].first, data + spans[i].second);
-  auto sum = file.metadata.find(kChecksumKey);
-  if (sum != file.metadata.end()) {
-    const std::string actual = crc32c_label(content_checksum(file));
-    if (sum->second != actual)
-      bad("checksum mismatch: the metadata says " + sum->second + ", the content gives " + actual +
-          " (the file was damaged or modified after it was written)");
+  return file;
+}
+
+SafetensorsFile parse_safetensors(const uint8_t* bytes, size_t size) {
+  SafetensorsIndex index = parse_safetensors_index(bytes, size);
+  verify_checksum(index, bytes);
+  SafetensorsFile file;
+  file.metadata = std::move(index.metadata);
+  for (auto& t : index.tensors) {
+    const uint8_t* p = bytes + index.data_start;
+    file.tensors.push_back(StoredTensor{std::move(t.name), std::move(t.dtype), std::move(t.shape),
+                                        std::vector<uint8_t>(p + t.begin, p + t.end)});
   }
   return file;
 }

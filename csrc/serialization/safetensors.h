@@ -26,6 +26,19 @@ struct SafetensorsFile {
   std::map<std::string, std::string> metadata;
 };
 
+// A file's header, checked, without its data: where each tensor's bytes are.
+struct TensorSpan {
+  std::string name;
+  std::string dtype;
+  std::vector<int64_t> shape;
+  uint64_t begin = 0, end = 0;  // relative to data_start
+};
+struct SafetensorsIndex {
+  std::vector<TensorSpan> tensors;  // in header order
+  std::map<std::string, std::string> metadata;
+  uint64_t data_start = 0;  // 8 + header length
+};
+
 // Bytes per element of a safetensors dtype name; throws for unknown names.
 int64_t safetensors_dtype_size(const std::string& dtype);
 
@@ -45,5 +58,9 @@ SafetensorsFile read_safetensors(const std::string& path);
 // The same from/to memory (used by the file functions and by tests).
 std::vector<uint8_t> serialize_safetensors(const SafetensorsFile& file, bool with_checksum = false);
 SafetensorsFile parse_safetensors(const uint8_t* bytes, size_t size);
+// Every check of parse_safetensors except the checksum, without copying any data (for
+// memory-mapped files); verify_checksum then reads the data when the file has one.
+SafetensorsIndex parse_safetensors_index(const uint8_t* bytes, size_t size);
+void verify_checksum(const SafetensorsIndex& index, const uint8_t* bytes);
 
 }  // namespace lowbit
