@@ -10,6 +10,7 @@
 
 #include "config/quant_config.h"
 #include "serialization/atomic_file.h"
+#include "serialization/json.h"
 
 namespace py = pybind11;
 
@@ -140,20 +141,8 @@ std::vector<CustomAlgorithm> to_custom(const std::vector<std::pair<std::string, 
   return out;
 }
 
-// Control characters (a NUL would end the message early) shown as \xNN.
-std::string printable(const std::string& s) {
-  std::string out;
-  for (unsigned char c : s) {
-    if (c < 0x20 || c == 0x7F) {
-      char buf[8];
-      std::snprintf(buf, sizeof buf, "\\x%02x", c);
-      out += buf;
-    } else {
-      out += char(c);
-    }
-  }
-  return out;
-}
+// Control characters (a NUL would end the message early) and invalid UTF-8 shown as \xNN.
+std::string printable(const std::string& s) { return printable_text(s); }
 
 template <class Fn>
 auto raising_python_errors(Fn&& fn) -> decltype(fn()) {

@@ -9,6 +9,7 @@
 #include <memory>
 #include <stdexcept>
 
+#include "serialization/json.h"
 #include "serialization/mapped_file.h"
 #include "serialization/safetensors.h"
 #include "serialization/saved_model.h"
@@ -56,7 +57,7 @@ std::string save_op(const std::string& path, const std::vector<std::string>& nam
   try {
     return write_safetensors(path, file, checksum);
   } catch (const std::invalid_argument& e) {
-    TORCH_CHECK_VALUE(false, e.what());
+    TORCH_CHECK_VALUE(false, printable_text(e.what()));
   }
 }
 
@@ -71,13 +72,13 @@ load_op(const std::string& path) {
   try {
     mapped = std::make_shared<MappedFile>(path);
   } catch (const std::invalid_argument& e) {
-    TORCH_CHECK_VALUE(false, "safetensors: ", e.what());
+    TORCH_CHECK_VALUE(false, "safetensors: ", printable_text(e.what()));
   }
   try {
     index = parse_safetensors_index(mapped->data(), mapped->size());
     verify_checksum(index, mapped->data());
   } catch (const std::invalid_argument& e) {
-    TORCH_CHECK_VALUE(false, e.what());
+    TORCH_CHECK_VALUE(false, printable_text(e.what()));
   }
   std::vector<std::string> names, keys, values;
   std::vector<at::Tensor> tensors;
@@ -135,7 +136,7 @@ void validate_op(const std::string& meta, const std::vector<std::string>& names,
   try {
     validate_saved_model(meta, refs, custom);
   } catch (const std::invalid_argument& e) {
-    TORCH_CHECK_VALUE(false, e.what());
+    TORCH_CHECK_VALUE(false, printable_text(e.what()));
   }
 }
 

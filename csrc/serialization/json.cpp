@@ -157,7 +157,7 @@ struct Parser {
         v.kind = JsonValue::Kind::kNumber, v.number = x;
       }
     } else {
-      fail(std::string("unexpected character '") + c + "'");
+      fail("unexpected character " + printable_text(std::string(1, c)));
     }
     --depth;
     return v;
@@ -190,6 +190,32 @@ size_t invalid_utf8_at(const std::string& text) {
     i += size_t(len);
   }
   return std::string::npos;
+}
+
+std::string printable_text(const std::string& s) {
+  std::string out;
+  size_t i = 0;
+  while (i < s.size()) {
+    const size_t bad = invalid_utf8_at(s.substr(i));
+    const size_t good_end = bad == std::string::npos ? s.size() : i + bad;
+    for (; i < good_end; ++i) {
+      const unsigned char c = static_cast<unsigned char>(s[i]);
+      if (c < 0x20 || c == 0x7F) {
+        char buf[8];
+        std::snprintf(buf, sizeof buf, "\\x%02x", c);
+        out += buf;
+      } else {
+        out += char(c);
+      }
+    }
+    if (i < s.size()) {  // one byte of an invalid sequence
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\x%02x", static_cast<unsigned char>(s[i]));
+      out += buf;
+      ++i;
+    }
+  }
+  return out;
 }
 
 JsonValue parse_json(const std::string& text) {

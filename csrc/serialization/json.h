@@ -24,6 +24,9 @@ struct JsonValue {
 JsonValue parse_json(const std::string& text);
 // Byte offset of the first invalid UTF-8 sequence, or std::string::npos.
 size_t invalid_utf8_at(const std::string& text);
+// s for an error message: valid UTF-8 kept, control characters and the bytes of invalid
+// sequences shown as \xNN (a message must survive conversion to a Python str).
+std::string printable_text(const std::string& s);
 std::string json_quote(const std::string& s);
 
 }  // namespace lowbit

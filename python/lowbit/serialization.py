@@ -41,13 +41,8 @@ def _validate(meta_text, names, tensors):
     torch.ops.lowbit.validate_saved_model(meta_text, names, tensors, *_custom_args())
 
 
-def save(model, path):
-    """Writes ``path/model.safetensors`` (tensors, lowbit's metadata and a CRC-32C checksum
-    of both) and ``path/lowbit.json`` (a readable copy of the metadata; lowbit.load never
-    reads it). The folder is created. Each file is written to a temporary file in the same
-    folder, flushed to disk and renamed over the old one: a crash, a kill or a full disk
-    at any moment leaves the previous model loadable. The metadata is checked as
-    lowbit.load checks it before anything is written."""
+def deploy_layers(model):
+    """{name: deploy module}; ValueError when there is none or calibration modules remain."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     layers = {n: m for n, m in model.named_modules() if isinstance(m, DeployLayer)}
@@ -55,13 +50,29 @@ def save(model, path):
         raise ValueError("save: the model holds no deploy module; run lowbit.quantize, calibrate and lowbit.convert first")
     if any(isinstance(m, CalibLayer) for m in model.modules()):
         raise ValueError("save: the model still holds calibration modules; call lowbit.convert first")
-    meta = {"format": "lowbit-1", "layers": {}, "skipped": getattr(model, "_lowbit_skipped", {})}
-    for name, m in layers.items():
+    return layers
+
+
+def metadata(model):
+    """lowbit's per-layer metadata of a converted model (what saved files carry)."""
+    meta = {"format": "lowbit-1", "layers": {}, "skipped": dict(getattr(model, "_lowbit_skipped", {}))}
+    for name, m in deploy_layers(model).items():
         cfg = {k: v for k, v in m.layer_cfg.items() if k != "ops"}
         meta["layers"][name] = {"config": cfg, "module": type(m).__name__, "weight_shape": list(m.weight_shape),
                                 "weight_dtype": str(m.weight_dtype)}
         if getattr(m, "folded_batchnorm", None):
             meta["layers"][name]["folded_batchnorm"] = m.folded_batchnorm
+    return meta
+
+
+def save(model, path):
+    """Writes ``path/model.safetensors`` (tensors, lowbit's metadata and a CRC-32C checksum
+    of both) and ``path/lowbit.json`` (a readable copy of the metadata; lowbit.load never
+    reads it). The folder is created. Each file is written to a temporary file in the same
+    folder, flushed to disk and renamed over the old one: a crash, a kill or a full disk
+    at any moment leaves the previous model loadable. The metadata is checked as
+    lowbit.load checks it before anything is written."""
+    meta = metadata(model)
     sd = model.state_dict()
     names, tensors = list(sd), [t.detach() for t in sd.values()]
     text = json.dumps(meta, indent=1, sort_keys=True)
@@ -126,6 +137,9 @@ def load(model, path):
         calib = ops[0](ori, name, cfg)
         calib.calib_calls.fill_(calib.batch_num)  # the stored tensors replace what calibration computed
         deploy = ops[1](calib)
+        if _DTYPES[info["weight_dtype"]] != ori.weight.dtype:
+            raise ValueError(f"load: layer '{name}' has weight dtype {ori.weight.dtype} in the model, "
+                             f"{info['weight_dtype']} in the file")
         if type(deploy).__name__ != info["module"]:
             raise FormatError(f"load: {tensor_path}: layers['{name}'].module: '{info['module']}', but algorithm "
                               f"'{cfg['algorithm']}' builds {type(deploy).__name__}")
@@ -140,6 +154,9 @@ def load(model, path):
             if not isinstance(bn, nn.BatchNorm2d):
                 raise ValueError(f"load: layer '{name}' holds the folded BatchNorm '{bn_name}', which is "
                                  f"{type(bn).__name__ if bn is not None else 'missing'} in the model")
+            if bn.num_features != info["weight_shape"][0]:
+                raise ValueError(f"load: layer '{name}' holds the folded BatchNorm '{bn_name}', which has "
+                                 f"{bn.num_features} channels in the model for the layer's {info['weight_shape'][0]}")
             deploy.fold_output_affine(torch.ones(bn.num_features), torch.zeros(bn.num_features))
             deploy.folded_batchnorm = bn_name
             folded.append(bn_name)
