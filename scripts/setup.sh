@@ -5,7 +5,9 @@ PKGS=(
   build-essential cmake ninja-build
   python3 python3-dev python3-torch libtorch-dev libopenblas0-pthread
   pybind11-dev googletest libgtest-dev libbenchmark-dev
-  python3-numpy python3-pytest python3-tqdm
+  python3-numpy python3-pytest python3-tqdm python3-matplotlib
+  python3-pip python3-venv python3-setuptools python3-wheel  # pip install of lowbit itself
+  clang libclang-rt-14-dev llvm  # libFuzzer + sanitizer runtimes, llvm-symbolizer (scripts/fuzz.sh)
 )
 missing=()
 for p in "${PKGS[@]}"; do

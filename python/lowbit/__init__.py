@@ -1,5 +1,9 @@
 """lowbit: post-training quantization for PyTorch with a C++ engine."""
-from lowbit import _C  # noqa: F401  (loads liblowbit_ops.so: registers torch.ops.lowbit.*)
+from lowbit import openblas as _openblas
+
+_openblas.configure_for_command()  # the lowbit command: before torch loads OpenBLAS
+
+from lowbit import _C  # noqa: E402,F401  (loads liblowbit_ops.so: registers torch.ops.lowbit.*)
 from lowbit.formats import (FORMATS, GRANULARITIES, compute_scales, decode, encode, fake_quant,
                             fake_quant_dynamic, isa, pack, packed_row_bytes, set_isa, unpack)
 
@@ -8,8 +12,11 @@ from lowbit.api import algorithm_register, calibrate, convert, model_bytes, quan
 from lowbit.configs import BUILTIN_CONFIG_NAMES, builtin_config
 from lowbit.serialization import FormatError, load, save
 from lowbit.torchscript import export_torchscript
+from lowbit.checkpoints import load_hf_model
+from lowbit.pretrained import load_pretrained, save_pretrained
 
 __version__ = _C.__version__
+_openblas.warn_if_generic()
 
 
 def __getattr__(name):
@@ -26,5 +33,5 @@ def validate_config(config):
     message names the key path, the value and what is allowed.
     """
     return _C.parse_config(config)
-__all__ = ["FormatError", "quantize", "calibrate", "convert", "summary", "model_bytes", "algorithm_register", "save", "load", "export_torchscript", "BUILTIN_CONFIG_NAMES", "builtin_config", "validate_config", "FORMATS", "GRANULARITIES", "compute_scales", "decode", "encode", "fake_quant",
+__all__ = ["FormatError", "quantize", "calibrate", "convert", "summary", "model_bytes", "algorithm_register", "save", "load", "export_torchscript", "load_hf_model", "load_pretrained", "save_pretrained", "BUILTIN_CONFIG_NAMES", "builtin_config", "validate_config", "FORMATS", "GRANULARITIES", "compute_scales", "decode", "encode", "fake_quant",
            "fake_quant_dynamic", "isa", "pack", "packed_row_bytes", "set_isa", "unpack"]

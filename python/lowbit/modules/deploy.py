@@ -11,6 +11,7 @@ Everything in ``forward`` is a torch op, so deploy models can be traced and run 
 """
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from lowbit.modules.common import Conv2dMath, LinearMath, QuantLayerBase, fp8_stage
 
@@ -45,18 +46,63 @@ class DeployLayer(QuantLayerBase):
         if calib.static_act:
             self.register_buffer("act_scale", calib.act_scale.clone())
             self.register_buffer("act_offset", calib.act_offset.clone())
+        self._finish_init(is_conv=hasattr(calib, "kernel_size"))
+
+    def _finish_init(self, is_conv):
         a, w = self.aspec, self.wspec
         # INT8 x INT8 runs as an integer product when every output channel has one weight
         # scale and the activation rows are the kernel's rows (per token only on a Linear).
         self.integer_kernel = (a is not None and a.fmt == "int8" and w.fmt in ("int8", "int4") and w.symmetric
                                and w.strategy in ("tensor", "channel")
-                               and (self.static_act or (a.strategy == "token" and not hasattr(calib, "kernel_size"))))
+                               and (self.static_act or (a.strategy == "token" and not is_conv)))
         # The op arguments that never change, gathered once: on a small layer the Python
         # around the op (attribute look-ups through nn.Module, helper calls, a fresh
         # tensor per call) cost as much as the product itself.
         self._unit = torch.ones(1, 1)  # the HiF8 cast's scale, and the per-token integer kernel's unused ones
         self._unit_offset = torch.zeros(1, dtype=torch.int32)
         self._build_op_args()
+
+    STORED = ("weight_packed", "w_scale", "w_offset", "w_scale1", "bias", "smooth", "recon_error", "act_scale",
+              "act_offset")
+
+    @classmethod
+    def from_stored(cls, ori, layer_name, layer_cfg, weight_dtype, stored, folded_batchnorm=None):
+        """A deploy layer built from saved tensors alone (``stored``: {buffer name: tensor},
+        checked by lowbit's saved-model validator) and the float layer's shape: no float
+        weight is read, so ``ori`` may live on the meta device. Raises ValueError when a
+        tensor the settings need is missing or one they exclude is present."""
+        self = cls.__new__(cls)
+        nn.Module.__init__(self)
+        self._init_common(ori, layer_name, layer_cfg)
+        self.weight_dtype = weight_dtype
+        k = 1
+        for d in self.weight_shape[1:]:
+            k *= d
+        self.cols = k
+        need = {"weight_packed", "w_scale", "w_offset", "recon_error"}
+        if ori.bias is not None or folded_batchnorm:
+            need.add("bias")
+        if self.static_act:
+            need |= {"act_scale", "act_offset"}
+        if self.two_level or folded_batchnorm:
+            need.add("w_scale1")
+        allowed = need | {"smooth"}
+        missing, extra = sorted(need - set(stored)), sorted(set(stored) - allowed)
+        if missing or extra:
+            raise ValueError(f"layer '{layer_name}': stored tensors do not match its settings: missing {missing}, "
+                             f"unexpected {extra}")
+        for name in cls.STORED:
+            if name in stored or name in ("bias", "smooth"):
+                self.register_buffer(name, stored.get(name))
+        if folded_batchnorm:
+            self.folded_batchnorm = folded_batchnorm
+            self.int32_bias = False
+        if hasattr(ori, "kernel_size"):
+            self._copy_conv_attrs(ori)
+        else:
+            self.in_features, self.out_features = ori.in_features, ori.out_features
+        self._finish_init(is_conv=hasattr(ori, "kernel_size"))
+        return self
 
     def _build_op_args(self):
         """The op arguments that depend on the weight's format and dtype (again after
