@@ -165,6 +165,8 @@ def cmd_quantize(args):
     tok = load_hf_tokenizer(args.model_dir)
     batches = token_batches(tok, read_samples(args.calib), args.samples, args.seqlen)
     cfg["batch_num"] = len(batches)
+    if args.sequential or args.resume:
+        return _quantize_streaming(args, cfg, batches)
     model = load_hf_model(args.model_dir)
     print(f"lowbit quantize: {args.model_dir} ({model.config.architecture}, {model.config.num_hidden_layers} layers), "
           f"config {args.config}, {len(batches)} calibration samples of up to {args.seqlen} tokens"
@@ -183,6 +185,25 @@ def cmd_quantize(args):
     for name, why in skipped.items():
         print(f"skipped {name}: {why}")
     print(f"calibrated and converted in {seconds:.1f} s; wrote {args.out}: {', '.join(files)}")
+    if args.plot:
+        plot_layers(rows, args.plot)
+        print(f"plot: {args.plot}")
+    return 0
+
+
+def _quantize_streaming(args, cfg, batches):
+    """--sequential on a folder: layer by layer, one decoder layer in memory (lowbit.streaming)."""
+    from lowbit.pretrained import load_pretrained
+    from lowbit.streaming import quantize_streaming
+    result = quantize_streaming(args.model_dir, cfg, [b[:, :-1] for b in batches], args.out, resume=args.resume)
+    model = load_pretrained(args.out)
+    rows = layer_table(model)
+    print(render_layers(rows))
+    for name, why in getattr(model, "_lowbit_skipped", {}).items():
+        print(f"skipped {name}: {why}")
+    print("per layer: " + ", ".join(f"{t['layer']}: {t['seconds']:.1f} s" for t in result["timings"]))
+    print(f"streamed in {result['seconds']:.1f} s, peak RSS {result['peak_rss_bytes'] / 2**30:.2f} GiB "
+          f"(estimated {result['estimated_bytes'] / 2**30:.2f} GiB beyond the interpreter); wrote {args.out}")
     if args.plot:
         plot_layers(rows, args.plot)
         print(f"plot: {args.plot}")
@@ -245,7 +266,9 @@ def build_parser():
     q.add_argument("--calib", required=True, help="calibration text: plain text (paragraphs) or JSON lines")
     q.add_argument("--samples", type=int, default=128, help="calibration samples (default 128)")
     q.add_argument("--seqlen", type=int, default=512, help="tokens per sample at most (default 512)")
-    q.add_argument("--sequential", action="store_true", help="calibrate block by block")
+    q.add_argument("--sequential", action="store_true",
+                   help="stream: calibrate layer by layer with one decoder layer in memory (larger-than-RAM models)")
+    q.add_argument("--resume", action="store_true", help="continue an interrupted --sequential run into --out")
     q.add_argument("--out", required=True, help="output folder")
     q.add_argument("--plot", default=None, help="write a PNG of per-layer error and bytes")
     q.add_argument("--max-shard-mb", type=float, default=4096, help="shard size (default 4096 MiB)")

@@ -103,6 +103,31 @@ def save_pretrained(model, out_dir, source_dir=None, max_shard_bytes=DEFAULT_SHA
     return written
 
 
+def _merged_metadata(folder, metas):
+    """One metadata text from the files' own: each file carries the layers it stores (a
+    streamed folder) or all of them (save_pretrained); the union must agree."""
+    merged = {"layers": {}, "skipped": {}}
+    for fname, m in sorted(metas.items()):
+        if "lowbit" not in m:
+            raise FormatError(f"load_pretrained: {folder / fname}: no lowbit metadata")
+        try:
+            meta = json.loads(m["lowbit"])
+        except ValueError as e:
+            raise FormatError(f"load_pretrained: {folder / fname}: metadata: not valid JSON ({e})") from None
+        if not isinstance(meta, dict) or not isinstance(meta.get("layers"), dict) \
+                or not isinstance(meta.get("skipped", {}), dict):
+            raise FormatError(f"load_pretrained: {folder / fname}: metadata: expected an object with 'layers'")
+        merged.setdefault("format", meta.get("format"))
+        if meta.get("format") != merged["format"]:
+            raise FormatError(f"load_pretrained: {folder / fname}: metadata format {meta.get('format')!r} differs "
+                              f"from the other files' {merged['format']!r}")
+        for name, info in meta["layers"].items():
+            if merged["layers"].setdefault(name, info) != info:
+                raise FormatError(f"load_pretrained: {folder / fname}: layers['{name}'] differs from another file's")
+        merged["skipped"].update(meta.get("skipped", {}))
+    return json.dumps(merged, sort_keys=True)
+
+
 def is_quantized_folder(folder):
     try:
         raw = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
@@ -125,10 +150,7 @@ def load_pretrained(folder):
         tensors, metas = read_tensors(folder, all_metadata=True)
     except ValueError as e:
         raise FormatError(f"load_pretrained: {e}") from None
-    texts = {m.get("lowbit") for m in metas.values()}
-    if len(texts) != 1 or None in texts:
-        raise FormatError(f"load_pretrained: {folder}: the safetensors files do not all carry the same lowbit metadata")
-    text = texts.pop()
+    text = _merged_metadata(folder, metas)
     try:
         _validate(text, list(tensors), list(tensors.values()))
     except ValueError as e:

@@ -71,3 +71,32 @@ def assert_deploy_layers_match(model, *inputs):
             mag = mod.compute(xq, mod.weight_dequant().float().abs(), None if b is None else b.float().abs())
             assert_close_to_reference(y, mod.reference_forward(x), mod.cols, what=mod.layer_name, magnitude=mag)
     return len(seen)
+
+
+def run_lowbit(*args, cwd=None):
+    """Runs ``python3 -m lowbit ARGS``; asserts success; returns (stdout, stderr)."""
+    import os
+    import subprocess
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "python"))
+    r = subprocess.run([sys.executable, "-m", "lowbit", *map(str, args)], capture_output=True, text=True, env=env,
+                       cwd=cwd, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r.stdout, r.stderr
+
+
+@pytest.fixture(scope="session")
+def stories_folder(tmp_path_factory):
+    """(the stories260K llama2.c model converted to a Hugging Face folder by the lowbit
+    command, a calibration text file of the protocol's calibration paragraphs, the
+    evaluation text file)."""
+    d = data_dir()
+    if not (d / "models" / "stories260K.bin").exists():
+        pytest.skip(f"shared data folder not found at {d} (set LOWBIT_DATA); real-model test skipped")
+    out = tmp_path_factory.mktemp("hf") / "stories260K"
+    stdout, _ = run_lowbit("convert-llama2c", d / "models" / "stories260K.bin", d / "models" / "tok512.bin",
+                           "--out", out)
+    assert "config.json" in stdout
+    calib = tmp_path_factory.mktemp("calib") / "calib.txt"
+    from lowbit.eval.lm import CALIB_RANGE, paragraphs
+    calib.write_text("\n\n".join(paragraphs()[CALIB_RANGE[0]:CALIB_RANGE[1]]) + "\n", encoding="utf-8")
+    return out, calib, d / "text" / "tinystories_val.txt"

@@ -22,32 +22,10 @@ from lowbit.pretrained import load_pretrained, save_pretrained
 from lowbit.tokenizers import load_hf_tokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
+from conftest import run_lowbit  # noqa: E402
+
 CONFIGS = ["INT4_GPTQ_WEIGHT_QUANT_CFG", "INT8_SMOOTHQUANT_CFG", "HIFP8_OFMR_CFG"]
 CALIB_SAMPLES, CALIB_SEQLEN = 16, 128
-
-
-def run_lowbit(*args, cwd=None):
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "python"))
-    r = subprocess.run([sys.executable, "-m", "lowbit", *map(str, args)], capture_output=True, text=True, env=env,
-                       cwd=cwd, timeout=600)
-    assert r.returncode == 0, r.stdout + r.stderr
-    return r.stdout, r.stderr
-
-
-@pytest.fixture(scope="module")
-def stories_folder(tmp_path_factory):
-    from lowbit.data import data_dir
-    d = data_dir()
-    if not (d / "models" / "stories260K.bin").exists():
-        pytest.skip(f"shared data folder not found at {d} (set LOWBIT_DATA); real-model test skipped")
-    out = tmp_path_factory.mktemp("hf") / "stories260K"
-    stdout, _ = run_lowbit("convert-llama2c", d / "models" / "stories260K.bin", d / "models" / "tok512.bin",
-                           "--out", out)
-    assert "config.json" in stdout
-    calib = tmp_path_factory.mktemp("calib") / "calib.txt"
-    from lowbit.eval.lm import CALIB_RANGE, paragraphs
-    calib.write_text("\n\n".join(paragraphs()[CALIB_RANGE[0]:CALIB_RANGE[1]]) + "\n", encoding="utf-8")
-    return out, calib, d / "text" / "tinystories_val.txt"
 
 
 def test_converted_folder_equals_the_llama2c_model(stories_folder):

@@ -1,0 +1,309 @@
+"""Streaming calibration: a Hugging Face Llama-family folder quantized block by block with
+only the calibration activations and ONE decoder layer in memory, for models larger than
+RAM. Same numerics as ``quantize(model, cfg, sequential=True)`` on the whole model: each
+decoder layer calibrates on the outputs of the already-quantized layers before it (its
+fake-quantized outputs become the next layer's inputs), then lm_head on the final norm's
+output; the result is bit-identical (tests compare the packed tensors).
+
+For each layer: its weights are read from the checkpoint (memory-mapped, converted to the
+compute dtype), the calibration activations run through it (statistics, then the solve
+at the last batch), then through the calibrated layer to give the next inputs; the packed
+layer is written to its own shard of the output folder and everything is freed.
+
+Resumable: after each layer the activations (fp32, exact) and the progress are written
+atomically to ``OUT/.lowbit-stream/``; ``resume=True`` continues after the last finished
+layer and gives the same result as an uninterrupted run. The folder's config.json is
+written last and removed when a run starts, so an unfinished folder never looks complete.
+"""
+import hashlib
+import json
+import resource
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lowbit import _C
+from lowbit.checkpoints import INDEX_FILE, TOKENIZER_FILES, read_config, weight_files
+from lowbit.models.hf_llama import DecoderLayer, LlamaForCausalLM, RMSNorm
+from lowbit.modules.calibration import CalibLayer
+
+WORK_DIR = ".lowbit-stream"
+
+
+class _Reader:
+    """Tensors of a checkpoint folder by name, mapping only the shards that hold them."""
+
+    def __init__(self, folder):
+        self.folder = Path(folder)
+        self.files = weight_files(folder)  # None: one model.safetensors
+
+    def get(self, names, dtype):
+        shards = {}
+        for n in names:
+            f = self.folder / "model.safetensors" if self.files is None else self.files.get(n)
+            if f is None:
+                raise ValueError(f"{self.folder}: tensor '{n}' is not in {INDEX_FILE}")
+            shards.setdefault(f, []).append(n)
+        out = {}
+        for f, wanted in shards.items():
+            got = dict(zip(*torch.ops.lowbit.load_safetensors(str(f))[:2]))
+            for n in wanted:
+                if n not in got:
+                    raise ValueError(f"{f}: tensor '{n}' is missing")
+                t = got[n]
+                out[n] = t.to(dtype) if t.dtype != dtype else t.clone()  # no view keeps the shard mapped
+        return out
+
+
+def _fill(module, prefix, tensors):
+    """Real parameters for a module built on the meta device."""
+    for pname, param in list(module.named_parameters()):
+        t = tensors[prefix + pname]
+        if tuple(t.shape) != tuple(param.shape):
+            raise ValueError(f"tensor '{prefix + pname}' has shape {tuple(t.shape)}, the config gives "
+                             f"{tuple(param.shape)}")
+        owner, _, leaf = pname.rpartition(".")
+        (module.get_submodule(owner) if owner else module)._parameters[leaf] = nn.Parameter(t, requires_grad=False)
+
+
+def _holder(path, module):
+    """A module tree in which only ``path`` exists, so that its layers carry the full
+    model's names (config globs and skip_layers match as on the whole model)."""
+    root = node = nn.ModuleDict()
+    parts = path.split(".")
+    for p in parts[:-1]:
+        node[p] = nn.ModuleDict()
+        node = node[p]
+    node[parts[-1]] = module
+    return root
+
+
+def _rss_peak_bytes():
+    """This process's peak RSS (VmHWM; getrusage's maxrss keeps the parent's across exec)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def estimate_peak_bytes(cfg, batches, dtype, algorithm_hessian=True):
+    """Memory the streaming run needs beyond the Python process: activations (fp32, twice
+    during the pass that replaces them), one layer in the compute dtype plus its
+    fake-quantized copy and the algorithms' temporaries (about two fp32 copies), the
+    Hessians of one layer (K x K fp32 per projection), the embedding matrix while the
+    first activations are made."""
+    h, i = cfg.hidden_size, cfg.intermediate_size
+    qkv = cfg.num_attention_heads * cfg.head_dim + 2 * cfg.num_key_value_heads * cfg.head_dim
+    layer_params = h * qkv + cfg.num_attention_heads * cfg.head_dim * h + 3 * h * i
+    esize = torch.empty((), dtype=dtype).element_size()
+    tokens = sum(b.shape[1] for b in batches)
+    acts = 2 * tokens * h * 4
+    att = max(b.shape[1] for b in batches) ** 2 * cfg.num_attention_heads * 4 * 2
+    hess = (5 * h * h + i * i) * 4 if algorithm_hessian else 0
+    embed = cfg.vocab_size * h * esize
+    return acts + att + layer_params * (esize + 8) + hess + max(embed, layer_params * 4)
+
+
+def _fingerprint(model_dir, cfg_dict, batches, dtype):
+    h = hashlib.sha256()
+    h.update(Path(model_dir, "config.json").read_bytes())
+    h.update(json.dumps(cfg_dict, sort_keys=True, default=sorted).encode())
+    h.update(str(dtype).encode())
+    for b in batches:
+        h.update(b.numpy().tobytes())
+    return h.hexdigest()
+
+
+def _write_json(path, obj):
+    _C.write_file_atomic(str(path), (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+
+
+def quantize_streaming(model_dir, config, batches, out_dir, resume=False, dtype=None, progress=True, log=None):
+    """Quantizes the folder ``model_dir`` into the quantized folder ``out_dir`` (the layout of
+    lowbit.save_pretrained; lowbit.load_pretrained reads it) with ``config`` (a quantize()
+    config; its batch_num is set to len(batches)). ``batches``: [1, T] token tensors, the
+    model inputs of each calibration sample. Returns a dict of timings and memory."""
+    import lowbit
+    from lowbit.serialization import metadata
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    model_dir, out = Path(model_dir), Path(out_dir)
+    cfg = read_config(model_dir)
+    dtype = dtype or cfg.dtype
+    if not batches:
+        raise ValueError("batches: empty; streaming calibration needs at least one sample")
+    config = dict(config)
+    config["batch_num"] = len(batches)
+    lowbit.validate_config(config)
+    work = out / WORK_DIR
+    fp = _fingerprint(model_dir, config, batches, dtype)
+    n_layers = cfg.num_hidden_layers
+    shard_names = [f"model-{k + 1:05d}-of-{n_layers + 1:05d}.safetensors" for k in range(n_layers + 1)]
+    start = 0
+    if resume and (work / "state.json").exists():
+        state = json.loads((work / "state.json").read_text())
+        if state.get("fingerprint") != fp:
+            raise ValueError(f"resume: {out} was started with another model, config, dtype or calibration data; "
+                             f"remove it or quantize into another folder")
+        start = int(state["next_layer"])
+        names, tensors = torch.ops.lowbit.load_safetensors(str(work / "activations.safetensors"))[:2]
+        acts = dict(zip(names, tensors))
+        hs = [acts[f"h{j}"].clone() for j in range(len(batches))]
+        log(f"lowbit stream: resuming {out} at layer {start} of {n_layers}")
+    else:
+        if work.exists() and not resume:
+            raise ValueError(f"{out} holds an unfinished streaming run; pass resume=True (--resume) to continue it, "
+                             f"or remove the folder")
+        out.mkdir(parents=True, exist_ok=True)
+        work.mkdir(exist_ok=True)
+        hs = None
+    if (out / "config.json").exists():
+        (out / "config.json").unlink()  # the folder is incomplete until the end
+    shell = LlamaForCausalLM(cfg, device="meta")
+    reader = _Reader(model_dir)
+    need = estimate_peak_bytes(cfg, batches, dtype)
+    log(f"lowbit stream: {cfg.architecture}, {n_layers} layers, hidden {cfg.hidden_size}, {len(batches)} samples, "
+        f"{sum(b.shape[1] for b in batches)} tokens, compute {str(dtype).split('.')[1]}; estimated peak "
+        f"{need / 2**30:.2f} GiB beyond the process's {_rss_peak_bytes() / 2**30:.2f} GiB")
+    t_all = time.perf_counter()
+    positions = {b.shape[1] for b in batches}
+    rotary = {t: shell._rotary(0, t) for t in positions}
+    if hs is None:
+        w = reader.get(["model.embed_tokens.weight"], dtype)["model.embed_tokens.weight"]
+        hs = [F.embedding(b, w).float() for b in batches]
+        del w
+    timings = []
+    skipped_all = {}
+    layer_meta = {}
+    from tqdm import tqdm
+    bar = tqdm(total=n_layers + 1, initial=start, desc="streaming layers", unit="layer", disable=not progress,
+               leave=False)
+    for i in range(start, n_layers):
+        t0 = time.perf_counter()
+        prefix = f"model.layers.{i}."
+        layer = DecoderLayer(cfg, device="meta")
+        names = [prefix + n for n, _ in layer.named_parameters()]
+        _fill(layer, prefix, reader.get(names, dtype))
+        root = _holder(f"model.layers.{i}", layer)
+        t_read = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        quantized = _quantize_block(root, config)
+        with torch.no_grad():
+            if quantized:
+                inner = [m for m in layer.modules() if isinstance(m, CalibLayer)]
+                for h in hs:  # statistics; the last batch also solves
+                    layer(h.to(dtype), *rotary[h.shape[1]], None)
+                t_stats = time.perf_counter() - t1
+                for m in inner:
+                    m.fake_quant_weight_cache = m.weight_fake_quant().detach()
+            else:
+                t_stats = 0.0
+            t2 = time.perf_counter()
+            hs = [layer(h.to(dtype), *rotary[h.shape[1]], None).float() for h in hs]
+            t_fwd = time.perf_counter() - t2
+        t3 = time.perf_counter()
+        if quantized:
+            lowbit.convert(root)
+            meta = metadata(root)
+            layer_meta.update(meta["layers"])
+            skipped_all.update(meta["skipped"])
+        else:
+            meta = {"format": "lowbit-1", "layers": {}, "skipped": getattr(root, "_lowbit_skipped", {})}
+            skipped_all.update(meta["skipped"])
+        _write_shard(out / shard_names[i], root, meta)
+        torch.ops.lowbit.save_safetensors(str(work / "activations.safetensors"), [f"h{j}" for j in range(len(hs))],
+                                          hs, [], [], True)
+        _write_json(work / "state.json", {"fingerprint": fp, "next_layer": i + 1})
+        t_write = time.perf_counter() - t3
+        timings.append({"layer": i, "read": t_read, "statistics_and_solve": t_stats, "forward": t_fwd,
+                        "write": t_write, "seconds": time.perf_counter() - t0})
+        del layer, root
+        bar.set_postfix_str(f"layer {i}: read {t_read:.1f} s, calibrate {t_stats:.1f} s, forward {t_fwd:.1f} s, "
+                            f"write {t_write:.1f} s")
+        bar.update(1)
+        log(f"lowbit stream: layer {i} written ({time.perf_counter() - t0:.1f} s)")
+    # the head: final norm, then lm_head (quantized unless the config skips it)
+    t0 = time.perf_counter()
+    rest_names = ["model.embed_tokens.weight", "model.norm.weight"]
+    if not cfg.tie_word_embeddings:
+        rest_names.append("lm_head.weight")
+    rest = reader.get(rest_names, dtype)
+    norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+    norm.weight = nn.Parameter(rest["model.norm.weight"], requires_grad=False)
+    head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False, device="meta")
+    head.weight = nn.Parameter(rest["lm_head.weight" if not cfg.tie_word_embeddings else "model.embed_tokens.weight"],
+                               requires_grad=False)
+    root = _holder("lm_head", head)
+    if _quantize_block(root, config):
+        with torch.no_grad():
+            for h in hs:
+                root.lm_head(norm(h.to(dtype)))
+        lowbit.convert(root)
+        meta = metadata(root)
+        layer_meta.update(meta["layers"])
+    skipped_all.update(getattr(root, "_lowbit_skipped", {}))
+    tail = {"model.embed_tokens.weight": rest["model.embed_tokens.weight"], "model.norm.weight": norm.weight}
+    for k, v in root.state_dict().items():
+        if not (cfg.tie_word_embeddings and k == "lm_head.weight"):
+            tail[k] = v
+    full_meta = {"format": "lowbit-1", "layers": layer_meta, "skipped": skipped_all}
+    _write_tensors(out / shard_names[n_layers], tail, {"format": "lowbit-1", "layers": {
+        k: v for k, v in layer_meta.items() if k == "lm_head"}, "skipped": skipped_all})
+    timings.append({"layer": "head", "seconds": time.perf_counter() - t0})
+    bar.update(1)
+    bar.close()
+    _finish_folder(out, model_dir, cfg, full_meta, shard_names)
+    shutil.rmtree(work, ignore_errors=True)
+    return {"timings": timings, "seconds": time.perf_counter() - t_all, "peak_rss_bytes": _rss_peak_bytes(),
+            "estimated_bytes": need}
+
+
+def _quantize_block(root, config):
+    """quantize() on one block; False when the config quantizes none of its layers."""
+    import lowbit
+    try:
+        lowbit.quantize(root, dict(config))
+    except ValueError as e:
+        if str(e).startswith("quantize: no layer would be quantized"):
+            return False
+        raise
+    return True
+
+
+def _write_tensors(path, tensors, meta):
+    text = json.dumps(meta, indent=1, sort_keys=True)
+    torch.ops.lowbit.save_safetensors(str(path), list(tensors), [t.detach() for t in tensors.values()],
+                                      ["format", "lowbit"], ["pt", text], True)
+
+
+def _write_shard(path, root, meta):
+    _write_tensors(path, dict(root.state_dict()), meta)
+
+
+def _finish_folder(out, model_dir, cfg, meta, shard_names):
+    weight_map, total = {}, 0
+    for name in shard_names:
+        names, tensors = torch.ops.lowbit.load_safetensors(str(out / name))[:2]
+        for n, t in zip(names, tensors):
+            weight_map[n] = name
+            total += t.numel() * t.element_size()
+    _write_json(out / INDEX_FILE, {"metadata": {"total_size": total}, "weight_map": weight_map})
+    for f in TOKENIZER_FILES:
+        src = Path(model_dir) / f
+        if src.exists():
+            _C.write_file_atomic(str(out / f), src.read_bytes())
+    config = dict(cfg.raw)
+    config["quantization_config"] = {
+        "quant_method": "lowbit", "format": meta["format"],
+        "layers": {n: {"weights": i["config"]["weights"], "inputs": i["config"]["inputs"],
+                       "algorithm": i["config"]["algorithm"]} for n, i in meta["layers"].items()},
+        "skipped": meta["skipped"]}
+    _write_json(out / "config.json", config)  # last: the folder is complete
