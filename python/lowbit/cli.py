@@ -11,6 +11,7 @@
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -298,6 +299,8 @@ def main(argv=None):
     import lowbit
     if args.command in (None, "run", "report"):
         torch.set_num_threads(2)
+    elif not os.environ.get("OMP_NUM_THREADS"):  # torch may default to fewer threads than the cores it may use
+        torch.set_num_threads(len(os.sched_getaffinity(0)))
     for key in ("samples", "seqlen", "max_new_tokens"):
         v = getattr(args, key, None)
         if v is not None and v < 1:
