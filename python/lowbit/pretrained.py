@@ -86,11 +86,19 @@ def save_pretrained(model, out_dir, source_dir=None, max_shard_bytes=DEFAULT_SHA
         written.append(INDEX_FILE)
     elif (out / INDEX_FILE).exists():  # an earlier sharded save: its index would take precedence
         os.unlink(out / INDEX_FILE)
+    return written + finish_folder(out, source_dir, cfg, meta)
+
+
+def finish_folder(out, source_dir, cfg, meta):
+    """The tokenizer files copied from ``source_dir`` (when given), then config.json with
+    the quantization_config summary of ``meta``, written last: a folder that has it is
+    complete. Returns the file names written."""
+    written = []
     if source_dir is not None:
         for f in TOKENIZER_FILES:
             src = Path(source_dir) / f
             if src.exists():
-                _C.write_file_atomic(str(out / f), src.read_bytes())
+                _C.write_file_atomic(str(Path(out) / f), src.read_bytes())
                 written.append(f)
     config = dict(cfg.raw)
     config["quantization_config"] = {
@@ -98,9 +106,8 @@ def save_pretrained(model, out_dir, source_dir=None, max_shard_bytes=DEFAULT_SHA
         "layers": {n: {"weights": i["config"]["weights"], "inputs": i["config"]["inputs"],
                        "algorithm": i["config"]["algorithm"]} for n, i in meta["layers"].items()},
         "skipped": meta["skipped"]}
-    _write_json(out / "config.json", config)  # last: a folder with it is complete
-    written.append("config.json")
-    return written
+    _write_json(Path(out) / "config.json", config)
+    return written + ["config.json"]
 
 
 def _merged_metadata(folder, metas):

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lowbit import _C
-from lowbit.checkpoints import INDEX_FILE, TOKENIZER_FILES, read_config, weight_files
+from lowbit.checkpoints import INDEX_FILE, read_config, weight_files
 from lowbit.models.hf_llama import DecoderLayer, LlamaForCausalLM, RMSNorm
 from lowbit.modules.calibration import CalibLayer
 
@@ -326,14 +326,5 @@ def _finish_folder(out, model_dir, cfg, meta, shard_names):
             weight_map[n] = name
             total += t.numel() * t.element_size()
     _write_json(out / INDEX_FILE, {"metadata": {"total_size": total}, "weight_map": weight_map})
-    for f in TOKENIZER_FILES:
-        src = Path(model_dir) / f
-        if src.exists():
-            _C.write_file_atomic(str(out / f), src.read_bytes())
-    config = dict(cfg.raw)
-    config["quantization_config"] = {
-        "quant_method": "lowbit", "format": meta["format"],
-        "layers": {n: {"weights": i["config"]["weights"], "inputs": i["config"]["inputs"],
-                       "algorithm": i["config"]["algorithm"]} for n, i in meta["layers"].items()},
-        "skipped": meta["skipped"]}
-    _write_json(out / "config.json", config)  # last: the folder is complete
+    from lowbit.pretrained import finish_folder
+    finish_folder(out, model_dir, cfg, meta)  # config.json last: the folder is complete
