@@ -84,6 +84,8 @@ def main():
                     help="compute dtype of calibration (default float32)")
     ap.add_argument("--keep", action="store_true", help="keep the quantized output folder")
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    ap.add_argument("--prepare-only", action="store_true",
+                    help="only write the checkpoint folder (then a second run measures a clean process's RSS)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     base = Path(args.dir)
@@ -92,6 +94,8 @@ def main():
     cfg = write_folder(src, args.shape, args.layers)
     print(f"checkpoint {src}: {sum(f.stat().st_size for f in src.glob('*.safetensors')) / 2**30:.2f} GiB bf16 "
           f"({time.perf_counter() - t:.0f} s to write or check)")
+    if args.prepare_only:
+        return
     if args.config == "gptq":
         qcfg = {"quant_cfg": {"weights": {"type": "int4", "symmetric": True, "strategy": "group", "group_size": 128}},
                 "algorithm": {"gptq"}, "skip_layers": {"lm_head"}}

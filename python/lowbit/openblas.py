@@ -45,11 +45,15 @@ def _is_lowbit_command():
 
 
 def configure_for_command():
-    """Sets OPENBLAS_CORETYPE for the lowbit command, before torch is imported."""
-    if "torch" in sys.modules or os.environ.get("OPENBLAS_CORETYPE") or not _is_lowbit_command():
+    """For the lowbit command, before torch is imported: OPENBLAS_CORETYPE, and a short
+    OpenMP spin (GOMP_SPINCOUNT=10000, as scripts/env.sh sets: libgomp's default spin
+    takes the cores from OpenBLAS's threads, and from any other process on the machine),
+    each unless the user set it."""
+    if "torch" in sys.modules or not _is_lowbit_command():
         return
+    os.environ.setdefault("GOMP_SPINCOUNT", "10000")
     core = suggested_coretype()
-    if core:
+    if core and not os.environ.get("OPENBLAS_CORETYPE"):
         os.environ["OPENBLAS_CORETYPE"] = core
 
 
