@@ -11,6 +11,7 @@ import re
 
 from lowbit.tokenizers.normalizers import pattern_regex
 from lowbit.tokenizers.pretokenizers import CHAR_TO_BYTE
+from lowbit.tokenizers.stages import sequence, stage_kind
 
 SUPPORTED = ("ByteLevel", "Metaspace", "Replace", "ByteFallback", "Fuse", "Strip", "Sequence")
 _BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
@@ -57,18 +58,9 @@ def build_decoder(spec, where="decoder"):
     """A function list[str] -> list[str] for a tokenizer.json decoder (None: no decoder)."""
     if spec is None:
         return None
-    if not isinstance(spec, dict) or "type" not in spec:
-        raise ValueError(f"tokenizer.json: {where} must be an object with a 'type', got {spec!r}")
-    kind = spec["type"]
+    kind = stage_kind(spec, where)
     if kind == "Sequence":
-        steps = [build_decoder(s, f"{where}.decoders[{i}]") for i, s in enumerate(spec.get("decoders", []))]
-        steps = [s for s in steps if s is not None]
-
-        def sequence(tokens):
-            for step in steps:
-                tokens = step(tokens)
-            return tokens
-        return sequence
+        return sequence(spec, "decoders", build_decoder, where)
     if kind == "ByteLevel":
         return _byte_level
     if kind == "ByteFallback":

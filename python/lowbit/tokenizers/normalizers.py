@@ -10,6 +10,7 @@ import re
 import unicodedata
 
 from lowbit.tokenizers.unicode_regex import WHITE_SPACE, compile_onig
+from lowbit.tokenizers.stages import sequence, stage_kind
 
 _WS = "".join(chr(c) for a, b in WHITE_SPACE for c in range(a, b + 1))
 SUPPORTED = ("Sequence", "Prepend", "Replace", "NFC", "NFD", "NFKC", "NFKD", "Lowercase", "Strip")
@@ -28,18 +29,9 @@ def build_normalizer(spec, where="normalizer"):
     """A function str -> str for a tokenizer.json normalizer (None: identity)."""
     if spec is None:
         return None
-    if not isinstance(spec, dict) or "type" not in spec:
-        raise ValueError(f"tokenizer.json: {where} must be an object with a 'type', got {spec!r}")
-    kind = spec["type"]
+    kind = stage_kind(spec, where)
     if kind == "Sequence":
-        steps = [build_normalizer(s, f"{where}.normalizers[{i}]") for i, s in enumerate(spec.get("normalizers", []))]
-        steps = [s for s in steps if s is not None]
-
-        def sequence(text):
-            for step in steps:
-                text = step(text)
-            return text
-        return sequence
+        return sequence(spec, "normalizers", build_normalizer, where)
     if kind == "Prepend":
         prefix = spec.get("prepend")
         if not isinstance(prefix, str):

@@ -11,6 +11,7 @@ or the older ``add_prefix_space``, ``split``) and ``Sequence`` of those.
 import re
 
 from lowbit.tokenizers.unicode_regex import compile_onig
+from lowbit.tokenizers.stages import sequence, stage_kind
 
 # The pattern ByteLevel splits with when use_regex is true (GPT-2's).
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -116,18 +117,9 @@ def build_pre_tokenizer(spec, where="pre_tokenizer"):
     """A function pieces -> pieces for a tokenizer.json pre_tokenizer (None: identity)."""
     if spec is None:
         return None
-    if not isinstance(spec, dict) or "type" not in spec:
-        raise ValueError(f"tokenizer.json: {where} must be an object with a 'type', got {spec!r}")
-    kind = spec["type"]
+    kind = stage_kind(spec, where)
     if kind == "Sequence":
-        steps = [build_pre_tokenizer(s, f"{where}.pretokenizers[{i}]") for i, s in enumerate(spec.get("pretokenizers", []))]
-        steps = [s for s in steps if s is not None]
-
-        def sequence(pieces):
-            for step in steps:
-                pieces = step(pieces)
-            return pieces
-        return sequence
+        return sequence(spec, "pretokenizers", build_pre_tokenizer, where)
     if kind == "ByteLevel":
         prefix = _bool(spec, "add_prefix_space", True, where)
         use_regex = _bool(spec, "use_regex", True, where)
