@@ -1,14 +1,17 @@
-// OFMR (output feature-map reconstruction) for HiF8 and FP8: candidate power-of-two
-// scales 2^e, the output MSE each causes, and the choice.
+// OFMR (output feature-map reconstruction) for HiF8 and FP8: the output MSE each
+// candidate scale causes, and the choice.
 //  - weights: the output error of W -> QDQ(W) on calibration rows X is, per output
 //    channel n, dW_n H dW_n^T with H = X^T X, so only H is accumulated during calibration;
-//  - activations: the output error of QDQ(x) accumulated per call, each row (token)
-//    relative to its own output energy: with a plain sum a few huge-activation tokens
-//    chose the scale for all (stories260K HiF8: +1.22% perplexity, +0.91% per token).
-// Candidates: powers of two 2^k, k = -5..5 (the reference set, preferred), refined by
-// quarter steps 2^(k + j/4), plus multiples 2^(j/8) of the MIN-MAX scale (HiF8's tapered
-// precision makes the loss jagged in the scale, and absmax/16 often beats every power of
-// two). A non-power-of-two candidate is kept only when strictly lower.
+//  - activations: the output error of QDQ(x) accumulated per call, as the layer's output
+//    MSE: sum over rows of ||((x - QDQ(x)) W^T)_r||^2, each row times an optional weight
+//    given by the caller (ofmr.py: the rows a sampled row stands for, damped by the row's
+//    output energy mean / (e_r + mean), which no near-zero row can exceed).
+//    The former per-row normalization (each row's error over its own output energy) let
+//    near-zero rows decide: in a depthwise Conv2d a row of a group is one output, flat
+//    patches under zero-sum kernels give |y| ~ 1e-4, and 0.1% of the rows made 99% of the
+//    loss; the chosen FP8 scale clipped half of the inputs (issue 22).
+// The candidates and the fallback to the MIN-MAX scales are chosen in algorithms/ofmr.py;
+// ofmr_select prefers the powers of two and takes another candidate only when strictly lower.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -59,11 +62,12 @@ at::Tensor ofmr_weight_losses(const at::Tensor& W2d, const at::Tensor& H, const 
   return finite_or_inf(loss);
 }
 
-// loss[c] += sum_r ||((x - QDQ_c(x)) W^T)_r||^2 / ||(x W^T)_r||^2: the output error of
-// quantizing the activation alone, per row relative to the row's output energy.
+// loss[c] += sum_r w_r ||((x - QDQ_c(x)) W^T)_r||^2 (w_r = 1 without row_weights): the
+// output error of quantizing the activation alone with candidate scale c.
 // (Scoring with the weight quantized too was tried: no better on stories260K.)
 void ofmr_act_losses_accumulate(at::Tensor& loss, const at::Tensor& x2d, const at::Tensor& W2d,
-                                const std::string& fmt, const at::Tensor& cand) {
+                                const std::string& fmt, const at::Tensor& cand,
+                                const c10::optional<at::Tensor>& row_weights) {
   const Format f = float8_format(fmt);
   at::Tensor x = x2d.to(at::kFloat).contiguous();
   at::Tensor Wt = W2d.to(at::kFloat).t();
@@ -72,10 +76,12 @@ void ofmr_act_losses_accumulate(at::Tensor& loss, const at::Tensor& x2d, const a
                    "ofmr: loss must be a contiguous float64 tensor, got ", loss.scalar_type());
   TORCH_CHECK_VALUE(loss.numel() == c_acc.numel(), "ofmr: loss has ", loss.numel(), " entries for ", c_acc.numel(),
                     " candidates");
+  at::Tensor rw;
+  if (row_weights.has_value()) {
+    rw = row_weights->to(at::kDouble).reshape({-1});
+    TORCH_CHECK_VALUE(rw.numel() == x.size(0), "ofmr: ", rw.numel(), " row weights for ", x.size(0), " rows");
+  }
   const float* cs = c_acc.data_ptr<float>();
-  // each row (token) weighs the same: its output error relative to its output energy, so
-  // a few huge-activation tokens do not decide the scale for all the others
-  at::Tensor inv_energy = 1.0 / (x.mm(Wt).to(at::kDouble).pow(2).sum(1) + 1e-30);
   // Candidates in chunks of up to 32 MB of rows, each chunk one QDQ per candidate (the
   // kernels, straight into the chunk) and then a handful of tensor ops for all of them:
   // the former dozen tensor ops and a small GEMM per candidate spent most of their time
@@ -98,7 +104,7 @@ void ofmr_act_losses_accumulate(at::Tensor& loss, const at::Tensor& x2d, const a
     at::Tensor En = E.narrow(0, 0, n);
     at::sub_out(En, x.unsqueeze(0), En);  // x - QDQ_c(x)
     at::Tensor per_row = En.reshape({n * R, K}).mm(Wt).to(at::kDouble).pow_(2).sum(1).view({n, R});
-    at::Tensor v = (per_row * inv_energy.unsqueeze(0)).sum(1).contiguous();
+    at::Tensor v = (rw.defined() ? (per_row * rw.unsqueeze(0)).sum(1) : per_row.sum(1)).contiguous();
     const double* vp = v.data_ptr<double>();
     for (int64_t j = 0; j < n; ++j)
       acc[c0 + j] += std::isfinite(vp[j]) ? vp[j] : std::numeric_limits<double>::infinity();
@@ -123,7 +129,8 @@ at::Tensor ofmr_select(const at::Tensor& loss, const at::Tensor& preferred, cons
 
 TORCH_LIBRARY_FRAGMENT(lowbit, m) {
   m.def("ofmr_weight_losses(Tensor W2d, Tensor H, str fmt, Tensor candidates) -> Tensor");
-  m.def("ofmr_act_losses_accumulate(Tensor(a!) loss, Tensor x2d, Tensor W2d, str fmt, Tensor candidates) -> ()");
+  m.def("ofmr_act_losses_accumulate(Tensor(a!) loss, Tensor x2d, Tensor W2d, str fmt, Tensor candidates, "
+        "Tensor? row_weights=None) -> ()");
   m.def("ofmr_select(Tensor loss, Tensor preferred, str layer) -> Tensor");
   m.impl("ofmr_weight_losses", c10::DispatchKey::CPU, TORCH_FN(lowbit::ofmr_weight_losses));
   m.impl("ofmr_act_losses_accumulate", c10::DispatchKey::CPU, TORCH_FN(lowbit::ofmr_act_losses_accumulate));

@@ -150,26 +150,32 @@ def test_ofmr_never_worse_than_minmax_on_calibration_data(fmt, full):
 
 
 @pytest.mark.parametrize("fmt", ["hifloat8", "float8_e4m3fn"])
-@pytest.mark.parametrize("rows,k", [(37, 48), (1024, 4096)])  # the second takes 29 chunks of 2 candidates
-def test_ofmr_activation_losses_match_a_per_candidate_reference(fmt, rows, k):
+@pytest.mark.parametrize("rows,k", [(37, 48), (1024, 4096)])  # the second takes many chunks of 2 candidates
+@pytest.mark.parametrize("weighted", [False, True])
+def test_ofmr_activation_losses_match_a_per_candidate_reference(fmt, rows, k, weighted):
     """The chunked accumulation (all candidates' QDQ errors in one product per chunk) adds
-    to each candidate what one candidate at a time gives: sum over rows of
-    ||(x - QDQ_c(x)) W^T||^2 / ||x W^T||^2, including a scale so small that every value saturates."""
+    to each candidate what one candidate at a time gives: the plain output MSE
+    sum over rows of ||(x - QDQ_c(x)) W^T||^2 (times each row's weight, when given),
+    including a scale so small that every value saturates."""
     from lowbit.algorithms.ofmr import candidates
     g = torch.Generator().manual_seed(rows)
     x = torch.randn(rows, k, generator=g) * 3
     w = torch.randn(5, k, generator=g)
-    cand = candidates(torch.tensor([float(x.abs().max()) / 16])).reshape(-1)
+    cand = candidates(torch.tensor([float(x.abs().max()) / 16]), fmt).reshape(-1)
     cand[3] = 1e-30  # every value saturates: a huge error, still finite in float64
+    row_w = torch.rand(rows, generator=g, dtype=torch.float64) * 4 if weighted else None
     loss = torch.full((cand.numel(),), 0.25, dtype=torch.float64)
-    torch.ops.lowbit.ofmr_act_losses_accumulate(loss, x, w, fmt, cand)
-    energy = (x @ w.t()).double().pow(2).sum(1)
+    torch.ops.lowbit.ofmr_act_losses_accumulate(loss, x, w, fmt, cand, row_w)
     for c, s in enumerate(cand.tolist()):
         xq = lowbit.fake_quant(x, fmt, "tensor", 0, True, scale=torch.tensor([[s]]))
-        want = 0.25 + float((((x - xq) @ w.t()).double().pow(2).sum(1) / (energy + 1e-30)).sum())
+        per_row = ((x - xq) @ w.t()).double().pow(2).sum(1)
+        want = 0.25 + float((per_row * row_w).sum() if weighted else per_row.sum())
         assert loss[c].item() == pytest.approx(want, rel=1e-6), (c, s)
     with pytest.raises(TypeError, match="loss must be a contiguous float64 tensor"):
         torch.ops.lowbit.ofmr_act_losses_accumulate(loss.float(), x, w, fmt, cand)
+    with pytest.raises(ValueError, match="3 row weights for"):
+        torch.ops.lowbit.ofmr_act_losses_accumulate(loss, x, w, fmt, cand, torch.ones(3, dtype=torch.float64))
+
 
 @pytest.mark.parametrize("bad,dtype", [(float("nan"), torch.float32), (float("inf"), torch.float32),
                                        (float("-inf"), torch.bfloat16), (float("nan"), torch.float16)])

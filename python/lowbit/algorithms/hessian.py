@@ -4,8 +4,10 @@ The accumulation keeps only H's upper triangle (a BLAS rank-k update, half the w
 a full product); ``finish_hessian`` mirrors it once, when the layer is finalized.
 
 A convolution unfolds into many rows per call (ResNet-20: 256K patches for 250 images);
-at most MAX_ROWS evenly spaced rows per call enter H, which is plenty to estimate a
-K x K matrix with K <= a few thousand, and keeps calibration time linear in the layers.
+at most MAX_ROWS rows per call enter H, which is plenty to estimate a K x K matrix with
+K <= a few thousand, and keeps calibration time linear in the layers. They are the first
+whole images' patches, or, with ``spread_rows`` (OFMR), patches spread over all images
+(CalibConv2d.spread_patches: a 112x112 layer's 32768 rows would be 2.6 images otherwise).
 
 A call is checked before it enters H (CalibLayer._observe has found the input finite,
 with max |x| = amax): H must stay finite in float32, which a bound guarantees without
@@ -24,6 +26,8 @@ FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
 class HessianMixin:
+    spread_rows = False  # convolutions: H from patches spread over all images, not the first images
+
     def init_hessian(self):
         # allocated at the first calibration call and freed once the layer is finalized:
         # with sequential calibration only one block's Hessians exist at a time
@@ -37,6 +41,8 @@ class HessianMixin:
         """How many rows of x enter H: what input_rows(x, MAX_ROWS) gives, without building them."""
         if isinstance(self, CalibConv2d):
             h_out, w_out = self.output_hw(*x.shape[-2:])
+            if self.spread_rows:
+                return min(x.shape[0] * h_out * w_out, MAX_ROWS)
             return self.images_for_rows(x, MAX_ROWS) * h_out * w_out
         m = x.numel() // max(x.shape[-1], 1)
         if m <= MAX_ROWS:
@@ -61,7 +67,7 @@ class HessianMixin:
             for d in self.weight_shape[1:]:
                 k *= d
             self.hessian = torch.zeros(self.groups, k, k)
-        for g, rows in enumerate(self.input_rows(x, MAX_ROWS)):
+        for g, rows in enumerate(self.input_rows(x, MAX_ROWS, spread=self.spread_rows)):
             torch.ops.lowbit.hessian_accumulate(self.hessian[g], rows)
         self.hessian_rows += rows.shape[0]
 

@@ -68,9 +68,10 @@ class CalibLayer(QuantLayerBase):
         return False
 
     @torch.no_grad()
-    def output_error(self, x):
-        """Relative output MSE of the quantized layer against float on one calibration batch."""
-        y = self.compute(x, self.weight, self.bias).double()
+    def output_error(self, x, y=None):
+        """Relative output MSE of the quantized layer against float on one calibration batch
+        (``y``: the float output, when the caller already has it)."""
+        y = (self.compute(x, self.weight, self.bias) if y is None else y).double()
         yq = self.compute(self.act_qdq(x), self.weight_fake_quant(), self.effective_bias(self.bias, x.dtype)).double()
         den = float(y.pow(2).sum())
         return float((y - yq).pow(2).sum()) / den if den > 0 else 0.0
@@ -94,27 +95,33 @@ class CalibLayer(QuantLayerBase):
         """The [N, K] tensor that is quantized (the original weight by default)."""
         return self.weight.detach().reshape(self.weight_shape[0], -1)
 
-    def input_rows(self, x, max_rows=None):
+    def input_rows(self, x, max_rows=None, spread=False):
         """Calibration rows [M, K] as the layer's matmul sees them, one tensor per
         convolution group (Linear: the last axis; Conv2d: unfolded patches). With
-        ``max_rows``, a convolution unfolds only the first images needed to reach it
-        (whole images: no aliasing with positions) and a Linear keeps evenly spaced rows."""
+        ``max_rows``, a Linear keeps evenly spaced rows; a convolution unfolds only the
+        first images needed to reach it (whole images: no aliasing with positions) or, with
+        ``spread``, gathers max_rows patches from all over the batch (spread_patches)."""
         if isinstance(self, CalibConv2d):
-            if max_rows is not None:
-                x = x[: self.images_for_rows(x, max_rows)]
-            if self.padding_mode != "zeros":
-                x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
-                pad = 0
+            if max_rows is not None and spread:
+                rows = self.spread_patches(x, max_rows)
             else:
-                pad = self.padding
-            cols = F.unfold(x.float(), self.kernel_size, self.dilation, pad, self.stride)  # [B, C*kh*kw, L]
-            rows = cols.transpose(1, 2).reshape(-1, cols.shape[1])
+                if max_rows is not None:
+                    x = x[: self.images_for_rows(x, max_rows)]
+                cols = F.unfold(self.conv_padded(x.float()), self.kernel_size, self.dilation, 0, self.stride)
+                rows = cols.transpose(1, 2).reshape(-1, cols.shape[1])  # [B * L, C*kh*kw]
             kg = rows.shape[1] // self.groups
             return [rows[:, g * kg:(g + 1) * kg] for g in range(self.groups)]
         rows = x.reshape(-1, x.shape[-1]).float()
         if max_rows is not None and rows.shape[0] > max_rows:
             rows = rows[:: -(-rows.shape[0] // max_rows)]
         return [rows]
+
+    def input_row_count(self, x):
+        """How many rows input_rows(x) gives without max_rows (what a sample stands for)."""
+        if isinstance(self, CalibConv2d):
+            h_out, w_out = self.output_hw(*x.shape[-2:])
+            return x.shape[0] * h_out * w_out
+        return x.numel() // max(x.shape[-1], 1)
 
     @property
     def calibrated(self):
@@ -245,6 +252,36 @@ class CalibConv2d(Conv2dMath, CalibLayer):
         pad = (0, 0) if self.padding == "valid" else self.padding
         return tuple((n + 2 * p - d * (k - 1) - 1) // s + 1
                      for n, p, d, k, s in zip((h, w), pad, self.dilation, self.kernel_size, self.stride))
+
+    def conv_padded(self, x):
+        """x with the convolution's padding applied (any padding_mode, 'same' included)."""
+        pads = self._reversed_padding_repeated_twice
+        if not any(pads):
+            return x
+        return F.pad(x, pads, mode="constant" if self.padding_mode == "zeros" else self.padding_mode)
+
+    def spread_patches(self, x, max_rows):
+        """[min(max_rows, B * L), C*kh*kw] rows of the unfolded x (B images of L output
+        positions), spread over the whole batch: the B * L (image, position) pairs in order
+        are cut into max_rows equal strata and one pair is taken from each, at a fixed
+        pseudo-random offset (evenly spread over images and positions, no aliasing with the
+        output width). Only those patches are gathered: nothing is unfolded in full."""
+        h_out, w_out = self.output_hw(*x.shape[-2:])
+        per_image = h_out * w_out
+        total = x.shape[0] * per_image
+        xp = self.conv_padded(x.float())
+        if total <= max_rows:
+            idx = torch.arange(total)
+        else:
+            g = torch.Generator().manual_seed(22)  # fixed: the same shapes give the same rows
+            u = torch.rand(max_rows, generator=g, dtype=torch.float64)
+            idx = ((torch.arange(max_rows, dtype=torch.float64) + u) * (total / max_rows)).long().clamp_(max=total - 1)
+        img, pos = idx // per_image, idx % per_image
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
+        hh = (pos // w_out * sh).unsqueeze(1) + torch.arange(kh) * dh  # [M, kh] input rows of each patch
+        ww = (pos % w_out * sw).unsqueeze(1) + torch.arange(kw) * dw   # [M, kw] input columns
+        patches = xp[img.reshape(-1, 1, 1), :, hh.unsqueeze(2), ww.unsqueeze(1)]  # [M, kh, kw, C]
+        return patches.permute(0, 3, 1, 2).reshape(len(idx), -1)  # F.unfold's (c, i, j) order
 
     def images_for_rows(self, x, max_rows):
         """How many of x's first (whole) images input_rows unfolds to reach max_rows rows."""
