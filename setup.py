@@ -15,6 +15,9 @@ from setuptools import find_packages, setup
 from setuptools.command.build_py import build_py
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+# the interpreter itself, not a venv's link to it: a reused build folder must not keep a
+# path that disappears with the venv
+PYTHON = os.path.realpath(sys.executable)
 
 
 class BuildWithCMake(build_py):
@@ -22,7 +25,7 @@ class BuildWithCMake(build_py):
         # LOWBIT_CMAKE_BUILD_DIR reuses an existing build folder (the test suite passes build/)
         build = os.environ.get("LOWBIT_CMAKE_BUILD_DIR") or os.path.join(ROOT, "build-pip")
         subprocess.check_call(["cmake", "-S", ROOT, "-B", build, "-DCMAKE_BUILD_TYPE=Release",
-                               "-DLOWBIT_BUILD_TESTS=OFF", f"-DPython3_EXECUTABLE={sys.executable}"]
+                               "-DLOWBIT_BUILD_TESTS=OFF", f"-DPython3_EXECUTABLE={PYTHON}"]
                               + (["-G", "Ninja"] if shutil.which("ninja") else []))
         subprocess.check_call(["cmake", "--build", build, "-j", str(os.cpu_count() or 2),
                                "--target", "_C", "lowbit_ops"])

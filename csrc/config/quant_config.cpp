@@ -1,5 +1,7 @@
 #include "config/quant_config.h"
 
+#include "config/capabilities.h"
+
 #include <algorithm>
 #include <set>
 
@@ -102,16 +104,16 @@ TensorQuantCfg parse_weights(const std::string& path, const ConfigValue& v) {
   return c;
 }
 
-// inputs: {type, symmetric, strategy} or, in an override, {enable_quant: False}
-InputsCfg parse_inputs(const std::string& path, const ConfigValue& v, bool allow_disable) {
+// inputs: {type, symmetric, strategy, dynamic} or {enable_quant: False} (weight-only; globally the
+// same as no 'inputs', AMCT's spelling)
+InputsCfg parse_inputs(const std::string& path, const ConfigValue& v) {
   require_dict(path, v);
   if (const ConfigValue* e = v.find("enable_quant")) {
-    if (!allow_disable) value_error(path + ".enable_quant: only allowed in per-layer overrides ('<glob>.inputs')");
     if (v.dict.size() != 1) value_error(path + ": 'enable_quant' cannot be combined with other keys");
     if (get_bool(path + ".enable_quant", *e)) value_error(path + ".enable_quant: only False is meaningful here");
     return InputsCfg{};
   }
-  reject_unknown_keys(path, v, {"type", "symmetric", "strategy", "group_size"});
+  reject_unknown_keys(path, v, {"type", "symmetric", "strategy", "group_size", "dynamic"});
   const ConfigValue* t = v.find("type");
   if (!t) value_error(path + ".type: missing; allowed: " + join(kInputTypes));
   InputsCfg in;
@@ -130,6 +132,16 @@ InputsCfg parse_inputs(const std::string& path, const ConfigValue& v, bool allow
       value_error(path + ".group_size: " + g->repr() + " is not allowed; MX blocks are 32");
   }
   c.group_size = mx ? 32 : 0;
+  if (const ConfigValue* d = v.find("dynamic")) {  // AMCT's key: True = per-token ranges at run time
+    const bool dynamic = get_bool(path + ".dynamic", *d);
+    if (mx) value_error(path + ".dynamic: not allowed for mxfp8_e4m3fn inputs (MX scales are always per block)");
+    if (dynamic && v.find("strategy") && c.strategy != Granularity::kToken)
+      value_error(path + ".dynamic: True needs strategy 'token' (got '" + granularity_name(c.strategy) +
+                  "'); dynamic activations are quantized per token");
+    if (!dynamic && c.strategy == Granularity::kToken)
+      value_error(path + ".dynamic: False contradicts strategy 'token' (per-token activations are dynamic)");
+    if (dynamic) c.strategy = Granularity::kToken;
+  }
   if (!c.symmetric && c.type != Format::kInt8)
     value_error(path + ".symmetric: False is only allowed for int8 inputs");
   if (!c.symmetric && c.strategy == Granularity::kToken)
@@ -209,6 +221,12 @@ std::vector<AlgorithmCfg> parse_algorithms(const ConfigValue* v, const std::vect
 
 }  // namespace
 
+TensorQuantCfg parse_weights_entry(const std::string& path, const ConfigValue& v) { return parse_weights(path, v); }
+InputsCfg parse_inputs_entry(const std::string& path, const ConfigValue& v) { return parse_inputs(path, v); }
+std::vector<AlgorithmCfg> parse_algorithm_entry(const ConfigValue* v, const std::vector<CustomAlgorithm>& custom) {
+  return parse_algorithms(v, custom);
+}
+
 std::vector<std::string> algorithm_layer_types(const std::string& name, const std::vector<CustomAlgorithm>& custom) {
   if (const CustomAlgorithm* c = find_custom(name, custom)) return c->layer_types;
   if (name == "awq" || name == "smoothquant" || name == "mxquant" || name == "quantile" || name == "cast")
@@ -239,60 +257,33 @@ std::string did_you_mean(const std::string& word, const std::vector<std::string>
 
 void check_combination(const std::string& where, const TensorQuantCfg& w, const InputsCfg& in,
                        const std::vector<AlgorithmCfg>& algorithms, const std::vector<CustomAlgorithm>& custom) {
-  std::vector<std::string> allowed_algos;
-  std::string combo;
-  if (!in.present) {
-    combo = name_of(w.type) + " weight-only quantization";
-    switch (w.type) {
-      case Format::kInt8:
-      case Format::kInt4:
-      case Format::kFloat4E2M1:
-      case Format::kFloat4E1M2: allowed_algos = {"minmax", "gptq", "awq"}; break;
-      case Format::kHiFloat8: allowed_algos = {"minmax", "gptq", "ofmr", "cast", "quantile"}; break;
-      case Format::kFloat8E4M3FN: allowed_algos = {"minmax", "gptq", "ofmr"}; break;
-      case Format::kMxFp4E2M1: allowed_algos = {"minmax", "gptq", "awq", "mxquant"}; break;
-      case Format::kMxFp8E4M3FN: allowed_algos = {"minmax", "gptq", "mxquant"}; break;
-    }
-  } else {
-    const Format a = in.q.type;
-    combo = name_of(a) + " x " + name_of(w.type) + " (activation x weight)";
-    const std::string allowed =
-        "allowed (activation x weight): int8 x int8, hifloat8 x hifloat8, float8_e4m3fn x float8_e4m3fn, "
-        "mxfp8_e4m3fn x mxfp8_e4m3fn, mxfp8_e4m3fn x mxfp4_e2m1, float8_e4m3fn x float4_e2m1, "
-        "int8 x int4 (smoothquant)";
-    auto need_weight_strategy = [&](std::initializer_list<Granularity> ok, const char* names) {
-      if (std::find(ok.begin(), ok.end(), w.strategy) == ok.end())
-        value_error(where + "weights.strategy: '" + granularity_name(w.strategy) + "' is not allowed for " + combo +
-                    "; allowed: " + names);
-    };
-    if (a == Format::kInt8 && w.type == Format::kInt8) {
-      need_weight_strategy({Granularity::kTensor, Granularity::kChannel}, "tensor, channel");
-      if (!w.symmetric) value_error(where + "weights.symmetric: False is not allowed for " + combo);
-      allowed_algos = {"minmax", "smoothquant"};
-    } else if (a == Format::kInt8 && w.type == Format::kInt4) {
-      // W4A8: the outliers SmoothQuant moves into the weights make this usable
-      if (!w.symmetric) value_error(where + "weights.symmetric: False is not allowed for " + combo);
-      allowed_algos = {"smoothquant"};
-    } else if (a == Format::kHiFloat8 && w.type == Format::kHiFloat8) {
-      allowed_algos = {"minmax", "ofmr", "cast", "quantile", "smoothquant"};
-    } else if (a == Format::kFloat8E4M3FN && w.type == Format::kFloat8E4M3FN) {
-      allowed_algos = {"minmax", "ofmr"};
-    } else if (a == Format::kMxFp8E4M3FN && (w.type == Format::kMxFp8E4M3FN || w.type == Format::kMxFp4E2M1)) {
-      allowed_algos = {"mxquant", "minmax"};
-    } else if (a == Format::kFloat8E4M3FN && w.type == Format::kFloat4E2M1) {
-      if (in.q.strategy != Granularity::kTensor)
-        value_error(where + "inputs.strategy: '" + granularity_name(in.q.strategy) + "' is not allowed for " + combo +
-                    "; allowed: tensor");
-      allowed_algos = {"minmax", "smoothquant"};
-    } else {
-      value_error(where.substr(0, where.empty() ? 0 : where.size() - 1) + (where.empty() ? "quant_cfg" : "") +
-                  ": " + combo + " is not a legal combination; " + allowed);
-    }
-  }
+  // custom algorithms decide for themselves which formats they take
+  if (std::all_of(algorithms.begin(), algorithms.end(),
+                  [&](const AlgorithmCfg& a) { return find_custom(a.name, custom) != nullptr; }))
+    return;
+  const std::string combo = combination_name(in, w.type);
+  const Capability* row = find_capability(in, w.type);
+  if (!row)
+    value_error(where.substr(0, where.empty() ? 0 : where.size() - 1) + (where.empty() ? "quant_cfg" : "") + ": " +
+                combo + " is not a legal combination; allowed (activation x weight): " + legal_combinations());
+  auto names = [](const std::vector<Granularity>& v) {
+    std::vector<std::string> s;
+    for (Granularity g : v) s.push_back(granularity_name(g));
+    return join(s);
+  };
+  if (!row->weight_strategies.empty() &&
+      std::find(row->weight_strategies.begin(), row->weight_strategies.end(), w.strategy) == row->weight_strategies.end())
+    value_error(where + "weights.strategy: '" + granularity_name(w.strategy) + "' is not allowed for " + combo +
+                "; allowed: " + names(row->weight_strategies));
+  if (!w.symmetric && !row->weight_asym) value_error(where + "weights.symmetric: False is not allowed for " + combo);
+  if (in.present && !row->act_strategies.empty() &&
+      std::find(row->act_strategies.begin(), row->act_strategies.end(), in.q.strategy) == row->act_strategies.end())
+    value_error(where + "inputs.strategy: '" + granularity_name(in.q.strategy) + "' is not allowed for " + combo +
+                "; allowed: " + names(row->act_strategies));
   for (const auto& alg : algorithms) {
     if (find_custom(alg.name, custom)) continue;  // the user's modules decide
-    if (std::find(allowed_algos.begin(), allowed_algos.end(), alg.name) == allowed_algos.end())
-      value_error("algorithm: '" + alg.name + "' is not available for " + combo + "; allowed: " + join(allowed_algos));
+    if (std::find(row->algorithms.begin(), row->algorithms.end(), alg.name) == row->algorithms.end())
+      value_error("algorithm: '" + alg.name + "' is not available for " + combo + "; allowed: " + join(row->algorithms));
   }
 }
 
@@ -302,12 +293,12 @@ QuantConfig parse_quant_config(const ConfigValue& root, const std::vector<Custom
   QuantConfig cfg;
   if (const ConfigValue* b = root.find("batch_num")) cfg.batch_num = get_positive_int("batch_num", *b);
   const ConfigValue* qc = root.find("quant_cfg");
-  if (!qc) value_error("quant_cfg: missing; it must hold at least 'weights'");
+  if (!qc) value_error("quant_cfg: missing; it must hold 'weights' or '<glob>.weights' entries");
   require_dict("quant_cfg", *qc);
   const ConfigValue* w = qc->find("weights");
-  if (!w) value_error("quant_cfg.weights: missing");
-  cfg.weights = parse_weights("quant_cfg.weights", *w);
-  if (const ConfigValue* in = qc->find("inputs")) cfg.inputs = parse_inputs("quant_cfg.inputs", *in, false);
+  cfg.has_weights = w != nullptr;
+  if (w) cfg.weights = parse_weights("quant_cfg.weights", *w);
+  if (const ConfigValue* in = qc->find("inputs")) cfg.inputs = parse_inputs("quant_cfg.inputs", *in);
   cfg.algorithms = parse_algorithms(root.find("algorithm"), custom);
   for (const auto& kv : qc->dict) {
     const std::string& key = kv.first;
@@ -337,12 +328,18 @@ QuantConfig parse_quant_config(const ConfigValue& root, const std::vector<Custom
       ov->weights = parse_weights(path, kv.second);
     } else {
       ov->has_inputs = true;
-      ov->inputs = parse_inputs(path, kv.second, true);
+      ov->inputs = parse_inputs(path, kv.second);
     }
   }
-  check_combination("quant_cfg.", cfg.weights, cfg.inputs, cfg.algorithms, custom);
+  // Without a global 'weights', only the layers that a '<glob>.weights' entry matches are
+  // quantized (AMCT quantizes just those).
+  if (!cfg.has_weights && std::none_of(cfg.overrides.begin(), cfg.overrides.end(),
+                                       [](const LayerOverride& o) { return o.has_weights; }))
+    value_error("quant_cfg.weights: missing; give 'weights' or at least one '<glob>.weights' entry");
+  if (cfg.has_weights) check_combination("quant_cfg.", cfg.weights, cfg.inputs, cfg.algorithms, custom);
   for (const auto& o : cfg.overrides)
-    check_combination("quant_cfg['" + o.glob + "'].", o.has_weights ? o.weights : cfg.weights,
+    if (o.has_weights || cfg.has_weights)
+      check_combination("quant_cfg['" + o.glob + "'].", o.has_weights ? o.weights : cfg.weights,
                       o.has_inputs ? o.inputs : cfg.inputs, cfg.algorithms, custom);
   if (const ConfigValue* s = root.find("skip_layers")) {
     if (s->kind == ConfigValue::Kind::kString)

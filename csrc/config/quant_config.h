@@ -37,6 +37,7 @@ struct AlgorithmCfg {
 
 struct QuantConfig {
   int64_t batch_num = 1;
+  bool has_weights = true;  // false: only layers matched by a '<glob>.weights' entry are quantized
   TensorQuantCfg weights;
   InputsCfg inputs;
   std::vector<LayerOverride> overrides;   // in config order: first match wins
@@ -53,6 +54,11 @@ struct CustomAlgorithm {
 
 // Throws ConfigError.
 QuantConfig parse_quant_config(const ConfigValue& root, const std::vector<CustomAlgorithm>& custom = {});
+// One entry of the config on its own (a 'weights' or 'inputs' dict, the 'algorithm'
+// value; nullptr: absent), with the same checks as in a whole config. Throw ConfigError.
+TensorQuantCfg parse_weights_entry(const std::string& path, const ConfigValue& v);
+InputsCfg parse_inputs_entry(const std::string& path, const ConfigValue& v);
+std::vector<AlgorithmCfg> parse_algorithm_entry(const ConfigValue* v, const std::vector<CustomAlgorithm>& custom);
 // Checks one layer's effective settings (`where` prefixes the messages). Throws ConfigError.
 void check_combination(const std::string& where, const TensorQuantCfg& w, const InputsCfg& in,
                        const std::vector<AlgorithmCfg>& algorithms, const std::vector<CustomAlgorithm>& custom = {});

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstdio>
 
+#include "config/capabilities.h"
 #include "config/quant_config.h"
 #include "serialization/atomic_file.h"
 #include "serialization/json.h"
@@ -111,7 +112,7 @@ py::object inputs_obj(const InputsCfg& in) { return in.present ? py::object(tens
 py::dict normalized(const QuantConfig& cfg) {
   py::dict d;
   d["batch_num"] = cfg.batch_num;
-  d["weights"] = tensor_dict(cfg.weights);
+  d["weights"] = cfg.has_weights ? py::object(tensor_dict(cfg.weights)) : py::object(py::none());
   d["inputs"] = inputs_obj(cfg.inputs);
   py::list ovs;
   for (const auto& o : cfg.overrides) {
@@ -144,16 +145,78 @@ std::vector<CustomAlgorithm> to_custom(const std::vector<std::pair<std::string, 
 // Control characters (a NUL would end the message early) and invalid UTF-8 shown as \xNN.
 std::string printable(const std::string& s) { return printable_text(s); }
 
+// lowbit.ConfigError (a ValueError) and lowbit.ConfigTypeError (a ConfigError and a
+// TypeError): a ported AMCT script that catches ValueError sees every config error.
+PyObject* g_config_error = nullptr;
+PyObject* g_config_type_error = nullptr;
+
+[[noreturn]] void raise(PyObject* type, const std::string& message) {
+  PyErr_SetString(type, printable(message).c_str());
+  throw py::error_already_set();
+}
+
 template <class Fn>
 auto raising_python_errors(Fn&& fn) -> decltype(fn()) {
   try {
     return fn();
   } catch (const ConfigError& e) {
-    if (e.type_error) throw py::type_error(printable(e.message));
-    throw py::value_error(printable(e.message));
+    raise(e.type_error ? g_config_type_error : g_config_error, e.message);
   } catch (const std::invalid_argument& e) {
-    throw py::value_error(printable(e.what()));
+    raise(g_config_error, e.what());
   }
+}
+
+using CustomList = std::vector<std::pair<std::string, std::vector<std::string>>>;
+
+// One layer's effective settings (normalized dicts, as parse_config returns them) in C++ form.
+std::pair<TensorQuantCfg, InputsCfg> layer_settings(py::dict weights, py::object inputs) {
+  // normalized entries carry group_size 0 outside 'group'; the parser wants it absent
+  auto strip = [](py::dict d) {
+    py::dict c;
+    for (auto kv : d) c[kv.first] = kv.second;
+    if (c.contains("strategy") && py::str(c["strategy"]).cast<std::string>() != "group" && c.contains("group_size"))
+      PyDict_DelItemString(c.ptr(), "group_size");
+    return c;
+  };
+  InputsCfg in;
+  if (!inputs.is_none()) in = parse_inputs_entry("inputs", to_value(strip(inputs.cast<py::dict>())));
+  return {parse_weights_entry("weights", to_value(strip(weights))), in};
+}
+
+std::vector<std::string> strategy_names(const std::vector<Granularity>& v) {
+  std::vector<std::string> s;
+  for (Granularity g : v) s.push_back(granularity_name(g));
+  return s;
+}
+
+py::list capability_rows() {
+  py::list rows;
+  for (const auto& c : capabilities()) {
+    py::dict r, a;
+    r["inputs"] = c.weight_only ? py::object(py::none()) : py::object(py::str(format_info(c.act).name));
+    r["weights"] = format_info(c.weight).name;
+    r["weight_strategies"] = strategy_names(c.weight_strategies);
+    r["weight_asym"] = c.weight_asym && format_info(c.weight).allows_asym;
+    r["input_strategies"] = strategy_names(c.act_strategies);
+    r["algorithms"] = c.algorithms;
+    r["conv"] = c.conv;
+    r["conv_asym_inputs"] = c.conv_act_asym;
+    r["integer_kernel"] = c.integer_kernel;
+    r["note"] = c.note;
+    a["supported"] = c.ascend.supported;
+    a["dtypes"] = c.ascend.dtypes;
+    a["k_align"] = c.ascend.k_align;
+    a["n_align"] = c.ascend.n_align;
+    a["token_k_align"] = c.ascend.token_k_align;
+    a["token_n_align"] = c.ascend.token_n_align;
+    a["max_65535"] = c.ascend.max_65535;
+    a["no_bias"] = c.ascend.no_bias;
+    a["even_k_blocks"] = c.ascend.even_k_blocks;
+    a["conv_algorithms"] = c.ascend.conv_algorithms;
+    r["ascend"] = a;
+    rows.append(r);
+  }
+  return rows;
 }
 
 }  // namespace
@@ -163,6 +226,15 @@ PYBIND11_MODULE(_C, m) {
   using namespace lowbit;
   m.doc() = "lowbit native extension: registers torch.ops.lowbit.* and validates configs";
   m.attr("__version__") = ops_library_version();
+  g_config_error = PyErr_NewExceptionWithDoc(
+      "lowbit.ConfigError", "An invalid quantize() config: the message names the key, the value and what is allowed.",
+      PyExc_ValueError, nullptr);
+  py::tuple bases = py::make_tuple(py::handle(g_config_error), py::handle(PyExc_TypeError));
+  g_config_type_error = PyErr_NewExceptionWithDoc(
+      "lowbit.ConfigTypeError", "A config value of the wrong type (both a ConfigError/ValueError and a TypeError).",
+      bases.ptr(), nullptr);
+  m.add_object("ConfigError", py::handle(g_config_error));
+  m.add_object("ConfigTypeError", py::handle(g_config_type_error));
   m.def(
       "parse_config",
       [](py::object cfg, std::vector<std::pair<std::string, std::vector<std::string>>> custom) {
@@ -173,32 +245,46 @@ PYBIND11_MODULE(_C, m) {
       "custom_algorithms: (name, layer types) of algorithms registered with lowbit.algorithm_register.");
   m.def(
       "check_layer",
-      [](const std::string& where, py::dict weights, py::object inputs, py::dict algorithm,
-         std::vector<std::pair<std::string, std::vector<std::string>>> custom) {
+      [](const std::string& where, py::dict weights, py::object inputs, py::dict algorithm, CustomList custom) {
         raising_python_errors([&] {
-          // normalized entries carry group_size 0 outside 'group'; the parser wants it absent
-          auto strip = [](py::dict d) {
-            py::dict c;
-            for (auto kv : d) c[kv.first] = kv.second;
-            if (c.contains("strategy") && py::str(c["strategy"]).cast<std::string>() != "group" &&
-                c.contains("group_size"))
-              PyDict_DelItemString(c.ptr(), "group_size");
-            return c;
-          };
-          py::dict cfg, qc;
-          qc["weights"] = strip(weights);
-          if (!inputs.is_none()) qc["inputs"] = strip(inputs.cast<py::dict>());
-          cfg["quant_cfg"] = qc;
-          cfg["algorithm"] = algorithm;
+          auto settings = layer_settings(weights, inputs);
           auto cu = to_custom(custom);
-          QuantConfig parsed = parse_quant_config(to_value(cfg), cu);
-          check_combination(where, parsed.weights, parsed.inputs, parsed.algorithms, cu);
+          const ConfigValue algorithms = to_value(algorithm);
+          check_combination(where, settings.first, settings.second, parse_algorithm_entry(&algorithms, cu), cu);
           return 0;
         });
       },
       py::arg("where"), py::arg("weights"), py::arg("inputs"), py::arg("algorithm"),
-      py::arg("custom_algorithms") = std::vector<std::pair<std::string, std::vector<std::string>>>{},
-      "Checks one layer's effective (normalized) settings.");
+      py::arg("custom_algorithms") = CustomList{}, "Checks one layer's effective (normalized) settings.");
+  m.def(
+      "layer_skip_reason",
+      [](bool conv, const std::string& dtype, int64_t k, int64_t n, bool bias, const std::string& padding_mode,
+         py::dict weights, py::object inputs, const std::string& algorithm, const std::string& target,
+         CustomList custom) {
+        return raising_python_errors([&] {
+          auto settings = layer_settings(weights, inputs);
+          LayerFacts layer{conv, dtype, k, n, bias, padding_mode};
+          return layer_skip_reason(layer, settings.first, settings.second, algorithm, target, to_custom(custom));
+        });
+      },
+      py::arg("conv"), py::arg("dtype"), py::arg("k"), py::arg("n"), py::arg("bias"), py::arg("padding_mode"),
+      py::arg("weights"), py::arg("inputs"), py::arg("algorithm"), py::arg("target"),
+      py::arg("custom_algorithms") = CustomList{},
+      "Why quantize() leaves this layer in float ('' when it quantizes it), from the capability table "
+      "(config/capabilities.cpp); target 'ascend' adds Ascend's rules.");
+  m.def(
+      "uses_integer_kernel",
+      [](bool conv, py::dict weights, py::object inputs) {
+        return raising_python_errors([&] {
+          auto settings = layer_settings(weights, inputs);
+          return uses_integer_kernel(conv, settings.first, settings.second);
+        });
+      },
+      py::arg("conv"), py::arg("weights"), py::arg("inputs"),
+      "Whether the deploy module of these settings multiplies in integers (linear_int8/conv2d_int8).");
+  m.def("capabilities", &capability_rows,
+        "The capability table: one dict per legal (inputs, weights) combination, with its algorithms, Conv2d "
+        "support, deploy kernel and Ascend rules.");
   m.def("did_you_mean", &did_you_mean);
   m.def(
       "write_file_atomic",

@@ -4,6 +4,7 @@ from lowbit import openblas as _openblas
 _openblas.configure_for_command()  # the lowbit command: before torch loads OpenBLAS
 
 from lowbit import _C  # noqa: E402,F401  (loads liblowbit_ops.so: registers torch.ops.lowbit.*)
+from lowbit._C import ConfigError, ConfigTypeError  # noqa: E402  (ValueError; ValueError and TypeError)
 from lowbit.formats import (FORMATS, GRANULARITIES, compute_scales, decode, encode, fake_quant,
                             fake_quant_dynamic, isa, pack, packed_row_bytes, set_isa, unpack)
 
@@ -29,9 +30,10 @@ def __getattr__(name):
 def validate_config(config):
     """Checks a quantize() config with the C++ rules; returns its normalized form.
 
-    Raises TypeError for a wrong type and ValueError for a bad value or combination; the
-    message names the key path, the value and what is allowed.
+    Raises lowbit.ConfigError (a ValueError) for a bad value or combination and
+    lowbit.ConfigTypeError (a ConfigError and a TypeError) for a wrong type; the message
+    names the key path, the value and what is allowed.
     """
     return _C.parse_config(config)
-__all__ = ["FormatError", "quantize", "calibrate", "convert", "summary", "model_bytes", "algorithm_register", "save", "load", "export_torchscript", "load_hf_model", "load_pretrained", "save_pretrained", "BUILTIN_CONFIG_NAMES", "builtin_config", "validate_config", "FORMATS", "GRANULARITIES", "compute_scales", "decode", "encode", "fake_quant",
+__all__ = ["ConfigError", "ConfigTypeError", "FormatError", "quantize", "calibrate", "convert", "summary", "model_bytes", "algorithm_register", "save", "load", "export_torchscript", "load_hf_model", "load_pretrained", "save_pretrained", "BUILTIN_CONFIG_NAMES", "builtin_config", "validate_config", "FORMATS", "GRANULARITIES", "compute_scales", "decode", "encode", "fake_quant",
            "fake_quant_dynamic", "isa", "pack", "packed_row_bytes", "set_isa", "unpack"]

@@ -38,43 +38,12 @@ def _first_match(overrides, name, key):
     return False, None
 
 
-def _ascend_limits(module, w, inputs):
-    """Why Ascend's kernels would not take this layer (None when they would)."""
-    dtype = module.weight.dtype
-    k = module.weight[0].numel()
-    n = module.weight.shape[0]
-    if isinstance(module, nn.Conv2d):
-        if inputs is not None and module.padding_mode != "zeros":
-            return "ascend: Conv2d full quantization needs padding_mode 'zeros'"
-        if inputs is not None and inputs["type"] not in ("hifloat8", "float8_e4m3fn"):
-            return "ascend: Conv2d full quantization supports hifloat8 and float8_e4m3fn only"
-        if inputs is None:
-            return "ascend: Conv2d weight-only quantization is not supported"
-        return None
-    if k > 65535 or n > 65535:
-        return f"ascend: K={k}, N={n} exceed 65535"
-    if inputs is None:
-        if dtype not in (torch.float16, torch.bfloat16):
-            return f"ascend: weight-only quantization needs a float16/bfloat16 layer (layer is {dtype})"
-        return None
-    a, wt = inputs["type"], w["type"]
-    if a == "mxfp8_e4m3fn":
-        if dtype != torch.bfloat16:
-            return f"ascend: MX quantization needs a bfloat16 layer (layer is {dtype})"
-        if wt == "mxfp8_e4m3fn" and (-(-k // 32)) % 2:
-            return f"ascend: MXFP8 needs an even ceil(K/32) (K={k})"
-        if wt == "mxfp4_e2m1" and k % 64:
-            return f"ascend: MXFP8 x MXFP4 needs K % 64 == 0 (K={k})"
-    if a == "float8_e4m3fn" and wt == "float4_e2m1":
-        if dtype != torch.bfloat16:
-            return f"ascend: FP8 x FP4 needs a bfloat16 layer (layer is {dtype})"
-        if module.bias is not None:
-            return "ascend: FP8 x FP4 needs a layer without bias"
-        if k % 64:
-            return f"ascend: FP8 x FP4 needs K % 64 == 0 (K={k})"
-    if a == "int8" and dtype not in (torch.float16, torch.bfloat16):
-        return f"ascend: INT8 x INT8 needs a float16/bfloat16 layer (layer is {dtype})"
-    return None
+def _layer_facts(module):
+    """What the capability table's layer rules look at (the arguments of _C.layer_skip_reason)."""
+    conv = isinstance(module, nn.Conv2d)
+    return dict(conv=conv, dtype=str(module.weight.dtype).replace("torch.", ""), k=module.weight[0].numel(),
+                n=module.weight.shape[0], bias=module.bias is not None,
+                padding_mode=module.padding_mode if conv else "zeros")
 
 
 def _plan(model, cfg, target):
@@ -96,6 +65,9 @@ def _plan(model, cfg, target):
             continue
         has_w, w = _first_match(cfg["overrides"], name, "weights")
         w = w if has_w else cfg["weights"]
+        if w is None:  # the config has per-layer entries only
+            plan.skip_reason = "no '<glob>.weights' entry of quant_cfg matches the layer (quant_cfg has no global weights)"
+            continue
         has_in, inputs = _first_match(cfg["overrides"], name, "inputs")
         inputs = inputs if has_in else cfg["inputs"]
         ltype = _layer_type(module)
@@ -105,19 +77,11 @@ def _plan(model, cfg, target):
             plan.skip_reason = f"no configured algorithm handles nn.{ltype} ({', '.join(algorithms)})"
             continue
         algorithm = names[0]
-        if isinstance(module, nn.Conv2d) and inputs is not None and (
-                inputs["type"] not in ("int8", "hifloat8", "float8_e4m3fn") or inputs["strategy"] != "tensor"):
-            plan.skip_reason = (f"nn.Conv2d full quantization supports int8/hifloat8/float8_e4m3fn activations per "
-                                f"tensor, not {inputs['type']} per {inputs['strategy']}")
+        reason = _C.layer_skip_reason(**_layer_facts(module), weights=w, inputs=inputs, algorithm=algorithm,
+                                      target=target, custom_algorithms=custom)
+        if reason:
+            plan.skip_reason = reason
             continue
-        if isinstance(module, nn.Conv2d) and inputs is not None and inputs["type"] == "int8" and not inputs["symmetric"]:
-            plan.skip_reason = "nn.Conv2d INT8 activations must be symmetric"
-            continue
-        if target == "ascend":
-            reason = _ascend_limits(module, w, inputs)
-            if reason:
-                plan.skip_reason = reason
-                continue
         ops = registry.lookup(algorithm, module)
         if ops is None:
             plan.skip_reason = f"no module registered for algorithm '{algorithm}' and nn.{ltype}"
@@ -193,6 +157,10 @@ def quantize(model, config=None, target="generic", sequential=False):
         built.append((p, quant_op(p.module, p.name, p.layer_cfg)))
     for p, new in built:
         _replace(model, p.name, new)
+    custom = {p.name: (p.layer_cfg["algorithm"], type(new), p.layer_cfg["ops"][1]) for p, new in built
+              if not isinstance(new, CalibLayer)}
+    if custom:  # a custom algorithm's own module class: convert() calls its deploy_op
+        model._lowbit_custom = {**(getattr(model, "_lowbit_custom", None) or {}), **custom}
     skipped = {p.name: p.skip_reason for p in plans if p.skip_reason}
     model._lowbit_skipped = _merge_skipped(getattr(model, "_lowbit_skipped", None) or {}, plans)
     calibrating = [m for _, m in built if getattr(m, "needs_calibration", False)]
@@ -274,6 +242,14 @@ def _calib_modules(model):
     return [(n, m) for n, m in model.named_modules() if isinstance(m, CalibLayer)]
 
 
+def _custom_modules(model):
+    """name -> (algorithm, quant module class, deploy_op) of the modules that a custom
+    algorithm's quant_op built with its own class (not a CalibLayer), still in place."""
+    recorded = getattr(model, "_lowbit_custom", None) or {}
+    present = dict(model.named_modules())
+    return {n: r for n, r in recorded.items() if n in present and type(present[n]) is r[1]}
+
+
 def convert(model, fold_batchnorm=True):
     """Turns every calibration module into its deploy module (packed low-bit weights),
     in place; returns the model. A layer that has not finished calibration is an error
@@ -289,14 +265,17 @@ def convert(model, fold_batchnorm=True):
     if not isinstance(fold_batchnorm, bool):
         raise TypeError(f"fold_batchnorm: expected True or False, got {fold_batchnorm!r}")
     calib = _calib_modules(model)
-    if not calib:
+    custom = _custom_modules(model)
+    if not calib and not custom:
         raise ValueError("convert: the model holds no calibration module; call lowbit.quantize first")
     pending = [f"'{m.layer_name}' ({int(m.calib_calls)} of {m.batch_num} batches)" for _, m in calib if not m.calibrated]
     if pending:
         raise ValueError(f"convert: calibration is not finished for {len(pending)} layer(s): " + ", ".join(pending))
-    for name, m in calib:
-        if m.layer_cfg["ops"][1] is None:
-            raise ValueError(f"convert: algorithm '{m.algorithm}' registered no deploy_op for layer '{name}'")
+    no_deploy = [(name, m.algorithm) for name, m in calib if m.layer_cfg["ops"][1] is None]
+    no_deploy += [(name, r[0]) for name, r in custom.items() if r[2] is None]
+    if no_deploy:
+        name, algorithm = no_deploy[0]
+        raise ValueError(f"convert: algorithm '{algorithm}' registered no deploy_op for layer '{name}'")
     skipped = getattr(model, "_lowbit_skipped", {})
     # one layer at a time: its float weight is released (unless the caller holds it) before
     # the next one is packed, so memory peaks at the float model plus one packed layer
@@ -305,6 +284,10 @@ def convert(model, fold_batchnorm=True):
         name, m = calib.pop(0)
         _replace(model, name, m.layer_cfg["ops"][1](m))
         del m
+    for name, (_, _, deploy_op) in custom.items():  # deploy_op(quant_module), whatever its class
+        _replace(model, name, deploy_op(model.get_submodule(name) if name else model))
+        count += 1
+    model._lowbit_custom = {}
     model._lowbit_skipped = skipped
     if fold_batchnorm:
         batchnorm_fold.fold_batchnorm(model)
@@ -356,6 +339,7 @@ def summary(model):
     and the reason a layer was skipped."""
     rows = Summary()
     skipped = getattr(model, "_lowbit_skipped", {})
+    custom = _custom_modules(model)
     for name, m in model.named_modules():
         if isinstance(m, (CalibLayer, DeployLayer)):
             if isinstance(m, DeployLayer):
@@ -365,6 +349,10 @@ def summary(model):
             rows.append(SummaryRow(name, type(m).__name__, m.weight_shape, m.wspec.label(),
                                    m.aspec.label() if m.aspec else "-", m.algorithm, status,
                                    error=float(m.recon_error)))
+        elif name in custom:
+            algorithm, _, _ = custom[name]
+            rows.append(SummaryRow(name, type(m).__name__, tuple(getattr(m, "weight", torch.empty(0)).shape), "-", "-",
+                                   algorithm, "custom"))
         elif name in skipped:
             rows.append(SummaryRow(name, type(m).__name__, tuple(m.weight.shape), "-", "-", "-", "skipped",
                                    skipped[name]))

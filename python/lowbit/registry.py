@@ -7,13 +7,20 @@ from lowbit.modules import CalibConv2d, CalibLinear, DeployConv2d, DeployLinear
 _REGISTRY = {}
 BUILTIN = ("minmax", "cast", "quantile", "mxquant", "gptq", "awq", "smoothquant", "ofmr")
 _CUSTOM = {}  # name -> layer type names
+SOURCE_TYPES = {"Linear": nn.Linear, "Conv2d": nn.Conv2d}  # src_op given by name (also 'torch.nn.Linear')
 
 
 def register(name, src_op, quant_op, deploy_op=None, builtin=False):
     if not isinstance(name, str) or not name:
         raise TypeError(f"algorithm_register: name must be a non-empty str, got {name!r}")
+    if isinstance(src_op, str):  # AMCT documents the class name: 'Linear', 'Conv2d'
+        if src_op.rpartition(".")[2] not in SOURCE_TYPES:
+            raise ValueError(f"algorithm_register: src_op {src_op!r} is not allowed; allowed names: "
+                             f"{', '.join(SOURCE_TYPES)} (or an nn.Module class)")
+        src_op = SOURCE_TYPES[src_op.rpartition(".")[2]]
     if not (isinstance(src_op, type) and issubclass(src_op, nn.Module)):
-        raise TypeError(f"algorithm_register: src_op must be an nn.Module class, got {src_op!r}")
+        raise TypeError(f"algorithm_register: src_op must be an nn.Module class or one of the names "
+                        f"{', '.join(SOURCE_TYPES)}, got {src_op!r}")
     if not callable(quant_op):
         raise TypeError(f"algorithm_register: quant_op must be callable (a module class), got {quant_op!r}")
     if deploy_op is not None and not callable(deploy_op):

@@ -81,7 +81,7 @@ def test_overrides_are_validated_and_kept_in_order():
     (base(inputs={"type": "int4"}), ValueError, r"quant_cfg.inputs.type: 'int4' is not allowed"),
     (base(inputs={"type": "int8", "strategy": "token", "symmetric": False}), ValueError,
      r"quant_cfg.inputs.symmetric: False is not allowed with strategy 'token'"),
-    (base(inputs={"enable_quant": False}), ValueError, r"quant_cfg.inputs.enable_quant: only allowed in per-layer"),
+    (base(inputs={"enable_quant": True}), ValueError, r"quant_cfg.inputs.enable_quant: only False is meaningful"),
     ({"quant_cfg": {"weights": {"type": "int8", "strategy": "group", "group_size": 32}, "inputs": {"type": "int8"}}},
      ValueError, r"quant_cfg.weights.strategy: 'group' is not allowed for int8 x int8 \(activation x weight\)"),
     ({"quant_cfg": {"weights": {"type": "float4_e2m1"}, "inputs": {"type": "float8_e4m3fn", "strategy": "token"}}},

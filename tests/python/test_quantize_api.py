@@ -315,8 +315,8 @@ def test_ascend_target_applies_its_limits():
     rows = {r.name: r for r in lowbit.summary(model)}
     assert rows["0"].status == "skipped" and "float16/bfloat16" in rows["0"].reason
     assert rows["1"].status == "calibrated"
-    m2 = nn.Sequential(nn.Linear(96, 8).bfloat16())
-    with pytest.raises(ValueError, match=r"FP8 x FP4 needs a layer without bias"):
+    m2 = nn.Sequential(nn.Linear(128, 8).bfloat16())
+    with pytest.raises(ValueError, match=r"float8_e4m3fn x float4_e2m1 needs a layer without bias"):
         lowbit.quantize(m2, config(W("float4_e2m1", "group", 32), A("float8_e4m3fn"), "minmax"), target="ascend")
     lowbit.quantize(m2, config(W("float4_e2m1", "group", 32), A("float8_e4m3fn"), "minmax"))  # generic: fine
 
@@ -337,5 +337,7 @@ def test_algorithm_register_custom_modules():
     assert isinstance(model[0], DeployLinear)
     with pytest.raises(ValueError, match=r"'gptq' is a built-in algorithm"):
         lowbit.algorithm_register("gptq", nn.Linear, HalfScaleLinear)
-    with pytest.raises(TypeError, match=r"src_op must be an nn.Module class"):
-        lowbit.algorithm_register("x", "Linear", HalfScaleLinear)
+    with pytest.raises(TypeError, match=r"src_op must be an nn.Module class or one of the names Linear, Conv2d"):
+        lowbit.algorithm_register("x", 3, HalfScaleLinear)
+    with pytest.raises(ValueError, match=r"src_op 'Dense' is not allowed; allowed names: Linear, Conv2d"):
+        lowbit.algorithm_register("x", "Dense", HalfScaleLinear)

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lowbit import _C
 from lowbit.modules.common import Conv2dMath, LinearMath, QuantLayerBase, fp8_stage
 
 _OPS = torch.ops.lowbit
@@ -50,11 +51,10 @@ class DeployLayer(QuantLayerBase):
 
     def _finish_init(self, is_conv):
         a, w = self.aspec, self.wspec
-        # INT8 x INT8 runs as an integer product when every output channel has one weight
-        # scale and the activation rows are the kernel's rows (per token only on a Linear).
-        self.integer_kernel = (a is not None and a.fmt == "int8" and w.fmt in ("int8", "int4") and w.symmetric
-                               and w.strategy in ("tensor", "channel")
-                               and (self.static_act or (a.strategy == "token" and not is_conv)))
+        # The capability table decides (config/capabilities.cpp): INT8 activations x INT8/INT4
+        # weights run as an integer product when every output channel has one weight scale
+        # and the activation rows are the kernel's rows (per token only on a Linear).
+        self.integer_kernel = a is not None and _C.uses_integer_kernel(is_conv, w.to_dict(), a.to_dict())
         # The op arguments that never change, gathered once: on a small layer the Python
         # around the op (attribute look-ups through nn.Module, helper calls, a fresh
         # tensor per call) cost as much as the product itself.

@@ -20,6 +20,11 @@ class QSpec:
     def from_dict(d):
         return QSpec(d["type"], bool(d["symmetric"]), d["strategy"], int(d["group_size"]))
 
+    def to_dict(self):
+        """The normalized config entry again (what lowbit._C's layer rules take)."""
+        return {"type": self.fmt, "symmetric": self.symmetric, "strategy": self.strategy,
+                "group_size": self.group_size}
+
     @property
     def is_mx(self):
         return self.fmt.startswith("mx")
