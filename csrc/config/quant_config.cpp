@@ -174,11 +174,17 @@ std::vector<AlgorithmCfg> parse_algorithms(const ConfigValue* v, const std::vect
       } else if (a.name == "smoothquant") {
         reject_unknown_keys(p, *params, {"smooth_strength"});
         if (const ConfigValue* s = params->find("smooth_strength")) {
-          if (s->kind != ConfigValue::Kind::kFloat && s->kind != ConfigValue::Kind::kInt)
-            type_error(p + ".smooth_strength: expected a float, got " + s->type_name + " " + s->repr());
-          a.smooth_strength = s->kind == ConfigValue::Kind::kFloat ? s->f : double(s->i);
-          if (!(a.smooth_strength > 0.0 && a.smooth_strength < 1.0))
-            value_error(p + ".smooth_strength: " + s->repr() + " is not in the open interval (0, 1)");
+          if (s->kind == ConfigValue::Kind::kString) {
+            if (s->s != "auto")
+              value_error(p + ".smooth_strength: " + s->repr() + " is not allowed; allowed: a float in (0, 1) or 'auto'");
+            a.smooth_strength = kAutoStrength;
+          } else {
+            if (s->kind != ConfigValue::Kind::kFloat && s->kind != ConfigValue::Kind::kInt)
+              type_error(p + ".smooth_strength: expected a float or 'auto', got " + s->type_name + " " + s->repr());
+            a.smooth_strength = s->kind == ConfigValue::Kind::kFloat ? s->f : double(s->i);
+            if (!(a.smooth_strength > 0.0 && a.smooth_strength < 1.0))
+              value_error(p + ".smooth_strength: " + s->repr() + " is not in the open interval (0, 1)");
+          }
         }
       } else if (!params->dict.empty()) {
         value_error(p + ": takes no parameters, got " + params->repr());
@@ -289,9 +295,10 @@ void check_combination(const std::string& where, const TensorQuantCfg& w, const 
 
 QuantConfig parse_quant_config(const ConfigValue& root, const std::vector<CustomAlgorithm>& custom) {
   if (root.kind != ConfigValue::Kind::kDict) type_error("config: expected a dict, got " + root.type_name);
-  reject_unknown_keys("", root, {"batch_num", "quant_cfg", "algorithm", "skip_layers"});
+  reject_unknown_keys("", root, {"batch_num", "quant_cfg", "algorithm", "skip_layers", "bias_correction"});
   QuantConfig cfg;
   if (const ConfigValue* b = root.find("batch_num")) cfg.batch_num = get_positive_int("batch_num", *b);
+  if (const ConfigValue* b = root.find("bias_correction")) cfg.bias_correction = get_bool("bias_correction", *b);
   const ConfigValue* qc = root.find("quant_cfg");
   if (!qc) value_error("quant_cfg: missing; it must hold 'weights' or '<glob>.weights' entries");
   require_dict("quant_cfg", *qc);

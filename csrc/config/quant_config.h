@@ -29,10 +29,12 @@ struct LayerOverride {
   InputsCfg inputs;  // inputs.present == false with has_inputs: {"enable_quant": False}
 };
 
+constexpr double kAutoStrength = -1.0;  // smooth_strength "auto"
+
 struct AlgorithmCfg {
   std::string name;
   int64_t grids_num = 20;         // awq
-  double smooth_strength = 0.5;   // smoothquant
+  double smooth_strength = 0.5;   // smoothquant; kAutoStrength: searched per layer
 };
 
 struct QuantConfig {
@@ -43,6 +45,9 @@ struct QuantConfig {
   std::vector<LayerOverride> overrides;   // in config order: first match wins
   std::vector<AlgorithmCfg> algorithms;
   std::vector<std::string> skip_layers;
+  // lowbit's own key (AMCT has none): shift each layer's bias by the mean output change
+  // that quantization causes on the last calibration batch (every algorithm and format)
+  bool bias_correction = false;
 };
 
 // An algorithm registered by the user (lowbit.algorithm_register): any parameters, any

@@ -128,11 +128,14 @@ py::dict normalized(const QuantConfig& cfg) {
   for (const auto& a : cfg.algorithms) {
     py::dict p;
     if (a.name == "awq") p["grids_num"] = a.grids_num;
-    if (a.name == "smoothquant") p["smooth_strength"] = a.smooth_strength;
+    if (a.name == "smoothquant")
+      p["smooth_strength"] = a.smooth_strength == kAutoStrength ? py::object(py::str("auto"))
+                                                                 : py::object(py::float_(a.smooth_strength));
     algs[py::str(a.name)] = p;
   }
   d["algorithm"] = algs;
   d["skip_layers"] = cfg.skip_layers;
+  d["bias_correction"] = cfg.bias_correction;
   return d;
 }
 

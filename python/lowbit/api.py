@@ -88,6 +88,8 @@ def _plan(model, cfg, target):
             continue
         plan.layer_cfg = {"weights": w, "inputs": inputs, "algorithm": algorithm,
                           "params": algorithms[algorithm], "batch_num": cfg["batch_num"], "ops": ops}
+        if cfg["bias_correction"]:  # (not saved: the corrected bias is)
+            plan.layer_cfg["bias_correction"] = True
     return plans
 
 

@@ -57,7 +57,7 @@ def metadata(model):
     """lowbit's per-layer metadata of a converted model (what saved files carry)."""
     meta = {"format": "lowbit-1", "layers": {}, "skipped": dict(getattr(model, "_lowbit_skipped", {}))}
     for name, m in deploy_layers(model).items():
-        cfg = {k: v for k, v in m.layer_cfg.items() if k != "ops"}
+        cfg = {k: v for k, v in m.layer_cfg.items() if k not in ("ops", "bias_correction")}
         meta["layers"][name] = {"config": cfg, "module": type(m).__name__, "weight_shape": list(m.weight_shape),
                                 "weight_dtype": str(m.weight_dtype)}
         if getattr(m, "folded_batchnorm", None):
@@ -144,6 +144,9 @@ def load(model, path):
             raise FormatError(f"load: {tensor_path}: layers['{name}'].module: '{info['module']}', but algorithm "
                               f"'{cfg['algorithm']}' builds {type(deploy).__name__}")
         deploy.weight_dtype = _DTYPES[info["weight_dtype"]]
+        if deploy.bias is None and (f"{name}.bias" if name else "bias") in names:
+            # bias_correction gave this bias-free layer a bias; its values come from the file
+            deploy.register_buffer("bias", torch.zeros(info["weight_shape"][0], dtype=deploy.weight_dtype))
         deploy._build_op_args()
         bn_name = info.get("folded_batchnorm")
         if bn_name:  # the folded layer's buffers (multiplier, bias), filled from the file below

@@ -5,6 +5,10 @@ import torch
 from lowbit.modules.calibration import CalibLinear
 
 
+AUTO_STRENGTHS = (0.5, 0.3, 0.4, 0.6, 0.7, 0.75, 0.8, 0.9)  # smooth_strength "auto": 0.5 first (ties)
+AUTO_SCORE_ROWS = 4096  # rows (sampled evenly from every calibration call) the strengths are scored on
+
+
 class SmoothQuantLinear(CalibLinear):
     uses_data = True
 
@@ -17,9 +21,34 @@ class SmoothQuantLinear(CalibLinear):
 
     def observe_algorithm(self, x):
         torch.ops.lowbit.channel_stats_update(self.chan_amax, self.chan_min, self.chan_max, self.input_rows(x)[0])
+        if self.auto_strength:  # rows from every call, to score the strengths on
+            rows = x.reshape(-1, x.shape[-1])
+            keep = max(1, AUTO_SCORE_ROWS // self.batch_num)
+            self._score_rows = getattr(self, "_score_rows", []) + [rows[:: -(-rows.shape[0] // keep)]]
+
+    @property
+    def auto_strength(self):
+        return (self.layer_cfg.get("params") or {}).get("smooth_strength") == "auto"
 
     def finalize_algorithm(self):
-        alpha = float((self.layer_cfg.get("params") or {}).get("smooth_strength", 0.5))
+        if not self.auto_strength:
+            return self.apply_strength(float((self.layer_cfg.get("params") or {}).get("smooth_strength", 0.5)))
+        # "auto": the strength whose quantized layer has the lowest output error on rows
+        # sampled from all calibration calls (0.5, the default, wins ties)
+        x = torch.cat(self._score_rows)
+        self._score_rows = []
+        best = None
+        for alpha in AUTO_STRENGTHS:
+            self.apply_strength(alpha)
+            err = self.output_error(x)
+            if best is None or err < best[0]:
+                best = (err, alpha)
+        self.chosen_strength = best[1]
+        return self.apply_strength(best[1])
+
+    def apply_strength(self, alpha):
+        """Smoothing factors, weight scales and (static) activation scale for strength alpha;
+        returns whether the activation scale was set."""
         s = torch.ops.lowbit.smoothquant_factors(self.chan_amax, self.weight.detach(), alpha)
         self.smooth.copy_(s)
         self.recompute_weight_scales()

@@ -43,7 +43,8 @@ class CalibLayer(QuantLayerBase):
             self.register_buffer("w_scale1", s1)
         self.register_buffer("w_scale", scale)
         self.register_buffer("w_offset", offset)
-        self.needs_calibration = self.static_act or self.uses_data
+        self.bias_correction = bool(layer_cfg.get("bias_correction", False))
+        self.needs_calibration = self.static_act or self.uses_data or self.bias_correction
         if self.static_act:
             self.register_buffer("act_min", torch.tensor(float("inf")))
             self.register_buffer("act_max", torch.tensor(float("-inf")))
@@ -75,6 +76,20 @@ class CalibLayer(QuantLayerBase):
         yq = self.compute(self.act_qdq(x), self.weight_fake_quant(), self.effective_bias(self.bias, x.dtype)).double()
         den = float(y.pow(2).sum())
         return float((y - yq).pow(2).sum()) / den if den > 0 else 0.0
+
+    @torch.no_grad()
+    def correct_bias(self, x):
+        """Empirical bias correction: the bias (a new tensor; the user's is not modified, a
+        bias-free layer gets one) minus the mean per-output change that quantization
+        causes on calibration batch ``x``, so the quantized layer's outputs have the float
+        layer's mean there. For INT8 x INT8 the corrected bias is then rounded to int32."""
+        y = self.compute(x, self.weight, self.bias).double()
+        yq = self.compute(self.act_qdq(x), self.weight_fake_quant(), self.effective_bias(self.bias, x.dtype)).double()
+        channel_dim = 1 if isinstance(self, CalibConv2d) else y.dim() - 1
+        dims = [d for d in range(y.dim()) if d != channel_dim]
+        shift = (y - yq).mean(dims)
+        base = torch.zeros_like(shift) if self.bias is None else self.bias.detach().double()
+        self.bias = nn.Parameter((base + shift).to(self.weight_dtype), requires_grad=False)
 
     def _weight_scales(self, w2d):
         """(s1 or None, scale, offset) of a [N, K] weight; s1 only for FP8 x FP4."""
@@ -194,6 +209,8 @@ class CalibLayer(QuantLayerBase):
                 scale, offset = self.aspec.static_scale(self.act_min, self.act_max)
                 self.act_scale.copy_(scale)
                 self.act_offset.copy_(offset)
+            if self.bias_correction:
+                self.correct_bias(xd)
             self.recon_error.fill_(self.output_error(xd))
             seconds = time.perf_counter() - t0
             log.info("lowbit: %s %r: relative output error %.3g (%.2f s)", self.algorithm, self.layer_name,

@@ -27,6 +27,7 @@ class DeployLayer(QuantLayerBase):
             raise ValueError(f"convert: layer '{calib.layer_name}' has seen {int(calib.calib_calls)} of "
                              f"{calib.batch_num} calibration batches")
         self._init_common(calib, calib.layer_name, calib.layer_cfg)
+        self.int32_bias = calib.int32_bias  # (the float layer's bias decides, not one bias_correction added)
         w2d = calib.weight_source()
         self.cols = w2d.shape[1]
         if self.two_level:
@@ -86,7 +87,7 @@ class DeployLayer(QuantLayerBase):
             need |= {"act_scale", "act_offset"}
         if self.two_level or folded_batchnorm:
             need.add("w_scale1")
-        allowed = need | {"smooth"}
+        allowed = need | {"smooth", "bias"}  # a bias-free layer gets one from bias_correction
         missing, extra = sorted(need - set(stored)), sorted(set(stored) - allowed)
         if missing or extra:
             raise ValueError(f"layer '{layer_name}': stored tensors do not match its settings: missing {missing}, "
