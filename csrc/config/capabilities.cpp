@@ -61,10 +61,11 @@ std::vector<Capability> build_table() {
   t.push_back(weight_only(Format::kFloat4E1M2, {"minmax", "gptq", "awq"}, weight_only_ascend(kHalf)));
 
   Capability i8 = full(Format::kInt8, Format::kInt8, {"minmax", "smoothquant"}, ascend(kHalf),
-                       "inputs per tensor (a zero point only on nn.Linear) or per token");
+                       "inputs per tensor (zero point allowed) or per token");
   i8.weight_strategies = {G::kTensor, G::kChannel};
   i8.weight_asym = false;
   i8.integer_kernel = true;
+  i8.conv_act_asym = true;
   i8.ascend.token_k_align = 16;
   i8.ascend.token_n_align = 8;
   t.push_back(i8);
@@ -72,6 +73,7 @@ std::vector<Capability> build_table() {
   Capability w4a8 = full(Format::kInt8, Format::kInt4, {"minmax", "smoothquant"}, ascend({"float16"}, 8));
   w4a8.weight_asym = false;
   w4a8.integer_kernel = true;
+  w4a8.conv_act_asym = true;
   t.push_back(w4a8);
 
   for (Format f : {Format::kHiFloat8, Format::kFloat8E4M3FN}) {

@@ -35,14 +35,31 @@ def lm_rows():
              ("GPTQ MXFP4", {"quant_cfg": {"weights": _w("mxfp4_e2m1", "group", 32)}, "algorithm": "gptq"}),
              ("SMOOTHQUANT W4A8", {"quant_cfg": {"weights": _w("int4", "group", 32),
                                                  "inputs": {"type": "int8", "strategy": "token"}},
-                                   "algorithm": {"smoothquant": {"smooth_strength": 0.5}}})]
+                                   "algorithm": {"smoothquant": {"smooth_strength": 0.5}}}),
+             ("SMOOTHQUANT W4A8 auto", {"quant_cfg": {"weights": _w("int4", "group", 32),
+                                                      "inputs": {"type": "int8", "strategy": "token"}},
+                                        "algorithm": {"smoothquant": {"smooth_strength": "auto"}}}),
+             ("INT8_SMOOTHQUANT auto", {**lowbit.INT8_SMOOTHQUANT_CFG,
+                                        "algorithm": {"smoothquant": {"smooth_strength": "auto"}}})]
     return [(n, c) for n, c in rows if c is not None]
 
 
 def cnn_rows():
-    full = lambda t: {"quant_cfg": {"weights": _w(t), "inputs": {"type": t, "strategy": "tensor"}}}  # noqa: E731
-    return [("INT8 x INT8 MINMAX", full("int8")), ("HIFLOAT8 x HIFLOAT8 MINMAX", full("hifloat8")),
-            ("FP8 x FP8 MINMAX", full("float8_e4m3fn")), ("HIFP8_OFMR_CFG", lowbit.HIFP8_OFMR_CFG),
+    def full(t, symmetric=True, **extra):
+        cfg = {"quant_cfg": {"weights": _w(t), "inputs": {"type": t, "strategy": "tensor", "symmetric": symmetric}}}
+        return {**cfg, **extra}
+
+    def first_input_float(cfg):  # the network input stays float: the first convolution is weight-only
+        return {**cfg, "quant_cfg": {**cfg["quant_cfg"], "conv1.inputs": {"enable_quant": False}}}
+
+    return [("INT8 x INT8 MINMAX", full("int8")), ("INT8 x INT8 MINMAX asym", full("int8", symmetric=False)),
+            ("INT8 x INT8 bias_correction", full("int8", bias_correction=True)),
+            ("HIFLOAT8 x HIFLOAT8 MINMAX", full("hifloat8")),
+            ("HIF8 bias_correction", full("hifloat8", bias_correction=True)),
+            ("HIF8 first input float", first_input_float(full("hifloat8"))),
+            ("FP8 x FP8 MINMAX", full("float8_e4m3fn")),
+            ("FP8 first input float", first_input_float(full("float8_e4m3fn"))),
+            ("HIFP8_OFMR_CFG", lowbit.HIFP8_OFMR_CFG),
             ("FP8_OFMR_CFG", lowbit.FP8_OFMR_CFG),
             ("HIFP8_OFMR_CFG sequential", lowbit.HIFP8_OFMR_CFG, True),
             ("FP8_OFMR_CFG sequential", lowbit.FP8_OFMR_CFG, True),

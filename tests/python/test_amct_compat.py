@@ -331,16 +331,6 @@ def test_ascend_layer_filters(case):
     assert lowbit.summary(generic)[0].status.startswith("calibrat")
 
 
-def test_conv2d_asymmetric_int8_activations_are_skipped_loudly_on_every_target():
-    model = nn.Sequential(conv(), nn.Flatten(), nn.Linear(32 * 36, 4))
-    lowbit.quantize(model, {"quant_cfg": {"weights": {"type": "int8"},
-                                          "inputs": {"type": "int8", "symmetric": False}}})
-    rows = {r.name: r for r in lowbit.summary(model)}
-    assert rows["0"].status == "skipped"
-    assert rows["0"].reason == "nn.Conv2d int8 activations must be symmetric (a zero point is supported on nn.Linear)"
-    assert rows["2"].status == "calibrating 0/1"
-
-
 # ---- one table -------------------------------------------------------------------------
 
 def test_the_validator_and_the_table_agree_on_every_combination():
