@@ -27,6 +27,18 @@ const FormatInfo& format_info(Format f) {
   throw std::invalid_argument("format: unknown enum value");
 }
 
+int64_t packed_row_bytes(Format f, int64_t cols) {
+  const FormatInfo& info = format_info(f);
+  const int64_t n = info.is_mx ? (cols + kMxBlock - 1) / kMxBlock * kMxBlock : cols;
+  return (n * info.bits + 7) / 8;
+}
+
+std::vector<Format> all_formats() {
+  std::vector<Format> v;
+  for (const auto& nf : kFormats) v.push_back(nf.fmt);
+  return v;
+}
+
 std::string allowed_format_names() {
   std::string s;
   for (const auto& nf : kFormats) {

@@ -2,6 +2,7 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace lowbit {
 
@@ -41,6 +42,11 @@ struct FormatInfo {
 };
 
 const FormatInfo& format_info(Format f);
+// Bytes of one packed row of `cols` elements: 4-bit codes two per byte, MX rows padded
+// to whole blocks of 32 (what pack() writes, the deploy kernels read and a saved model holds).
+int64_t packed_row_bytes(Format f, int64_t cols);
+// Every format, in the table's order (what Python's lowbit.FORMATS lists).
+std::vector<Format> all_formats();
 
 // Parsing helpers. They throw std::invalid_argument with a message that names the
 // argument, the bad value and the allowed values.

@@ -51,11 +51,7 @@ int64_t scale_count(const QuantSpec& spec, int64_t rows, int64_t cols) {
   return rows * groups_per_row(spec, cols);
 }
 
-int64_t packed_row_bytes(const QuantSpec& spec, int64_t cols) {
-  const FormatInfo& info = format_info(spec.format);
-  int64_t n = info.is_mx ? groups_per_row(spec, cols) * kMxBlock : cols;
-  return info.bits == 4 ? (n + 1) / 2 : n;
-}
+int64_t packed_row_bytes(const QuantSpec& spec, int64_t cols) { return packed_row_bytes(spec.format, cols); }
 
 namespace {
 bool cpu_has_avx2() {

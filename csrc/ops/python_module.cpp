@@ -285,6 +285,34 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("conv"), py::arg("weights"), py::arg("inputs"),
       "Whether the deploy module of these settings multiplies in integers (linear_int8/conv2d_int8).");
+  m.def(
+      "format_table",
+      [] {
+        py::list rows;
+        for (Format f : all_formats()) {
+          const FormatInfo& info = format_info(f);
+          py::dict r;
+          r["name"] = info.name;
+          r["bits"] = info.bits;
+          r["is_mx"] = info.is_mx;
+          r["is_int"] = info.is_int;
+          r["allows_asym"] = info.allows_asym;
+          r["block"] = info.is_mx ? kMxBlock : 0;
+          rows.append(r);
+        }
+        return rows;
+      },
+      "The format table (formats/format.cpp): name, bits per code, MX (E8M0 scales per block of 32), integer, "
+      "whether asymmetric (zero point) quantization exists.");
+  m.def("packed_row_bytes", [](const std::string& fmt, int64_t cols) {
+    return raising_python_errors([&] { return packed_row_bytes(parse_format(fmt), cols); });
+  }, py::arg("fmt"), py::arg("cols"), "Bytes one packed row of `cols` elements takes.");
+  m.def("granularities", [] {
+    std::vector<std::string> v;
+    for (Granularity g : {Granularity::kTensor, Granularity::kChannel, Granularity::kGroup, Granularity::kToken})
+      v.push_back(granularity_name(g));
+    return v;
+  });
   m.def("capabilities", &capability_rows,
         "The capability table: one dict per legal (inputs, weights) combination, with its algorithms, Conv2d "
         "support, deploy kernel and Ascend rules.");

@@ -180,7 +180,7 @@ void check_layer_tensors(const LayerTensors& lt, const QuantConfig& cfg, bool co
 
   const TensorRef* packed = lt.get("weight_packed");
   if (!packed) bad(lt.field("weight_packed"), "missing");
-  need_tensor(lt.field("weight_packed"), *packed, "U8", n * ((k * wf.bits + 7) / 8));
+  need_tensor(lt.field("weight_packed"), *packed, "U8", n * packed_row_bytes(w.type, k));
   if (wf.bits == 8 && !wf.is_int) {  // 8-bit float codes: quantization never writes a NaN code
     const uint8_t mask = w.type == Format::kHiFloat8 ? 0xFF : 0x7F, nan = w.type == Format::kHiFloat8 ? 0x80 : 0x7F;
     for (size_t i = 0; i < packed->bytes; ++i)

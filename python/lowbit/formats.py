@@ -13,10 +13,16 @@ import torch
 
 from lowbit import _C  # noqa: F401
 
-FORMATS = ("int8", "int4", "float8_e4m3fn", "hifloat8", "float4_e2m1", "float4_e1m2",
-           "mxfp8_e4m3fn", "mxfp4_e2m1")
-GRANULARITIES = ("tensor", "channel", "group", "token")
+# the C++ format table (formats/format.cpp): Python keeps no list of its own
+FORMAT_INFO = {row["name"]: row for row in _C.format_table()}
+FORMATS = tuple(FORMAT_INFO)
+GRANULARITIES = tuple(_C.granularities())
 _OPS = torch.ops.lowbit
+
+
+def is_mx(fmt):
+    """Whether ``fmt`` has E8M0 scales per block of 32 along K (an unknown name: False)."""
+    return fmt in FORMAT_INFO and FORMAT_INFO[fmt]["is_mx"]
 
 
 def _check_tensor(x, name):
@@ -26,13 +32,13 @@ def _check_tensor(x, name):
 
 def _default_group(fmt, granularity, group_size):
     if group_size is None:
-        return 32 if fmt.startswith("mx") else 0
+        return FORMAT_INFO[fmt]["block"] if is_mx(fmt) else 0
     return int(group_size)
 
 
 def _granularity(fmt, granularity):
     if granularity is None:
-        return "group" if fmt.startswith("mx") else "tensor"
+        return "group" if is_mx(fmt) else "tensor"
     return granularity
 
 
@@ -104,8 +110,7 @@ def unpack(packed, fmt, scale, cols, offset=None, granularity=None, group_size=N
 
 def packed_row_bytes(fmt, cols):
     """Bytes one packed row of ``cols`` elements takes."""
-    n = -(-cols // 32) * 32 if fmt.startswith("mx") else cols
-    return (n + 1) // 2 if fmt in ("int4", "float4_e2m1", "float4_e1m2", "mxfp4_e2m1") else n
+    return _C.packed_row_bytes(fmt, int(cols))
 
 
 def encode(x, fmt):

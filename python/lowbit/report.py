@@ -98,7 +98,7 @@ def render(rows, title):
              f"{'SQNR dB':>8} {'worst layer':>11} {'ms':>7}"]
     for r in rows:
         gran = r.granularity + (f" {r.group_size}" if r.granularity == "group" else "")
-        if r.fmt.startswith("mx"):
+        if formats.is_mx(r.fmt):
             gran += f" {r.mx_rule}"
         lines.append(f"{r.fmt:<14} {gran:<16} {('yes' if r.symmetric else 'no'):<5} {r.packed_bytes:>12,d} "
                      f"{r.float_bytes / r.packed_bytes:>7.2f}x {r.sqnr_db:>8.2f} {r.worst_layer_db:>11.2f} "

@@ -131,3 +131,20 @@ def test_load_rejects_nan_weight_codes(fmt, code, tmp_path):
     with pytest.raises(lowbit.FormatError, match=rf"load: .*model.safetensors: tensor '2.weight_packed': code 197 is "
                                                  rf"a NaN code of {fmt}, which quantization never writes"):
         lowbit.load(make_mlp(), tmp_path)
+
+
+@pytest.mark.parametrize("name", ["MXFP8_QUANT_CFG", "MXFP4_AWQ_WEIGHT_QUANT_CFG"])
+def test_mx_layers_whose_k_is_not_a_multiple_of_32_save_and_load(tmp_path, name):
+    """MX rows are padded to whole blocks of 32: the saved-model validator must count the
+    packed bytes with the same rule as pack() (stories260K's down projection has K = 172)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(172, 24), nn.ReLU(), nn.Linear(24, 8))
+    lowbit.quantize(model, lowbit.builtin_config(name))
+    x = torch.randn(4, 172)
+    model(x)
+    lowbit.convert(model)
+    assert model[0].weight_packed.shape[1] == lowbit.packed_row_bytes(model[0].wspec.fmt, 172)
+    assert model[0].weight_packed.shape[1] == (192 if name.startswith("MXFP8") else 96)
+    lowbit.save(model, tmp_path)
+    fresh = lowbit.load(nn.Sequential(nn.Linear(172, 24), nn.ReLU(), nn.Linear(24, 8)), tmp_path)
+    assert torch.equal(fresh(x), model(x))

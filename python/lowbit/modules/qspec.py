@@ -6,9 +6,6 @@ import torch
 
 from lowbit import formats
 
-FOUR_BIT = ("int4", "float4_e2m1", "float4_e1m2", "mxfp4_e2m1")
-
-
 @dataclass(frozen=True)
 class QSpec:
     fmt: str
@@ -27,7 +24,7 @@ class QSpec:
 
     @property
     def is_mx(self):
-        return self.fmt.startswith("mx")
+        return formats.is_mx(self.fmt)
 
     @property
     def gs(self):
