@@ -24,7 +24,7 @@ class AWQLinear(HessianMixin, CalibLinear):
     def finalize_algorithm(self):
         self.finish_hessian()
         mu = (self.act_abs_sum / max(int(self.hessian_rows), 1)).float()
-        grids = int((self.layer_cfg.get("params") or {}).get("grids_num", 20))
+        grids = int(self.layer_cfg["params"]["grids_num"])  # the validator fills in the default
         s, src, _, _ = torch.ops.lowbit.awq_search(self.weight.detach().float(), self.hessian[0], mu, self.wspec.fmt,
                                                    self.wspec.strategy, self.wspec.group_size, self.wspec.symmetric,
                                                    grids, True)

@@ -24,15 +24,21 @@ class GPTQMixin(HessianMixin):
     def observe_algorithm(self, x):
         self.observe_hessian(x)
 
+    def solve(self, w, h):
+        """GPTQ of weight rows ``w`` [n, K] given the Hessian ``h``: (the rows on the grid,
+        their scales, their offsets). Rows are independent given h (lowbit.distributed
+        solves slices of them on different ranks)."""
+        opts = {**DEFAULTS, **(self.layer_cfg.get("params") or {})}
+        return torch.ops.lowbit.gptq_quantize(
+            w, h, self.wspec.fmt, self.wspec.strategy, self.wspec.group_size, self.wspec.symmetric,
+            float(opts["damp"]), bool(opts["act_order"]), bool(opts["static_groups"]), int(opts["block_size"]),
+            not isinstance(self, CalibConv2d))  # the clipping search: Linear layers only (see gptq.cpp)
+
     def finalize_algorithm(self):
         self.finish_hessian()
-        opts = {**DEFAULTS, **(self.layer_cfg.get("params") or {})}
         qs, scales, offsets = [], [], []
         for rows, w, h in self.group_weights():
-            q, s, o = torch.ops.lowbit.gptq_quantize(
-                w, h, self.wspec.fmt, self.wspec.strategy, self.wspec.group_size, self.wspec.symmetric,
-                float(opts["damp"]), bool(opts["act_order"]), bool(opts["static_groups"]), int(opts["block_size"]),
-                not isinstance(self, CalibConv2d))  # the clipping search: Linear layers only (see gptq.cpp)
+            q, s, o = self.solve(w, h)
             qs.append(q)
             scales.append(s)
             offsets.append(o)

@@ -28,11 +28,11 @@ class SmoothQuantLinear(CalibLinear):
 
     @property
     def auto_strength(self):
-        return (self.layer_cfg.get("params") or {}).get("smooth_strength") == "auto"
+        return self.layer_cfg["params"]["smooth_strength"] == "auto"  # the validator fills in the default
 
     def finalize_algorithm(self):
         if not self.auto_strength:
-            return self.apply_strength(float((self.layer_cfg.get("params") or {}).get("smooth_strength", 0.5)))
+            return self.apply_strength(float(self.layer_cfg["params"]["smooth_strength"]))
         # "auto": the strength whose quantized layer has the lowest output error on rows
         # sampled from all calibration calls (0.5, the default, wins ties)
         x = torch.cat(self._score_rows)

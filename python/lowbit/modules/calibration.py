@@ -85,7 +85,7 @@ class CalibLayer(QuantLayerBase):
         layer's mean there. For INT8 x INT8 the corrected bias is then rounded to int32."""
         y = self.compute(x, self.weight, self.bias).double()
         yq = self.compute(self.act_qdq(x), self.weight_fake_quant(), self.effective_bias(self.bias, x.dtype)).double()
-        channel_dim = 1 if isinstance(self, CalibConv2d) else y.dim() - 1
+        channel_dim = self.channel_dim % y.dim()
         dims = [d for d in range(y.dim()) if d != channel_dim]
         shift = (y - yq).mean(dims)
         base = torch.zeros_like(shift) if self.bias is None else self.bias.detach().double()
@@ -116,16 +116,6 @@ class CalibLayer(QuantLayerBase):
         ``max_rows``, a Linear keeps evenly spaced rows; a convolution unfolds only the
         first images needed to reach it (whole images: no aliasing with positions) or, with
         ``spread``, gathers max_rows patches from all over the batch (spread_patches)."""
-        if isinstance(self, CalibConv2d):
-            if max_rows is not None and spread:
-                rows = self.spread_patches(x, max_rows)
-            else:
-                if max_rows is not None:
-                    x = x[: self.images_for_rows(x, max_rows)]
-                cols = F.unfold(self.conv_padded(x.float()), self.kernel_size, self.dilation, 0, self.stride)
-                rows = cols.transpose(1, 2).reshape(-1, cols.shape[1])  # [B * L, C*kh*kw]
-            kg = rows.shape[1] // self.groups
-            return [rows[:, g * kg:(g + 1) * kg] for g in range(self.groups)]
         rows = x.reshape(-1, x.shape[-1]).float()
         if max_rows is not None and rows.shape[0] > max_rows:
             rows = rows[:: -(-rows.shape[0] // max_rows)]
@@ -133,10 +123,13 @@ class CalibLayer(QuantLayerBase):
 
     def input_row_count(self, x):
         """How many rows input_rows(x) gives without max_rows (what a sample stands for)."""
-        if isinstance(self, CalibConv2d):
-            h_out, w_out = self.output_hw(*x.shape[-2:])
-            return x.shape[0] * h_out * w_out
         return x.numel() // max(x.shape[-1], 1)
+
+    channel_dim = -1  # the output axis of the output channels
+
+    def as_batch(self, x):
+        """x as the layer's calibration code takes it (a Conv2d: unbatched images get a batch axis)."""
+        return x
 
     @property
     def calibrated(self):
@@ -185,8 +178,7 @@ class CalibLayer(QuantLayerBase):
         xd = x.detach()
         if xd.numel() == 0:  # no rows: a layer finalized on it would have seen nothing
             raise ValueError(f"{self.error_prefix()}: empty input (shape {list(xd.shape)})")
-        if isinstance(self, CalibConv2d) and xd.dim() == 3:  # an unbatched image: a batch of one
-            xd = xd.unsqueeze(0)
+        xd = self.as_batch(xd)
         # every check before the first statistic changes: a rejected batch leaves no trace
         lo, hi = self._input_range(xd)
         if not (torch.isfinite(lo) and torch.isfinite(hi)):
@@ -261,6 +253,26 @@ class CalibConv2d(Conv2dMath, CalibLayer):
         if x.shape[-3] != channels:
             return f"input has {x.shape[-3]} channels (shape {list(x.shape)}), expected in_channels {channels}"
         return None
+
+    channel_dim = 1
+
+    def as_batch(self, x):
+        return x.unsqueeze(0) if x.dim() == 3 else x  # an unbatched image: a batch of one
+
+    def input_rows(self, x, max_rows=None, spread=False):
+        if max_rows is not None and spread:
+            rows = self.spread_patches(x, max_rows)
+        else:
+            if max_rows is not None:
+                x = x[: self.images_for_rows(x, max_rows)]
+            cols = F.unfold(self.conv_padded(x.float()), self.kernel_size, self.dilation, 0, self.stride)
+            rows = cols.transpose(1, 2).reshape(-1, cols.shape[1])  # [B * L, C*kh*kw]
+        kg = rows.shape[1] // self.groups
+        return [rows[:, g * kg:(g + 1) * kg] for g in range(self.groups)]
+
+    def input_row_count(self, x):
+        h_out, w_out = self.output_hw(*x.shape[-2:])
+        return x.shape[0] * h_out * w_out
 
     def output_hw(self, h, w):
         """The output's spatial size for an [.., h, w] input."""
