@@ -1,6 +1,7 @@
 """The ``lowbit`` command (also ``python3 -m lowbit``).
 
   lowbit quantize MODEL_DIR --config NAME|file.json --calib FILE --out OUT_DIR
+  torchrun --nproc_per_node N -m lowbit quantize MODEL_DIR ... --sequential --out OUT_DIR
   lowbit eval DIR --text FILE            perplexity (float or quantized folder)
   lowbit generate DIR --prompt TEXT      greedy continuation with a KV cache, tokens/s
   lowbit inspect DIR                     per-layer formats, bytes and calibration error
@@ -160,14 +161,18 @@ def cmd_quantize(args):
     import torch
     import lowbit
     from lowbit.checkpoints import load_hf_model
+    from lowbit.distributed import env_world_size
     from lowbit.pretrained import save_pretrained
     from lowbit.tokenizers import load_hf_tokenizer
+    if env_world_size() > 1 and not (args.sequential or args.resume):
+        raise ValueError(f"started as {env_world_size()} processes (WORLD_SIZE): only the streaming path is "
+                         f"distributed; add --sequential")
     cfg = load_config(args.config)
     tok = load_hf_tokenizer(args.model_dir)
     batches = token_batches(tok, read_samples(args.calib), args.samples, args.seqlen)
     cfg["batch_num"] = len(batches)
     if args.sequential or args.resume:
-        return _quantize_streaming(args, cfg, batches)
+        return _quantize_distributed(args, cfg, batches)
     model = load_hf_model(args.model_dir)
     print(f"lowbit quantize: {args.model_dir} ({model.config.architecture}, {model.config.num_hidden_layers} layers), "
           f"config {args.config}, {len(batches)} calibration samples of up to {args.seqlen} tokens"
@@ -192,11 +197,31 @@ def cmd_quantize(args):
     return 0
 
 
+def _quantize_distributed(args, cfg, batches):
+    """The streaming run, in a process group of torchrun's processes when WORLD_SIZE > 1
+    (gloo; joined here and left at the end). A failed collective is a clean error."""
+    import torch.distributed as dist
+    from lowbit.distributed import DistributedError, init_from_env
+    try:
+        started = init_from_env(args.dist_timeout)
+    except DistributedError as e:
+        return _die(str(e))
+    try:
+        return _quantize_streaming(args, cfg, batches)
+    except DistributedError as e:
+        return _die(str(e))
+    finally:
+        if started and dist.is_initialized():
+            dist.destroy_process_group()
+
+
 def _quantize_streaming(args, cfg, batches):
     """--sequential on a folder: layer by layer, one decoder layer in memory (lowbit.streaming)."""
     from lowbit.pretrained import load_pretrained
     from lowbit.streaming import quantize_streaming
     result = quantize_streaming(args.model_dir, cfg, [b[:, :-1] for b in batches], args.out, resume=args.resume)
+    if result["rank"] != 0:  # rank 0 wrote the folder and reports
+        return 0
     model = load_pretrained(args.out)
     rows = layer_table(model)
     print(render_layers(rows))
@@ -273,6 +298,9 @@ def build_parser():
     q.add_argument("--out", required=True, help="output folder")
     q.add_argument("--plot", default=None, help="write a PNG of per-layer error and bytes")
     q.add_argument("--max-shard-mb", type=float, default=4096, help="shard size (default 4096 MiB)")
+    q.add_argument("--dist-timeout", type=float, default=None,
+                   help="under torchrun: seconds a process waits for the others before it stops with an error "
+                        "(default $LOWBIT_DIST_TIMEOUT or 600)")
     e = sub.add_parser("eval", help="perplexity of a float or quantized folder")
     e.add_argument("dir")
     e.add_argument("--text", required=True)
