@@ -69,7 +69,7 @@ std::string name_of(Format f) { return format_info(f).name; }
 // weights: {type, symmetric, strategy, group_size}
 TensorQuantCfg parse_weights(const std::string& path, const ConfigValue& v) {
   require_dict(path, v);
-  reject_unknown_keys(path, v, {"type", "symmetric", "strategy", "group_size"});
+  reject_unknown_keys(path, v, {"type", "symmetric", "strategy", "group_size", "scale_dtype"});
   const ConfigValue* t = v.find("type");
   if (!t) value_error(path + ".type: missing; allowed: " + join(kWeightTypes));
   TensorQuantCfg c;
@@ -101,6 +101,12 @@ TensorQuantCfg parse_weights(const std::string& path, const ConfigValue& v) {
     value_error(path + ".strategy: 'group' is not allowed for " + name_of(c.type) + "; allowed: tensor, channel");
   if (!c.symmetric && !format_info(c.type).allows_asym)
     value_error(path + ".symmetric: False is only allowed for int8 and int4 (" + name_of(c.type) + " is symmetric)");
+  if (const ConfigValue* sd = v.find("scale_dtype")) {
+    c.fp16_scale = get_string(path + ".scale_dtype", *sd, {"float32", "float16"}) == "float16";
+    if (c.fp16_scale && !format_info(c.type).is_int)
+      value_error(path + ".scale_dtype: 'float16' is only allowed for int8 and int4 weights (" + name_of(c.type) +
+                  " scales are not integer-grid scales); allowed for " + name_of(c.type) + ": float32");
+  }
   return c;
 }
 

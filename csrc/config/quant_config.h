@@ -15,6 +15,9 @@ struct TensorQuantCfg {
   bool symmetric = true;
   Granularity strategy = Granularity::kChannel;
   int64_t group_size = 0;  // only with kGroup
+  // weights key "scale_dtype": "float16" rounds int8/int4 scales to fp16 (the grid of
+  // GGUF's Q8_0/Q4_0 blocks); "float32" (default) keeps them as computed
+  bool fp16_scale = false;
 };
 
 struct InputsCfg {

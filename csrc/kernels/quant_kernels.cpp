@@ -38,6 +38,10 @@ void validate_spec(const QuantSpec& spec) {
                                 "scales are symmetric)");
   if (info.is_mx && spec.granularity == Granularity::kToken)
     throw std::invalid_argument("granularity: 'token' is not allowed for " + fmt);
+  if (spec.fp16_scale && (!info.is_int || spec.granularity == Granularity::kToken))
+    throw std::invalid_argument("scale_dtype: 'float16' is only allowed for int8 and int4 weight scales (tensor, "
+                                "channel, group); got " + fmt + " with granularity '" +
+                                granularity_name(spec.granularity) + "'");
 }
 
 int64_t groups_per_row(const QuantSpec& spec, int64_t cols) {

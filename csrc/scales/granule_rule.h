@@ -24,18 +24,20 @@ struct GranuleRule {
   int emax;
   bool bump;
   bool is_mx;
+  bool fp16;  // INT scales rounded to fp16 (QuantSpec::fp16_scale)
 };
 
 static inline GranuleRule make_granule_rule(const QuantSpec& s) {
   using K = GranuleRule::Kind;
   const bool token = s.granularity == Granularity::kToken;
   const FormatInfo& info = format_info(s.format);
-  GranuleRule r{K::kDivisor, StatKind::kAbsMax, info.bits, 1.0f, 0, false, info.is_mx};
+  GranuleRule r{K::kDivisor, StatKind::kAbsMax, info.bits, 1.0f, 0, false, info.is_mx, false};
   switch (s.format) {
     case Format::kInt8:
     case Format::kInt4:
       r.kind = token ? K::kIntToken : (s.symmetric ? K::kIntSym : K::kIntAsym);
       r.stat = token ? StatKind::kAbsMax : StatKind::kMinMax;
+      r.fp16 = s.fp16_scale && !token;
       break;
     case Format::kFloat8E4M3FN: r.divisor = 448.0f; break;
     case Format::kHiFloat8: r.divisor = token ? 15.0f : 16.0f; break;
@@ -81,7 +83,8 @@ __attribute__((always_inline)) static inline GranuleParams rule_params(const Gra
       const float amx = std::fabs(mx), amn = std::fabs(mn);
       // Branch-free on purpose: which side is larger is random from granule to granule.
       const float q = float((1 << (r.bits - 1)) - 1) + float(amn > amx);
-      return {guard_scale(std::fmax(amx, amn) / q), 0, 0};
+      const float s = guard_scale(std::fmax(amx, amn) / q);
+      return {r.fp16 ? fp16_scale_value(s) : s, 0, 0};
     }
     case K::kIntAsym: {
       const bool empty = st.max_value < st.min_value;
@@ -90,7 +93,8 @@ __attribute__((always_inline)) static inline GranuleParams rule_params(const Gra
       const float qmin = -float(1 << (r.bits - 1));
       const float s = (hi - lo) / float((1 << r.bits) - 1);
       if (!(s >= ref::kMinScale) || std::isinf(s)) return {1.0f, int32_t(qmin), 0};
-      return {s, int32_t(std::nearbyint(qmin - lo / s)), 0};
+      const float sr = r.fp16 ? fp16_scale_value(s) : s;
+      return {sr, int32_t(std::nearbyint(qmin - lo / sr)), 0};
     }
     case K::kIntToken: return {guard_scale(st.max_value / float((1 << (r.bits - 1)) - 1)), 0, 0};
     case K::kDivisor: return {guard_scale(st.max_value / r.divisor), 0, 0};

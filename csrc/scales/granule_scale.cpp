@@ -3,6 +3,7 @@
 #include <cmath>
 #include <limits>
 
+#include "formats/half.h"
 #include "formats/reference.h"
 
 namespace lowbit {
@@ -21,6 +22,12 @@ bool use_ascend_bump(const QuantSpec& spec) {
 }
 }  // namespace
 
+float fp16_scale_value(float s) {
+  const float r = fp16_to_float(float_to_fp16(s));
+  if (!(r <= 65504.0f)) return 65504.0f;
+  return r > 0.0f ? r : 1.0f / 16777216.0f;  // 2^-24, the smallest fp16
+}
+
 GranuleParams granule_params(const QuantSpec& spec, const GranuleStats& st) {
   const float absmax = std::fmax(std::fabs(st.max_value), std::fabs(st.min_value));
   const bool token = spec.granularity == Granularity::kToken;
@@ -35,6 +42,13 @@ GranuleParams granule_params(const QuantSpec& spec, const GranuleStats& st) {
       ref::IntScale s = token ? ref::int_scale_token(amax, bits)
                         : spec.symmetric ? ref::int_scale_symmetric(mx, mn, bits)
                                          : ref::int_scale_asymmetric(mx, mn, bits);
+      if (spec.fp16_scale && !token) {
+        const float s16 = fp16_scale_value(s.scale);
+        if (spec.symmetric || s16 == s.scale) return {s16, s.offset, 0};
+        // the zero point of the rounded scale
+        const float lo = std::fmin(mn, 0.0f), qmin = -float(1 << (bits - 1));
+        return {s16, int32_t(std::nearbyint(qmin - lo / s16)), 0};
+      }
       return {s.scale, s.offset, 0};
     }
     case Format::kFloat8E4M3FN: return {guarded(amax, 448.0f), 0, 0};

@@ -22,6 +22,9 @@ struct QuantSpec {
   int64_t group_size = 0;  // only with kGroup (and always 32 for MX formats)
   bool symmetric = true;
   MxRule mx_rule = MxRule::kAuto;
+  // INT scales rounded to the nearest fp16 value (round to nearest even, kept in
+  // [2^-23, 65504]): the grid that a file with fp16 block scales (GGUF Q8_0/Q4_0) holds
+  bool fp16_scale = false;
 };
 
 // Parameters of one granule. For MX formats `scale` is 2^e (NaN for a 0xFF block)
@@ -34,5 +37,9 @@ struct GranuleParams {
 
 // The readable rule. The kernels run an inlined copy (granule_rule.h); tests compare both.
 GranuleParams granule_params(const QuantSpec& spec, const GranuleStats& st);
+
+// An INT scale as fp16 would store it: the nearest fp16 value, kept positive and finite
+// (scales below 2^-23 are guarded to 1.0 before, so the lower clamp never triggers).
+float fp16_scale_value(float s);
 
 }  // namespace lowbit

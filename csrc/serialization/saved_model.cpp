@@ -198,6 +198,13 @@ void check_layer_tensors(const LayerTensors& lt, const QuantConfig& cfg, bool co
   } else {
     need_tensor(lt.field("w_scale"), *scale, "F32", scales);
     need_float_values(lt.field("w_scale"), *scale, true);
+    if (w.fp16_scale)  // scale_dtype float16: every scale is an fp16 value
+      for (int64_t i = 0; i < scales; ++i) {
+        const float v = element(*scale, i);
+        if (fp16_to_float(float_to_fp16(v)) != v)
+          bad(lt.field("w_scale"), "element " + std::to_string(i) + " is " + std::to_string(v) +
+                                       ", not a float16 value (the layer's scale_dtype is float16)");
+      }
   }
   const TensorRef* offset = lt.get("w_offset");
   if (!offset) bad(lt.field("w_offset"), "missing");

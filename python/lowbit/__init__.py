@@ -15,6 +15,7 @@ from lowbit.serialization import FormatError, load, save
 from lowbit.torchscript import export_torchscript
 from lowbit.checkpoints import load_hf_model
 from lowbit.pretrained import load_pretrained, save_pretrained
+from lowbit.export import export_gguf
 
 __version__ = _C.__version__
 _openblas.warn_if_generic()
@@ -35,5 +36,5 @@ def validate_config(config):
     names the key path, the value and what is allowed.
     """
     return _C.parse_config(config)
-__all__ = ["ConfigError", "ConfigTypeError", "FormatError", "quantize", "calibrate", "convert", "summary", "model_bytes", "algorithm_register", "save", "load", "export_torchscript", "load_hf_model", "load_pretrained", "save_pretrained", "BUILTIN_CONFIG_NAMES", "builtin_config", "validate_config", "FORMATS", "GRANULARITIES", "compute_scales", "decode", "encode", "fake_quant",
+__all__ = ["ConfigError", "ConfigTypeError", "FormatError", "quantize", "calibrate", "convert", "summary", "model_bytes", "algorithm_register", "save", "load", "export_torchscript", "export_gguf", "load_hf_model", "load_pretrained", "save_pretrained", "BUILTIN_CONFIG_NAMES", "builtin_config", "validate_config", "FORMATS", "GRANULARITIES", "compute_scales", "decode", "encode", "fake_quant",
            "fake_quant_dynamic", "isa", "pack", "packed_row_bytes", "set_isa", "unpack"]

@@ -6,6 +6,7 @@
   lowbit generate DIR --prompt TEXT      greedy continuation with a KV cache, tokens/s
   lowbit inspect DIR                     per-layer formats, bytes and calibration error
   lowbit convert-llama2c MODEL.bin TOKENIZER.bin --out DIR
+  lowbit export DIR --format gguf --out FILE.gguf   llama.cpp file (codes and scales as they are)
   lowbit run                             the main job: real models, result tables
   lowbit report                          packed sizes and weight SQNR of stories260K
 """
@@ -279,6 +280,17 @@ def cmd_convert_llama2c(args):
     return 0
 
 
+def cmd_export(args):
+    import logging
+    from lowbit.export.gguf_llama import export_gguf, render_report
+    if args.format != "gguf":
+        return _die(f"--format: {args.format!r} is not allowed; allowed: gguf")
+    logging.getLogger("lowbit.export").setLevel(logging.WARNING)
+    rep = export_gguf(args.source, args.out, tokenizer=args.tokenizer, progress=not args.quiet)
+    print(render_report(rep))
+    return 0
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="lowbit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command")
@@ -318,6 +330,12 @@ def build_parser():
     c.add_argument("checkpoint")
     c.add_argument("tokenizer")
     c.add_argument("--out", required=True)
+    x = sub.add_parser("export", help="write a float or quantized model for another runtime (GGUF: llama.cpp)")
+    x.add_argument("source", help="a Hugging Face folder (float or from 'lowbit quantize'), or a llama2.c .bin")
+    x.add_argument("--format", required=True, help="output format; allowed: gguf")
+    x.add_argument("--out", required=True, help="output file (.gguf)")
+    x.add_argument("--tokenizer", default=None, help="the tokenizer .bin of a llama2.c checkpoint")
+    x.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
 
@@ -344,6 +362,8 @@ def main(argv=None):
             return cmd_inspect(args)
         if args.command == "convert-llama2c":
             return cmd_convert_llama2c(args)
+        if args.command == "export":
+            return cmd_export(args)
     except (ValueError, TypeError, OSError) as err:
         return _die(str(err))
     if args.command == "report":

@@ -18,11 +18,19 @@ def _cfg(weights, inputs, algorithm, skip=True):
     return cfg
 
 
-def _w(type_, strategy, group_size=None):
+def _w(type_, strategy, group_size=None, scale_dtype=None):
     d = {"type": type_, "symmetric": True, "strategy": strategy}
     if group_size is not None:
         d["group_size"] = group_size
+    if scale_dtype is not None:
+        d["scale_dtype"] = scale_dtype
     return d
+
+
+# llama.cpp's Q8_0 / Q4_0 grids: blocks of 32 weights along K with one fp16 scale each
+# (lowbit.export_gguf writes these layers' codes and scales as they are)
+_GGUF_Q8 = _w("int8", "group", 32, "float16")
+_GGUF_Q4 = _w("int4", "group", 32, "float16")
 
 
 def _a(type_, strategy):
@@ -43,6 +51,9 @@ _BUILTIN = {
     "HIFP8_QUANTILE_CFG": _cfg(_w("hifloat8", "tensor"), _a("hifloat8", "tensor"), {"quantile"}),
     "HIFP8_SMOOTHQUANT_CFG": _cfg(_w("hifloat8", "channel"), _a("hifloat8", "tensor"),
                                   {"smoothquant": {"smooth_strength": 0.5}}),
+    "GGUF_Q8_0_CFG": _cfg(_GGUF_Q8, None, {"minmax"}),
+    "GGUF_Q4_0_CFG": _cfg(_GGUF_Q4, None, {"minmax"}),
+    "GGUF_Q4_0_GPTQ_CFG": _cfg(_GGUF_Q4, None, {"gptq"}),
 }
 
 BUILTIN_CONFIG_NAMES = tuple(_BUILTIN)

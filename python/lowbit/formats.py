@@ -42,18 +42,21 @@ def _granularity(fmt, granularity):
     return granularity
 
 
-def compute_scales(x, fmt, granularity=None, group_size=None, symmetric=True, mx_rule="auto"):
+def compute_scales(x, fmt, granularity=None, group_size=None, symmetric=True, mx_rule="auto",
+                   scale_dtype="float32"):
     """Scales and offsets of ``x`` for format ``fmt``.
 
     Returns ``(scale, offset)``; shapes are ``x.shape[:-1] + (groups,)`` (all ones for
     ``tensor``). ``mx_rule`` picks the E8M0 exponent rule of MX formats: ``ocp``,
     ``ascend`` (bumps the exponent when the block max mantissa exceeds 1.75) or
-    ``auto`` (Ascend for MXFP4, OCP for MXFP8).
+    ``auto`` (Ascend for MXFP4, OCP for MXFP8). ``scale_dtype="float16"`` (int8/int4)
+    rounds each scale to the nearest fp16 value before the offsets are derived, so the
+    scales can be stored as fp16 (GGUF Q8_0/Q4_0 blocks) without changing a code.
     """
     _check_tensor(x, "x")
     granularity = _granularity(fmt, granularity)
     return _OPS.quant_scales(x, fmt, granularity, _default_group(fmt, granularity, group_size),
-                             symmetric, mx_rule)
+                             symmetric, mx_rule, scale_dtype)
 
 
 def fake_quant(x, fmt, granularity=None, group_size=None, symmetric=True, mx_rule="auto",

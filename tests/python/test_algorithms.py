@@ -46,6 +46,8 @@ W4G = {"type": "int4", "strategy": "group", "group_size": 32}
 
 @pytest.mark.parametrize("weights", [{"type": "int4"}, W4G, {"type": "int4", "strategy": "group", "group_size": 64,
                                                                "symmetric": False},
+                                     {**W4G, "scale_dtype": "float16"}, {"type": "int8", "strategy": "group",
+                                                                         "group_size": 32, "scale_dtype": "float16"},
                                      {"type": "mxfp4_e2m1"}, {"type": "float4_e2m1", "group_size": 32},
                                      {"type": "hifloat8"}, {"type": "float8_e4m3fn", "strategy": "tensor"},
                                      {"type": "int8", "strategy": "tensor"}])
@@ -336,3 +338,19 @@ def test_progress_reports_each_calibrated_layer():
         model(xs[0]), model(xs[1])
     assert [s[0] for s in seen] == ["0", "2"]
     assert all(0 < err < 1 and sec >= 0 for _, err, sec in seen)
+
+
+@pytest.mark.parametrize("algorithm", ["gptq", {"awq": {}}])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_gptq_and_awq_solve_on_the_float16_scale_grid(algorithm, symmetric):
+    """With scale_dtype float16 every scale the algorithm settles on (GPTQ's per-group
+    scales and clipping search, AWQ's clipping) is an fp16 value, and the deployed weights
+    are the codes times those scales."""
+    lin, xs, _ = layer_and_data()
+    w = {**W4G, "symmetric": symmetric, "scale_dtype": "float16"}
+    q = run(copy.deepcopy(lin), {"quant_cfg": {"weights": w}, "algorithm": algorithm}, xs)
+    lowbit.convert(q)
+    assert torch.equal(q.w_scale.half().float(), q.w_scale)
+    ref = run(copy.deepcopy(lin), {"quant_cfg": {"weights": {**w, "scale_dtype": "float32"}}, "algorithm": algorithm}, xs)
+    lowbit.convert(ref)
+    assert not torch.equal(ref.w_scale.half().float(), ref.w_scale)

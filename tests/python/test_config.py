@@ -9,7 +9,7 @@ def base(**quant_cfg):
 
 
 def test_builtin_configs_parse_and_are_fresh_copies():
-    assert len(lowbit.BUILTIN_CONFIG_NAMES) == 11
+    assert len(lowbit.BUILTIN_CONFIG_NAMES) == 14
     for name in lowbit.BUILTIN_CONFIG_NAMES:
         lowbit.validate_config(getattr(lowbit, name))
     a = lowbit.INT8_MINMAX_WEIGHT_QUANT_CFG
@@ -107,3 +107,41 @@ def test_overrides_are_validated_and_kept_in_order():
 def test_invalid_configs(cfg, exc, pattern):
     with pytest.raises(exc, match=pattern):
         lowbit.validate_config(cfg)
+
+
+def test_scale_dtype_float16_weights_option():
+    g32 = {"type": "int4", "strategy": "group", "group_size": 32}
+    n = lowbit.validate_config({"quant_cfg": {"weights": {**g32, "scale_dtype": "float16"}}})
+    assert n["weights"]["scale_dtype"] == "float16"
+    # the default is float32, left out of the normalized entry (as in files saved before it)
+    assert "scale_dtype" not in lowbit.validate_config({"quant_cfg": {"weights": {**g32, "scale_dtype": "float32"}}})["weights"]
+    with pytest.raises(lowbit.ConfigError, match=r"quant_cfg.weights.scale_dtype: 'bfloat16' is not allowed \(did you mean 'float16'\?\); "
+                                                 r"allowed: float32, float16"):
+        lowbit.validate_config({"quant_cfg": {"weights": {**g32, "scale_dtype": "bfloat16"}}})
+    with pytest.raises(lowbit.ConfigTypeError, match=r"quant_cfg.weights.scale_dtype: expected a str, got int 16"):
+        lowbit.validate_config({"quant_cfg": {"weights": {**g32, "scale_dtype": 16}}})
+    with pytest.raises(lowbit.ConfigError, match=r"scale_dtype: 'float16' is only allowed for int8 and int4 weights "
+                                                 r"\(hifloat8"):
+        lowbit.validate_config({"quant_cfg": {"weights": {"type": "hifloat8", "scale_dtype": "float16"}}})
+    with pytest.raises(lowbit.ConfigError, match=r"quant_cfg.inputs.scale_dtype: unknown key"):
+        lowbit.validate_config({"quant_cfg": {"weights": g32, "inputs": {"type": "int8", "scale_dtype": "float16"}}})
+    for name in ("GGUF_Q8_0_CFG", "GGUF_Q4_0_CFG", "GGUF_Q4_0_GPTQ_CFG"):
+        w = lowbit.validate_config(getattr(lowbit, name))["weights"]
+        assert (w["strategy"], w["group_size"], w["symmetric"], w["scale_dtype"]) == ("group", 32, True, "float16")
+
+
+def test_compute_scales_float16_rounds_then_derives_offsets():
+    import torch
+    w = torch.randn(16, 96) * 0.05
+    for sym in (True, False):
+        s32, o32 = lowbit.compute_scales(w, "int4", "group", 32, sym)
+        s16, o16 = lowbit.compute_scales(w, "int4", "group", 32, sym, scale_dtype="float16")
+        assert torch.equal(s16, s32.half().float())  # the nearest fp16 value
+        assert not torch.equal(s16, s32)
+        if not sym:  # the zero point of the rounded scale, by the same rule
+            lo = w.reshape(16, 3, 32).amin(-1).clamp(max=0)
+            assert torch.equal(o16, torch.round(-8 - lo / s16).int())
+    with pytest.raises(ValueError, match=r"scale_dtype: 'float16' is only allowed for int8 and int4"):
+        lowbit.compute_scales(w, "hifloat8", "channel", scale_dtype="float16")
+    with pytest.raises(ValueError, match=r"scale_dtype: 'half' is not allowed; allowed: float32, float16"):
+        lowbit.compute_scales(w, "int8", "channel", scale_dtype="half")

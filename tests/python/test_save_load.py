@@ -20,11 +20,14 @@ CONFIGS = [
     {"batch_num": 2, "quant_cfg": {"weights": {"type": "float4_e2m1"}, "inputs": {"type": "float8_e4m3fn"}}},
     {"batch_num": 2, "quant_cfg": {"weights": {"type": "hifloat8", "strategy": "tensor"},
                                    "inputs": {"type": "hifloat8"}}, "algorithm": "quantile"},
+    {"quant_cfg": {"weights": {"type": "int4", "strategy": "group", "group_size": 32, "symmetric": False,
+                               "scale_dtype": "float16"}}},
 ]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: c["quant_cfg"]["weights"]["type"])
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: c["quant_cfg"]["weights"]["type"] +
+                         c["quant_cfg"]["weights"].get("scale_dtype", ""))
 def test_round_trip_is_bit_exact(cfg, dtype, tmp_path):
     model = make_mlp(dtype)
     xs = [torch.randn(5, 96).to(dtype) for _ in range(3)]
@@ -148,3 +151,23 @@ def test_mx_layers_whose_k_is_not_a_multiple_of_32_save_and_load(tmp_path, name)
     lowbit.save(model, tmp_path)
     fresh = lowbit.load(nn.Sequential(nn.Linear(172, 24), nn.ReLU(), nn.Linear(24, 8)), tmp_path)
     assert torch.equal(fresh(x), model(x))
+
+
+def test_float16_scales_round_trip_and_load_checks_them(tmp_path):
+    import json
+    cfg = {"quant_cfg": {"weights": {"type": "int4", "strategy": "group", "group_size": 32, "scale_dtype": "float16"}}}
+    model = lowbit.convert(lowbit.quantize(make_mlp(), cfg))
+    assert torch.equal(model[0].w_scale.half().float(), model[0].w_scale)
+    lowbit.save(model, tmp_path)
+    meta = json.loads((tmp_path / "lowbit.json").read_text())
+    assert meta["layers"]["0"]["config"]["weights"]["scale_dtype"] == "float16"
+    fresh = lowbit.load(make_mlp(), tmp_path)
+    assert fresh[0].wspec.scale_dtype == "float16" and torch.equal(fresh[0].w_scale, model[0].w_scale)
+
+    def off_grid(stored):
+        stored["0.w_scale"] = stored["0.w_scale"].clone()
+        stored["0.w_scale"].view(-1)[3] += 1e-6
+    _rewrite(tmp_path, off_grid)
+    with pytest.raises(ValueError, match=r"tensor '0.w_scale': element 3 is .*, not a float16 value \(the layer's "
+                                         r"scale_dtype is float16\)"):
+        lowbit.load(make_mlp(), tmp_path)

@@ -32,7 +32,8 @@ class GPTQMixin(HessianMixin):
         return torch.ops.lowbit.gptq_quantize(
             w, h, self.wspec.fmt, self.wspec.strategy, self.wspec.group_size, self.wspec.symmetric,
             float(opts["damp"]), bool(opts["act_order"]), bool(opts["static_groups"]), int(opts["block_size"]),
-            not isinstance(self, CalibConv2d))  # the clipping search: Linear layers only (see gptq.cpp)
+            not isinstance(self, CalibConv2d),  # the clipping search: Linear layers only (see gptq.cpp)
+            self.wspec.scale_dtype)
 
     def finalize_algorithm(self):
         self.finish_hessian()

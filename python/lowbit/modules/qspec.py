@@ -6,21 +6,28 @@ import torch
 
 from lowbit import formats
 
+
 @dataclass(frozen=True)
 class QSpec:
     fmt: str
     symmetric: bool
     strategy: str      # tensor | channel | group | token
     group_size: int
+    scale_dtype: str = "float32"  # "float16": int scales rounded to fp16 (GGUF's block scales)
 
     @staticmethod
     def from_dict(d):
-        return QSpec(d["type"], bool(d["symmetric"]), d["strategy"], int(d["group_size"]))
+        return QSpec(d["type"], bool(d["symmetric"]), d["strategy"], int(d["group_size"]),
+                     d.get("scale_dtype", "float32"))
 
     def to_dict(self):
-        """The normalized config entry again (what lowbit._C's layer rules take)."""
-        return {"type": self.fmt, "symmetric": self.symmetric, "strategy": self.strategy,
-                "group_size": self.group_size}
+        """The normalized config entry again (what lowbit._C's layer rules take);
+        scale_dtype only when it is not the default, as the validator normalizes it."""
+        d = {"type": self.fmt, "symmetric": self.symmetric, "strategy": self.strategy,
+             "group_size": self.group_size}
+        if self.scale_dtype != "float32":
+            d["scale_dtype"] = self.scale_dtype
+        return d
 
     @property
     def is_mx(self):
@@ -32,11 +39,12 @@ class QSpec:
 
     def label(self):
         s = self.fmt + "/" + self.strategy + (str(self.group_size) if self.strategy == "group" else "")
-        return s + ("" if self.symmetric else "/asym")
+        return s + ("" if self.symmetric else "/asym") + ("/fp16-scale" if self.scale_dtype == "float16" else "")
 
     # weights are viewed as [out_channels, -1]
     def weight_scales(self, w2d):
-        return formats.compute_scales(w2d, self.fmt, self.strategy, self.gs, self.symmetric)
+        return formats.compute_scales(w2d, self.fmt, self.strategy, self.gs, self.symmetric,
+                                      scale_dtype=self.scale_dtype)
 
     def weight_qdq(self, w2d, scale, offset):
         return formats.fake_quant(w2d, self.fmt, self.strategy, self.gs, self.symmetric, scale=scale, offset=offset)

@@ -1,0 +1,129 @@
+"""lowbit's packed weights as ggml blocks, written from the codes and scales themselves
+(nothing is quantized again), and the float tensors as F32/F16.
+
+- Q8_0 (fp16 d, 32 int8 q; x = d * q): int8, symmetric, one scale per 32 weights;
+- Q4_0 (fp16 d, 16 bytes; x = d * (q - 8)): int4 symmetric, q = code + 8 (codes -8..7
+  become 0..15), byte j holds element j (low nibble) and element j + 16 (high nibble);
+- Q4_1 (fp16 d and m, 16 bytes; x = d * q + m): int4 asymmetric, q = code + 8 and
+  m = -d * (8 + zero point), exact only where that product is an fp16 value.
+A layer fits when every block of 32 weights along K has one scale (strategy tensor,
+channel, or group with group_size a multiple of 32) and K is a multiple of 32. The
+scales must be fp16 values (quantize with weights "scale_dtype": "float16"). ggml
+dequantizes in fp32 (d widened, times the small integer), as lowbit's kernels do, so
+the weights llama.cpp multiplies with are lowbit's deploy weights bit for bit.
+"""
+import numpy as np
+import torch
+
+from lowbit.export.gguf_writer import F16, F32, Q4_0, Q4_1, Q8_0
+
+QK = 32
+
+
+class ExportRefused(ValueError):
+    """A layer that cannot be written exactly; the message names the layer and why."""
+
+
+def float_tensor(t, name, prefer_f16=False):
+    """(ggml type, bytes) of a float tensor: F16 when it is fp16 (or when asked and it is
+    exactly fp16), F32 otherwise (fp32 and bf16 widen exactly)."""
+    t = t.detach().cpu()
+    if not t.is_floating_point():
+        raise ExportRefused(f"tensor '{name}': dtype {t.dtype} is not a float type")
+    if t.dtype == torch.float16 or (prefer_f16 and torch.equal(t.float().half().float(), t.float())):
+        return F16, t.half().contiguous().numpy().tobytes()
+    return F32, t.float().contiguous().numpy().tobytes()
+
+
+def _codes(layer):
+    """Signed integer codes [N, K] of an int8/int4 deploy layer."""
+    n, k = layer.weight_shape[0], layer.cols
+    packed = layer.weight_packed.reshape(n, -1).numpy()
+    if layer.wspec.fmt == "int8":
+        return packed.view(np.int8)[:, :k].astype(np.int16)
+    lo = (packed & 0x0F).astype(np.int16)
+    hi = (packed >> 4).astype(np.int16)
+    nib = np.stack([lo, hi], axis=2).reshape(n, -1)[:, :k]
+    return (nib ^ 8) - 8
+
+
+def _per_block(values, n, k, spec):
+    """Per-granule values [*, groups] -> one value per 32-weight block [N, K/32]."""
+    v = values.reshape(-1).numpy()
+    if spec.strategy == "tensor":
+        return np.full((n, k // QK), v[0], dtype=v.dtype)
+    v = v.reshape(n, -1)
+    gs = spec.group_size if spec.strategy == "group" else k
+    return v[:, (np.arange(k // QK) * QK) // gs]
+
+
+def _fp16_exact(x):
+    return np.array_equal(x.astype(np.float16).astype(np.float32), x)
+
+
+def layer_blocks(layer, name):
+    """(ggml type, bytes, rows) of a converted int layer, rows in lowbit's order (the
+    caller permutes block rows when needed: ``rows`` is [N, bytes per row]); raises
+    ExportRefused naming the layer and the reason when the layer has no exact GGUF type."""
+    w = layer.wspec
+    n, k = layer.weight_shape[0], layer.cols
+    if layer.aspec is not None:
+        raise ExportRefused(f"layer '{name}': its inputs are quantized ({layer.aspec.label()}); GGUF stores weights "
+                            f"only and llama.cpp quantizes activations its own way")
+    if layer._buffers.get("smooth") is not None:
+        raise ExportRefused(f"layer '{name}': it divides its inputs by per-channel factors (AWQ/SmoothQuant "
+                            f"'smooth'), which GGUF's llama graph has no place for")
+    if layer._buffers.get("w_scale1") is not None:
+        raise ExportRefused(f"layer '{name}': it has per-row weight multipliers (w_scale1), which Q8_0/Q4_0 cannot hold")
+    if w.fmt not in ("int8", "int4"):
+        raise ExportRefused(f"layer '{name}': format {w.fmt} has no exact GGUF type; allowed: int8 (Q8_0, symmetric), "
+                            f"int4 (Q4_0 symmetric, Q4_1 asymmetric)")
+    if w.fmt == "int8" and not w.symmetric:
+        raise ExportRefused(f"layer '{name}': asymmetric int8 has no GGUF type (Q8_0 is symmetric); use symmetric int8")
+    if w.strategy == "group" and w.group_size % QK:
+        raise ExportRefused(f"layer '{name}': group_size {w.group_size} is not a multiple of {QK}")
+    scale = _per_block(layer.w_scale.float(), n, k, w).astype(np.float32)
+    if not _fp16_exact(scale):
+        bad = np.argwhere(scale.astype(np.float16).astype(np.float32) != scale)[0]
+        raise ExportRefused(f"layer '{name}': scale of row {bad[0]}, block {bad[1]} ({scale[tuple(bad)]!r}) is not a "
+                            f"float16 value; quantize with weights 'scale_dtype': 'float16'")
+    codes = _codes(layer).reshape(n, k // QK, QK)
+    d = np.ascontiguousarray(scale.astype(np.float16)).view(np.uint8).reshape(n, k // QK, 2)
+    if w.fmt == "int8":
+        q = codes.astype(np.int8).view(np.uint8)
+        return Q8_0, np.concatenate([d, q], axis=2).reshape(n, -1)
+    q = (codes + 8).astype(np.uint8)
+    qs = (q[:, :, :QK // 2] | (q[:, :, QK // 2:] << 4)).astype(np.uint8)
+    if w.symmetric:
+        return Q4_0, np.concatenate([d, qs], axis=2).reshape(n, -1)
+    zero = _per_block(layer.w_offset.float(), n, k, w).astype(np.float32)
+    m = -scale * (8.0 + zero)
+    if not _fp16_exact(m):
+        bad = np.argwhere(m.astype(np.float16).astype(np.float32) != m)[0]
+        raise ExportRefused(f"layer '{name}': Q4_1's minimum -scale * (8 + zero point) of row {bad[0]}, block "
+                            f"{bad[1]} ({m[tuple(bad)]!r}) is not a float16 value, so Q4_1 cannot hold the layer "
+                            f"exactly; use symmetric int4 (Q4_0)")
+    mm = np.ascontiguousarray(m.astype(np.float16)).view(np.uint8).reshape(n, k // QK, 2)
+    return Q4_1, np.concatenate([d, mm, qs], axis=2).reshape(n, -1)
+
+
+def dequantize(ggml_type, raw, shape):
+    """fp32 weights of ggml blocks (the ggml rules, for tests and checks)."""
+    n, k = shape
+    b = np.frombuffer(raw, dtype=np.uint8)
+    if ggml_type == F32:
+        return b.view(np.float32).reshape(n, k).copy()
+    if ggml_type == F16:
+        return b.view(np.float16).astype(np.float32).reshape(n, k)
+    size = {Q8_0: 34, Q4_0: 18, Q4_1: 20}[ggml_type]
+    blk = b.reshape(n, k // QK, size)
+    d = blk[:, :, :2].copy().view(np.float16).astype(np.float32)
+    if ggml_type == Q8_0:
+        return (d * blk[:, :, 2:].view(np.int8).astype(np.float32)).reshape(n, k)
+    off = 4 if ggml_type == Q4_1 else 2
+    qs = blk[:, :, off:]
+    q = np.concatenate([qs & 0x0F, qs >> 4], axis=2).astype(np.float32)
+    if ggml_type == Q4_0:
+        return (d * (q - 8.0)).reshape(n, k)
+    m = blk[:, :, 2:4].copy().view(np.float16).astype(np.float32)
+    return (d * q + m).reshape(n, k)

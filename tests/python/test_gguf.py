@@ -1,0 +1,359 @@
+"""GGUF export (python/lowbit/export/): the container read back by an independent reader,
+exactness of the blocks against lowbit's deploy weights, refusals, and real llama.cpp
+(the npm package node-llama-cpp) running the exported stories260K."""
+import copy
+import json
+import math
+import os
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import lowbit
+from lowbit.export import gguf_blocks, gguf_writer as gw
+from lowbit.export.gguf_blocks import ExportRefused
+
+LLAMACPP_VERSION = "3.21.1"
+LLAMACPP_DIR = Path(os.environ.get("LOWBIT_LLAMACPP_DIR", Path.home() / ".cache" / "lowbit-llamacpp"))
+
+
+# ---- an independent reader (the GGUF v3 layout, nothing shared with the writer) -----
+def read_gguf(path):
+    raw = Path(path).read_bytes()
+    pos = 0
+
+    def take(fmt):
+        nonlocal pos
+        v = struct.unpack_from("<" + fmt, raw, pos)
+        pos += struct.calcsize("<" + fmt)
+        return v[0] if len(v) == 1 else v
+
+    def string():
+        nonlocal pos
+        n = take("Q")
+        s = raw[pos:pos + n].decode("utf-8")
+        pos += n
+        return s
+
+    scalar = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+
+    def value(kind):
+        if kind == 8:
+            return string()
+        if kind == 9:
+            elem, n = take("I"), take("Q")
+            return [value(elem) for _ in range(n)]
+        return take(scalar[kind])
+
+    assert raw[:4] == b"GGUF"
+    pos = 4
+    version, n_tensors, n_kv = take("I"), take("Q"), take("Q")
+    kv, kinds = {}, {}
+    for _ in range(n_kv):
+        key = string()
+        kind = take("I")
+        kinds[key] = kind
+        kv[key] = value(kind)
+    infos = []
+    for _ in range(n_tensors):
+        name = string()
+        dims = [take("Q") for _ in range(take("I"))]
+        gtype, offset = take("I"), take("Q")
+        infos.append((name, tuple(reversed(dims)), gtype, offset))
+    align = kv.get("general.alignment", 32)
+    data_start = pos + (-pos) % align
+    tensors = {}
+    sizes = {0: (1, 4), 1: (1, 2), 2: (32, 18), 3: (32, 20), 8: (32, 34)}
+    for name, shape, gtype, offset in infos:
+        blk, size = sizes[gtype]
+        nbytes = int(np.prod(shape)) // blk * size
+        assert offset % align == 0
+        tensors[name] = (shape, gtype, raw[data_start + offset:data_start + offset + nbytes])
+    last = max(infos, key=lambda t: t[3]) if infos else None
+    return {"version": version, "kv": kv, "kinds": kinds, "tensors": tensors, "infos": infos,
+            "data_start": data_start, "size": len(raw), "last": last}
+
+
+def test_container_header_metadata_kinds_alignment_offsets(tmp_path):
+    w = gw.GGUFWriter()
+    w.add("u8", gw.UINT8, 200)
+    w.add("i8", gw.INT8, -5)
+    w.add("u16", gw.UINT16, 60000)
+    w.add("i16", gw.INT16, -30000)
+    w.add("u32", gw.UINT32, 4_000_000_000)
+    w.add("i32", gw.INT32, -2_000_000_000)
+    w.add("f32", gw.FLOAT32, 1.5)
+    w.add("b", gw.BOOL, True)
+    w.add("s", gw.STRING, "héllo ▁")
+    w.add("u64", gw.UINT64, 2 ** 40)
+    w.add("i64", gw.INT64, -2 ** 40)
+    w.add("f64", gw.FLOAT64, math.pi)
+    w.add("arr_s", gw.ARRAY, (gw.STRING, ["a", "", "▁b"]))
+    w.add("arr_f", gw.ARRAY, (gw.FLOAT32, [0.5, -2.0]))
+    w.add("arr_i", gw.ARRAY, (gw.INT32, [1, -1, 6]))
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    b = np.arange(5, dtype=np.float16)
+    w.add_tensor("a", a.shape, gw.F32, a.tobytes())
+    w.add_tensor("b", b.shape, gw.F16, b.tobytes())
+    w.add_tensor("q", (1, 64), gw.Q8_0, lambda: bytes(range(68)))
+    size = w.write(tmp_path / "x.gguf")
+    r = read_gguf(tmp_path / "x.gguf")
+    assert r["version"] == 3 and r["size"] == size
+    kv = r["kv"]
+    assert (kv["u8"], kv["i8"], kv["u16"], kv["i16"], kv["u32"], kv["i32"]) == (200, -5, 60000, -30000, 4_000_000_000,
+                                                                                -2_000_000_000)
+    assert kv["f32"] == 1.5 and kv["b"] is True and kv["s"] == "héllo ▁" and kv["f64"] == math.pi
+    assert (kv["u64"], kv["i64"]) == (2 ** 40, -2 ** 40) and kv["general.alignment"] == 32
+    assert kv["arr_s"] == ["a", "", "▁b"] and kv["arr_f"] == [0.5, -2.0] and kv["arr_i"] == [1, -1, 6]
+    assert r["kinds"]["arr_s"] == gw.ARRAY and r["kinds"]["general.alignment"] == gw.UINT32
+    assert [i[3] for i in r["infos"]] == [0, 32, 64]  # 24 bytes -> 32, 10 -> 32
+    assert r["data_start"] % 32 == 0
+    assert np.array_equal(np.frombuffer(r["tensors"]["a"][2], np.float32).reshape(2, 3), a)
+    assert r["tensors"]["a"][0] == (2, 3) and r["tensors"]["q"][0] == (1, 64)
+    assert r["tensors"]["q"][2] == bytes(range(68))
+    assert size == r["data_start"] + 64 + 68 + (-68) % 32
+
+
+def test_writer_errors_and_atomic_write(tmp_path):
+    w = gw.GGUFWriter()
+    with pytest.raises(ValueError, match="given twice"):
+        w.add("general.alignment", gw.UINT32, 64)
+    with pytest.raises(ValueError, match="multiple of 32 for Q4_0"):
+        w.add_tensor("t", (2, 40), gw.Q4_0, b"")
+    (tmp_path / "old.gguf").write_bytes(b"previous")
+    w.add_tensor("t", (2, 2), gw.F32, b"\0" * 12)  # 12 bytes instead of 16: refused while writing
+    with pytest.raises(ValueError, match="12 bytes, expected 16"):
+        w.write(tmp_path / "old.gguf")
+    assert (tmp_path / "old.gguf").read_bytes() == b"previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.gguf"]  # no temporary file left
+
+
+# ---- models ------------------------------------------------------------------------
+def _stories(shared_data):
+    from lowbit.eval import lm
+    return lm.load_stories260k()
+
+
+def _quantized(shared_data, cfg_name, calib=16):
+    from lowbit.eval import lm
+    model, tok = lm.load_stories260k()
+    cfg = getattr(lowbit, cfg_name) if isinstance(cfg_name, str) else copy.deepcopy(cfg_name)
+    cal = lm.token_batches(tok, lm.CALIB_RANGE, limit=calib)
+    cfg["batch_num"] = len(cal)
+    cfg["skip_layers"] = {"output"}
+    lowbit.quantize(model, cfg)
+    lm.calibrate(model, cal)
+    lowbit.convert(model)
+    return model, tok
+
+
+_CACHE = {}
+
+
+def quantized(shared_data, cfg_name):
+    if cfg_name not in _CACHE:
+        _CACHE[cfg_name] = _quantized(shared_data, cfg_name)
+    return _CACHE[cfg_name]
+
+
+def test_fp16_scale_configs_give_fp16_scales(shared_data):
+    for name in ("GGUF_Q8_0_CFG", "GGUF_Q4_0_GPTQ_CFG"):
+        model, _ = quantized(shared_data, name)
+        layer = model.layers[0].attention.wq
+        s = layer.w_scale
+        assert s.shape == (64, 2) and torch.equal(s.half().float(), s), name
+        assert layer.wspec.scale_dtype == "float16"
+
+
+def _check_exact(model, path, permuted=None):
+    r = read_gguf(path)
+    from lowbit.modules.deploy import DeployLayer
+    names = {"wq": "attn_q", "wk": "attn_k", "wv": "attn_v", "wo": "attn_output", "w1": "ffn_gate",
+             "w2": "ffn_down", "w3": "ffn_up"}
+    seen = {}
+    for mname, m in model.named_modules():
+        if not isinstance(m, DeployLayer):
+            continue
+        i, leaf = mname.split(".")[1], mname.split(".")[-1]
+        shape, gtype, raw = r["tensors"][f"blk.{i}.{names[leaf]}.weight"]
+        got = gguf_blocks.dequantize(gtype, raw, shape)
+        want = m.weight_dequant().float().numpy()
+        assert got.view(np.uint32).tobytes() == want.view(np.uint32).tobytes(), mname  # bit for bit
+        seen[gw.TYPE_NAMES[gtype]] = seen.get(gw.TYPE_NAMES[gtype], 0) + 1
+    return r, seen
+
+
+def test_q8_0_and_q4_0_blocks_equal_deploy_weights_bit_for_bit(shared_data, tmp_path):
+    for name, qtype in (("GGUF_Q8_0_CFG", "Q8_0"), ("GGUF_Q4_0_GPTQ_CFG", "Q4_0")):
+        model, tok = quantized(shared_data, name)
+        rep = lowbit.export_gguf(model, tmp_path / f"{qtype}.gguf", tokenizer=tok, progress=False)
+        r, seen = _check_exact(model, tmp_path / f"{qtype}.gguf")
+        assert seen == {qtype: 30, "F32": 5}  # w2 (K = 172) in F32, its deploy weights
+        assert r["kv"]["general.file_type"] == {"Q8_0": 7, "Q4_0": 2}[qtype]
+        why = {n: w for n, _, _, w in rep["tensors"]}
+        assert "K = 172 is not a multiple of 32" in why["blk.0.ffn_down.weight"]
+        assert "output.weight" not in r["tensors"]  # tied: llama.cpp reads token_embd
+        assert r["kv"]["llama.block_count"] == 5 and r["kv"]["llama.attention.head_count_kv"] == 4
+        assert r["kv"]["tokenizer.ggml.tokens"][:3] == ["<unk>", "<s>", "</s>"]
+
+
+def test_q4_1_from_asymmetric_int4_when_exact(shared_data, tmp_path):
+    torch.manual_seed(0)
+    lin = torch.nn.Sequential(torch.nn.Linear(64, 8, bias=False))
+    cfg = {"quant_cfg": {"weights": {"type": "int4", "symmetric": False, "strategy": "group", "group_size": 32,
+                                     "scale_dtype": "float16"}}}
+    with torch.no_grad():  # weights on a coarse grid: scales and minima that are fp16 values
+        lin[0].weight.copy_(torch.randint(-8, 8, (8, 64)).float() * 0.25)
+        lin[0].weight[:, 0::32] = -2.0  # each group spans [-2, 1.75]: scale 0.25, minimum -2
+        lin[0].weight[:, 1::32] = 1.75
+    lowbit.quantize(lin, cfg)
+    lowbit.convert(lin)
+    gtype, rows = gguf_blocks.layer_blocks(lin[0], "0")
+    assert gtype == gw.Q4_1
+    got = gguf_blocks.dequantize(gtype, np.ascontiguousarray(rows).tobytes(), (8, 64))
+    assert np.array_equal(got, lin[0].weight_dequant().float().numpy())
+    lin2 = torch.nn.Sequential(torch.nn.Linear(64, 8, bias=False))
+    with torch.no_grad():
+        lin2[0].weight.copy_(torch.randn(8, 64) * 0.1 + 0.03)
+    lowbit.quantize(lin2, cfg)
+    lowbit.convert(lin2)
+    with pytest.raises(ExportRefused, match=r"layer '0': Q4_1's minimum .* is not a float16 value"):
+        gguf_blocks.layer_blocks(lin2[0], "0")
+
+
+def _one_layer(cfg, calib=True):
+    lin = torch.nn.Sequential(torch.nn.Linear(64, 16, bias=False))
+    lowbit.quantize(lin, cfg)
+    if calib:
+        for _ in range(cfg.get("batch_num", 1)):
+            lin(torch.randn(32, 64))
+    lowbit.convert(lin)
+    return lin[0]
+
+
+def test_refusals_name_the_layer_and_reason():
+    w32 = {"type": "int4", "strategy": "group", "group_size": 32}
+    with pytest.raises(ExportRefused, match=r"layer 'x': scale of row 0, block 0 .* is not a float16 value; "
+                                            r"quantize with weights 'scale_dtype': 'float16'"):
+        gguf_blocks.layer_blocks(_one_layer({"quant_cfg": {"weights": w32}}), "x")
+    awq = _one_layer({"quant_cfg": {"weights": {**w32, "scale_dtype": "float16"}}, "algorithm": {"awq": {}}})
+    assert torch.equal(awq.w_scale.half().float(), awq.w_scale)  # AWQ searched the fp16 grid
+    with pytest.raises(ExportRefused, match=r"layer 'x': it divides its inputs by per-channel factors"):
+        gguf_blocks.layer_blocks(awq, "x")
+    with pytest.raises(ExportRefused, match=r"layer 'x': format float8_e4m3fn has no exact GGUF type"):
+        gguf_blocks.layer_blocks(_one_layer({"quant_cfg": {"weights": {"type": "float8_e4m3fn"}}}), "x")
+    w8a8 = {"quant_cfg": {"weights": {"type": "int8", "strategy": "channel", "scale_dtype": "float16"},
+                          "inputs": {"type": "int8", "strategy": "token"}}}
+    with pytest.raises(ExportRefused, match=r"layer 'x': its inputs are quantized"):
+        gguf_blocks.layer_blocks(_one_layer(w8a8), "x")
+    asym8 = {"quant_cfg": {"weights": {"type": "int8", "symmetric": False, "scale_dtype": "float16"}}}
+    with pytest.raises(ExportRefused, match=r"layer 'x': asymmetric int8 has no GGUF type"):
+        gguf_blocks.layer_blocks(_one_layer(asym8), "x")
+
+
+def test_export_refuses_whole_model_without_writing(shared_data, tmp_path):
+    model, tok = _quantized(shared_data, {"quant_cfg": {"weights": {"type": "int4", "strategy": "group",
+                                                                     "group_size": 32}}}, calib=1)
+    with pytest.raises(ExportRefused, match=r"layer 'layers.0.attention.wq': scale of row"):
+        lowbit.export_gguf(model, tmp_path / "m.gguf", tokenizer=tok, progress=False)
+    assert not any(tmp_path.iterdir())
+
+
+def test_cli_exports_a_quantized_hf_folder(shared_data, tmp_path):
+    """convert-llama2c -> quantize (GGUF_Q8_0_CFG) -> export: q/k rows back in llama.cpp's
+    order, every block equal to the llama2.c-side deploy weights of the same codes."""
+    from lowbit.cli import main
+    m = shared_data / "models"
+    calib = tmp_path / "calib.txt"
+    from lowbit.eval import lm
+    calib.write_text("\n\n".join(lm.paragraphs()[1000:1004]), encoding="utf-8")
+    assert main(["convert-llama2c", str(m / "stories260K.bin"), str(m / "tok512.bin"), "--out", str(tmp_path / "hf")]) == 0
+    assert main(["quantize", str(tmp_path / "hf"), "--config", "GGUF_Q8_0_CFG", "--calib", str(calib), "--samples", "4",
+                 "--out", str(tmp_path / "q")]) == 0
+    assert main(["export", str(tmp_path / "q"), "--format", "gguf", "--out", str(tmp_path / "q.gguf")]) == 0
+    r = read_gguf(tmp_path / "q.gguf")
+    assert r["tensors"]["blk.0.attn_q.weight"][1] == gw.Q8_0 and r["tensors"]["blk.0.ffn_down.weight"][1] == gw.F32
+    # the HF permutation undone: attn_q rows equal MIN-MAX Q8_0 of llama2.c's own wq rows
+    model, tok = _stories(shared_data)
+    wq = model.layers[0].attention.wq.weight.detach()
+    shape, gtype, raw = r["tensors"]["blk.0.attn_q.weight"]
+    got = torch.from_numpy(gguf_blocks.dequantize(gtype, raw, shape))
+    s, _ = lowbit.compute_scales(wq, "int8", "group", 32, scale_dtype="float16")
+    want = lowbit.fake_quant(wq, "int8", "group", 32, scale=s, offset=torch.zeros_like(s, dtype=torch.int32))
+    assert torch.equal(got, want)
+    assert main(["export", str(tmp_path / "q"), "--format", "onnx", "--out", str(tmp_path / "x")]) != 0
+
+
+# ---- real llama.cpp ----------------------------------------------------------------------
+def _llamacpp():
+    """The folder holding node_modules/node-llama-cpp (installed once, reused)."""
+    ci = os.environ.get("CI") == "true"
+    if (LLAMACPP_DIR / "node_modules" / "node-llama-cpp" / "package.json").exists():
+        return LLAMACPP_DIR
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        if ci:
+            pytest.fail("node/npm not found (CI=true: llama.cpp verification is required)")
+        pytest.skip("node/npm not found: llama.cpp verification skipped")
+    LLAMACPP_DIR.mkdir(parents=True, exist_ok=True)
+    try:
+        subprocess.run(["npm", "init", "-y"], cwd=LLAMACPP_DIR, check=True, capture_output=True, timeout=60)
+        subprocess.run(["npm", "install", "-E", "--omit=optional", f"node-llama-cpp@{LLAMACPP_VERSION}",
+                        f"@node-llama-cpp/linux-x64@{LLAMACPP_VERSION}"], cwd=LLAMACPP_DIR, check=True,
+                       capture_output=True, timeout=600)
+    except (subprocess.SubprocessError, OSError) as e:
+        if ci:
+            pytest.fail(f"npm install of node-llama-cpp {LLAMACPP_VERSION} failed: {e}")
+        pytest.skip(f"npm install of node-llama-cpp {LLAMACPP_VERSION} failed (no registry?): {e}")
+    return LLAMACPP_DIR
+
+
+def run_llamacpp(gguf, texts, prompt="Once upon a time", greedy=8):
+    folder = _llamacpp()
+    script = folder / "lowbit_gguf_eval.mjs"
+    shutil.copyfile(Path(__file__).with_name("gguf_llamacpp.mjs"), script)
+    job = folder / f"job-{os.getpid()}.json"
+    job.write_text(json.dumps({"model": str(gguf), "texts": texts, "prompt": prompt, "greedy": greedy}))
+    try:
+        out = subprocess.run(["node", str(script), str(job)], cwd=folder, capture_output=True, text=True, timeout=600,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+    finally:
+        job.unlink()
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def llamacpp_perplexity(res):
+    return math.exp(sum(res["nll"]) / sum(len(t) - 1 for t in res["tokens"]))
+
+
+@torch.no_grad()
+def lowbit_greedy(model, ids, n):
+    ids = list(ids)
+    for _ in range(n):
+        ids.append(int(model(torch.tensor([ids]))[0, -1].argmax()))
+    return ids
+
+
+PARAGRAPHS = 20
+
+
+@pytest.mark.parametrize("cfg_name", [None, "GGUF_Q8_0_CFG", "GGUF_Q4_0_GPTQ_CFG"])
+def test_llamacpp_runs_the_export_with_lowbits_perplexity(shared_data, tmp_path, cfg_name):
+    from lowbit.eval import lm
+    model, tok = _stories(shared_data) if cfg_name is None else quantized(shared_data, cfg_name)
+    path = tmp_path / "m.gguf"
+    lowbit.export_gguf(model, path, tokenizer=tok, progress=False)
+    texts = lm.paragraphs()[:PARAGRAPHS]
+    res = run_llamacpp(path, texts)
+    ours = [tok.encode(t)[:lm.MAX_TOKENS] for t in texts]
+    assert res["tokens"] == ours  # llama.cpp's tokenizer: the same ids as llama2.c's
+    ppl_cpp = llamacpp_perplexity(res)
+    ppl_ours = lm.perplexity(model, [torch.tensor([t]) for t in ours])
+    assert abs(ppl_cpp / ppl_ours - 1) < 0.005, (ppl_cpp, ppl_ours)
+    want = lowbit_greedy(model, res["prompt"], 8)[len(res["prompt"]):]
+    assert res["greedy"][:4] == want[:4], (res["greedy"], want)
