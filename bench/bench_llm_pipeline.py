@@ -7,7 +7,7 @@ reports per-layer seconds (read, statistics + solve, forward, write), total wall
 peak RSS, and the FLOP floor at this machine's matmul rate measured in the same run.
 
     PYTHONPATH=python python3 bench/bench_llm_pipeline.py --shape 1.1b [--samples 32 --seqlen 512]
-        [--config gptq|smoothquant] [--dir /tmp/lowbit-bench] [--keep] [--layers N]
+        [--config gptq|smoothquant] [--dir /tmp/lowbit-bench] [--keep] [--layers N] [--compare-sequential]
 
 --layers N keeps only the first N decoder layers (a quick look at per-layer cost; the
 totals then cover N layers). The folder is written once and reused while its config.json
@@ -86,6 +86,9 @@ def main():
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--prepare-only", action="store_true",
                     help="only write the checkpoint folder (then a second run measures a clean process's RSS)")
+    ap.add_argument("--compare-sequential", action="store_true",
+                    help="also quantize the whole model in memory with quantize(sequential=True) and compare every "
+                         "saved tensor with the streamed folder's (use --layers to fit memory)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     base = Path(args.dir)
@@ -120,8 +123,38 @@ def main():
     print(f"wall {r['seconds'] / 60:.1f} min; peak RSS {r['peak_rss_bytes'] / 2**30:.2f} GiB (estimated "
           f"{r['estimated_bytes'] / 2**30:.2f} GiB beyond the interpreter); FLOP floor {r['flops'] / 1e12:.1f} TFLOP = "
           f"{floor / 60:.1f} min at the measured {r['gflops_measured']:.0f} GFLOP/s ({r['seconds'] / floor:.2f}x)")
+    if args.compare_sequential:
+        compare_with_sequential(src, out, qcfg, batches, dtype)
     if not args.keep:
         shutil.rmtree(out, ignore_errors=True)
+
+
+def compare_with_sequential(src, out, qcfg, batches, dtype):
+    """The streamed folder against quantize(model, cfg, sequential=True) of the whole model
+    in memory, tensor by tensor: the count of bit-identical tensors, and for the others the
+    largest relative difference of the dequantized weights."""
+    from lowbit.checkpoints import load_hf_model
+    from lowbit.modules.deploy import DeployLayer
+    from lowbit.pretrained import load_pretrained
+    t = time.perf_counter()
+    model = load_hf_model(src).to(dtype)
+    cfg = dict(qcfg, batch_num=len(batches))
+    lowbit.quantize(model, cfg, sequential=True)
+    lowbit.calibrate(model, batches)
+    lowbit.convert(model)
+    seconds = time.perf_counter() - t
+    streamed = load_pretrained(out)
+    a, b = model.state_dict(), streamed.state_dict()
+    same = [k for k in a if k in b and a[k].dtype == b[k].dtype and torch.equal(a[k], b[k])]
+    differ = sorted(set(a) - set(same))
+    print(f"in-memory sequential path: {seconds / 60:.1f} min; {len(same)} of {len(a)} tensors bit-identical to the "
+          f"streamed folder" + (f"; differing: {differ[:6]}" if differ else ""))
+    layers = {n: m for n, m in streamed.named_modules() if isinstance(m, DeployLayer)}
+    for n, m in model.named_modules():
+        if isinstance(m, DeployLayer) and any(k.startswith(n + ".") for k in differ):
+            w1, w2 = m.weight_dequant().float(), layers[n].weight_dequant().float()
+            print(f"  {n}: dequantized weights differ by {float((w1 - w2).abs().max() / w1.abs().max()):.3g} "
+                  f"(relative to the largest weight)")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from lowbit import cli
 from lowbit.distributed import Group, calibrate_block, local_samples, reduce_block_state, split_range
 from lowbit.modules.calibration import CalibLayer
 from lowbit.pretrained import load_pretrained
-from lowbit.streaming import WORK_DIR, quantize_streaming
+from lowbit.streaming import WORK_DIR
 from lowbit.tokenizers import load_hf_tokenizer
 
 SAMPLES, SEQLEN = 12, 96
@@ -36,7 +36,8 @@ sys.path.insert(0, {tests!r})
 import test_distributed as t
 from lowbit.streaming import quantize_streaming
 torch.set_num_threads(1)
-dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
+if "WORLD_SIZE" in os.environ:  # under torchrun; otherwise the one-process reference
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
 folder, calib, out = sys.argv[1:4]
 batches = t.calib_batches(folder, calib)
 for name in t.EXACT + t.HESSIAN:
@@ -44,9 +45,10 @@ for name in t.EXACT + t.HESSIAN:
 quantize_streaming(folder, t.config("INT4_GPTQ_WEIGHT_QUANT_CFG"), batches[:2], os.path.join(out, "gptq-2"),
                    progress=False)
 h = t.block0_hessians(folder, batches)
-if dist.get_rank() == 0:
+if not dist.is_initialized() or dist.get_rank() == 0:
     torch.save(h, os.path.join(out, "hessians.pt"))
-dist.destroy_process_group()
+if dist.is_initialized():
+    dist.destroy_process_group()
 """
 
 
@@ -163,6 +165,21 @@ def two_rank_folders(stories_folder, tmp_path_factory):
     return out, seconds
 
 
+@pytest.fixture(scope="module")
+def one_process_folders(stories_folder, two_rank_folders):
+    """The same worker as one plain process, in the ranks' environment (one thread: a
+    float GEMM's summation order, so its last bits, depends on the BLAS thread count)."""
+    folder, calib, _ = stories_folder
+    out = two_rank_folders[0] / "one"
+    out.mkdir()
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "python"), OMP_NUM_THREADS="1")
+    env.pop("WORLD_SIZE", None)
+    r = subprocess.run([sys.executable, str(two_rank_folders[0] / "worker.py"), str(folder), str(calib), str(out)],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-6000:]
+    return out
+
+
 def test_samples_and_rows_are_split_contiguously():
     assert [list(split_range(10, 3, r)) for r in range(3)] == [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9]]
     assert [list(split_range(1, 3, r)) for r in range(3)] == [[0], [], []]
@@ -177,39 +194,29 @@ def test_samples_and_rows_are_split_contiguously():
 
 
 @pytest.mark.parametrize("name", EXACT)
-def test_two_ranks_equal_one_process_bit_for_bit(stories_folder, two_rank_folders, name, tmp_path):
-    folder, calib, _ = stories_folder
+def test_two_ranks_equal_one_process_bit_for_bit(two_rank_folders, one_process_folders, name):
     out, _ = two_rank_folders
-    quantize_streaming(folder, config(name), calib_batches(folder, calib), tmp_path / "one", progress=False,
-                       log=lambda s: None)
-    _assert_identical(_tensors(out / name), _tensors(tmp_path / "one"), name)
+    _assert_identical(_tensors(out / name), _tensors(one_process_folders / name), name)
     assert not (out / name / WORK_DIR).exists()
 
 
 @pytest.mark.parametrize("name", HESSIAN)
-def test_two_ranks_equal_one_process_up_to_summation_order(stories_folder, two_rank_folders, name, tmp_path):
-    folder, calib, _ = stories_folder
+def test_two_ranks_equal_one_process_up_to_summation_order(two_rank_folders, one_process_folders, name):
     out, _ = two_rank_folders
-    quantize_streaming(folder, config(name), calib_batches(folder, calib), tmp_path / "one", progress=False,
-                       log=lambda s: None)
-    moved = _assert_within_summation_order(out / name, tmp_path / "one", name)
+    moved = _assert_within_summation_order(out / name, one_process_folders / name, name)
     print(f"{name}: {moved} layers not bit-identical")
 
 
-def test_a_rank_without_samples_of_its_own(stories_folder, two_rank_folders, tmp_path):
+def test_a_rank_without_samples_of_its_own(two_rank_folders, one_process_folders):
     # 2 samples, 2 ranks: rank 1 holds only the finalizing sample (its Hessians start empty)
-    folder, calib, _ = stories_folder
     out, _ = two_rank_folders
-    quantize_streaming(folder, config("INT4_GPTQ_WEIGHT_QUANT_CFG"), calib_batches(folder, calib)[:2],
-                       tmp_path / "one", progress=False, log=lambda s: None)
-    _assert_within_summation_order(out / "gptq-2", tmp_path / "one", "gptq, 2 samples")
+    _assert_within_summation_order(out / "gptq-2", one_process_folders / "gptq-2", "gptq, 2 samples")
 
 
-def test_reduced_hessians_are_within_the_summation_order_bound(stories_folder, two_rank_folders):
-    folder, calib, _ = stories_folder
+def test_reduced_hessians_are_within_the_summation_order_bound(two_rank_folders, one_process_folders):
     out, _ = two_rank_folders
     dist_h = torch.load(out / "hessians.pt")
-    one_h = block0_hessians(folder, calib_batches(folder, calib))
+    one_h = torch.load(one_process_folders / "hessians.pt")
     assert set(dist_h) == set(one_h) and len(one_h) == 7
     for name, (h1, rows1) in one_h.items():
         h2, rows2 = dist_h[name]
