@@ -5,6 +5,11 @@ Q8_0 (MIN-MAX), Q4_0 (MIN-MAX, GPTQ) and, for reference, llama.cpp-style round-t
 Q4_0 of the same six projections (ggml's rule d = max / -8 with the sign of the largest
 magnitude: written by the small quantizer below, for this measurement only).
 
+The built-in configs also quantize `w2` (K = 172: written as its int4 deploy weights in
+F32), while the reference keeps `w2` float; the rows marked "w2 float" skip `w2` as the
+reference does (the like-for-like comparison). --compare-blocks counts the elements where
+GGUF_Q4_0_CFG's weights differ from the reference quantizer's.
+
     PYTHONPATH=python python3 bench/gguf_table.py [--paragraphs 100]
 """
 import argparse
@@ -63,35 +68,65 @@ def export_rtn(model, tok, path):
     return w.write(path), deq
 
 
-def quantized(cfg_name, model, tok, cal):
+def quantized(cfg_name, model, tok, cal, skip=("output",)):
     q = copy.deepcopy(model)
     cfg = getattr(lowbit, cfg_name)
     cfg["batch_num"] = len(cal)
-    cfg["skip_layers"] = {"output"}
+    cfg["skip_layers"] = set(skip)
     lowbit.quantize(q, cfg)
     lm.calibrate(q, cal)
     return lowbit.convert(q)
 
 
+def compare_blocks(model, tok, cal):
+    """Prints how many weights of the six projections GGUF_Q4_0_CFG (MIN-MAX) puts on
+    another level than ggml's reference quantizer (which rounds x / d with the fp32 d,
+    half away from zero, and stores the fp16 d; lowbit rounds against the stored fp16 d,
+    half to even, and breaks a tie between +m and -m towards -m)."""
+    q = quantized("GGUF_Q4_0_CFG", model, tok, cal, ("output", "w2"))
+    blocks = diff_blocks = diff_elems = elems = 0
+    for name, mod in q.named_modules():
+        if getattr(mod, "wspec", None) is None or not name.endswith(("wq", "wk", "wv", "wo", "w1", "w3")):
+            continue
+        w = model.get_submodule(name).weight.detach().numpy()
+        n, k = w.shape
+        _, back = ggml_rtn_q4_0(w)
+        ours = mod.weight_dequant().detach().float().numpy().reshape(n, k)
+        b = (back != ours).reshape(n, k // 32, 32)
+        blocks += n * k // 32
+        elems += n * k
+        diff_blocks += int(b.any(-1).sum())
+        diff_elems += int(b.sum())
+    print(f"GGUF_Q4_0_CFG vs ggml RTN: {diff_elems} of {elems} weights differ, in {diff_blocks} of {blocks} blocks",
+          flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--paragraphs", type=int, default=100)
+    ap.add_argument("--compare-blocks", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(1)
     model, tok = lm.load_stories260k()
     cal = lm.token_batches(tok, lm.CALIB_RANGE)
     texts = lm.paragraphs()[:args.paragraphs]
     ev = [torch.tensor([tok.encode(t)[:lm.MAX_TOKENS]]) for t in texts]
+    if args.compare_blocks:
+        compare_blocks(model, tok, cal)
     rows = []
+    w2_float = ("output", "w2")
     with tempfile.TemporaryDirectory() as d:
-        for label, cfg in (("F32", None), ("Q8_0 (GGUF_Q8_0_CFG, MIN-MAX)", "GGUF_Q8_0_CFG"),
-                           ("Q4_0 (GGUF_Q4_0_CFG, MIN-MAX)", "GGUF_Q4_0_CFG"),
-                           ("Q4_0 (GGUF_Q4_0_GPTQ_CFG)", "GGUF_Q4_0_GPTQ_CFG"), ("Q4_0 ggml RTN (reference)", "rtn")):
+        for label, cfg, skip in (("F32", None, ()), ("Q8_0 (GGUF_Q8_0_CFG, MIN-MAX)", "GGUF_Q8_0_CFG", ("output",)),
+                                 ("Q4_0 (GGUF_Q4_0_CFG, MIN-MAX)", "GGUF_Q4_0_CFG", ("output",)),
+                                 ("Q4_0 (GGUF_Q4_0_GPTQ_CFG)", "GGUF_Q4_0_GPTQ_CFG", ("output",)),
+                                 ("Q4_0 (GGUF_Q4_0_CFG, MIN-MAX), w2 float", "GGUF_Q4_0_CFG", w2_float),
+                                 ("Q4_0 (GGUF_Q4_0_GPTQ_CFG), w2 float", "GGUF_Q4_0_GPTQ_CFG", w2_float),
+                                 ("Q4_0 ggml RTN (reference), w2 float", "rtn", ())):
             path = Path(d) / "m.gguf"
             if cfg == "rtn":
                 size, m = export_rtn(model, tok, path)
             else:
-                m = model if cfg is None else quantized(cfg, model, tok, cal)
+                m = model if cfg is None else quantized(cfg, model, tok, cal, skip)
                 size = lowbit.export_gguf(m, path, tokenizer=tok, progress=False)["bytes"]
             res = run_llamacpp(path, texts)
             ours = lm.perplexity(m, ev)

@@ -31,8 +31,10 @@ std::tuple<at::Tensor, at::Tensor, double, double> awq_search(const at::Tensor& 
                                                               const at::Tensor& mu, const std::string& fmt,
                                                               const std::string& strategy, int64_t group_size,
                                                               bool symmetric, int64_t grids_num, bool clip,
-                                                              const std::string& scale_dtype) {
-  QuantSpec spec = make_spec(fmt, strategy, strategy == "group" ? group_size : 0, symmetric, "auto", scale_dtype);
+                                                              const std::string& scale_dtype,
+                                                              const std::string& scale_rule) {
+  QuantSpec spec =
+      make_spec(fmt, strategy, strategy == "group" ? group_size : 0, symmetric, "auto", scale_dtype, scale_rule);
   TORCH_CHECK_VALUE(grids_num > 0, "awq: grids_num must be positive");
   at::Tensor W = W2d.to(at::kFloat).contiguous();
   at::Tensor H = H_in.to(at::kDouble);
@@ -85,6 +87,7 @@ std::tuple<at::Tensor, at::Tensor, double, double> awq_search(const at::Tensor& 
 
 TORCH_LIBRARY_FRAGMENT(lowbit, m) {
   m.def("awq_search(Tensor W2d, Tensor H, Tensor mu, str fmt, str strategy, int group_size, bool symmetric, "
-        "int grids_num, bool clip, str scale_dtype='float32') -> (Tensor, Tensor, float, float)");
+        "int grids_num, bool clip, str scale_dtype='float32', str scale_rule='absmax') -> "
+        "(Tensor, Tensor, float, float)");
   m.impl("awq_search", c10::DispatchKey::CPU, TORCH_FN(lowbit::awq_search));
 }

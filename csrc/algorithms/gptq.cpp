@@ -89,11 +89,11 @@ void shrink_scales(const at::Tensor& slice, const at::Tensor& hdiag, const Quant
   float* sc = scale.data_ptr<float>();
   for (int64_t r = 0; r < n; ++r) {
     const float s0 = sc[r];
-    if (!(s0 > 0.0f)) continue;
+    if (!(s0 != 0.0f)) continue;  // (signed_max scales are negative where the max is positive)
     float best = s0, best_err = grid_error(w + r * c, h, c, s0, qmin, qmax);
     for (int step = 1; step <= 20; ++step) {
       float st = s0 * (1.0f - 0.01f * float(step));
-      if (spec.fp16_scale) st = fp16_scale_value(st);  // search the grid that will be stored
+      if (spec.fp16_scale) st = fp16_scale_value(st);  // search the grid that will be stored (sign kept)
       const float e = grid_error(w + r * c, h, c, st, qmin, qmax);
       if (e < best_err) best_err = e, best = st;
     }
@@ -129,8 +129,9 @@ ColumnScales slice_scales(const at::Tensor& slice, const QuantSpec& spec, const 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gptq_quantize(
     const at::Tensor& W2d, const at::Tensor& H_in, const std::string& fmt, const std::string& strategy,
     int64_t group_size, bool symmetric, double damp_ratio, bool act_order, bool static_groups, int64_t block_size,
-    bool clip, const std::string& scale_dtype) {
-  QuantSpec spec = make_spec(fmt, strategy, strategy == "group" ? group_size : 0, symmetric, "auto", scale_dtype);
+    bool clip, const std::string& scale_dtype, const std::string& scale_rule) {
+  QuantSpec spec =
+      make_spec(fmt, strategy, strategy == "group" ? group_size : 0, symmetric, "auto", scale_dtype, scale_rule);
   TORCH_CHECK_VALUE(spec.granularity != Granularity::kToken, "gptq: granularity 'token' is for activations");
   TORCH_CHECK_VALUE(block_size > 0, "gptq: block_size must be positive");
   const bool mx = format_info(spec.format).is_mx;
@@ -301,7 +302,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gptq_quantize(
 
 TORCH_LIBRARY_FRAGMENT(lowbit, m) {
   m.def("gptq_quantize(Tensor W2d, Tensor H, str fmt, str strategy, int group_size, bool symmetric, float damp, "
-        "bool act_order, bool static_groups, int block_size, bool clip=True, str scale_dtype='float32') -> "
-        "(Tensor, Tensor, Tensor)");
+        "bool act_order, bool static_groups, int block_size, bool clip=True, str scale_dtype='float32', "
+        "str scale_rule='absmax') -> (Tensor, Tensor, Tensor)");
   m.impl("gptq_quantize", c10::DispatchKey::CPU, TORCH_FN(lowbit::gptq_quantize));
 }

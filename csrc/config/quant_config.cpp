@@ -69,7 +69,7 @@ std::string name_of(Format f) { return format_info(f).name; }
 // weights: {type, symmetric, strategy, group_size}
 TensorQuantCfg parse_weights(const std::string& path, const ConfigValue& v) {
   require_dict(path, v);
-  reject_unknown_keys(path, v, {"type", "symmetric", "strategy", "group_size", "scale_dtype"});
+  reject_unknown_keys(path, v, {"type", "symmetric", "strategy", "group_size", "scale_dtype", "scale_rule"});
   const ConfigValue* t = v.find("type");
   if (!t) value_error(path + ".type: missing; allowed: " + join(kWeightTypes));
   TensorQuantCfg c;
@@ -106,6 +106,13 @@ TensorQuantCfg parse_weights(const std::string& path, const ConfigValue& v) {
     if (c.fp16_scale && !format_info(c.type).is_int)
       value_error(path + ".scale_dtype: 'float16' is only allowed for int8 and int4 weights (" + name_of(c.type) +
                   " scales are not integer-grid scales); allowed for " + name_of(c.type) + ": float32");
+  }
+  if (const ConfigValue* sr = v.find("scale_rule")) {
+    c.signed_max = get_string(path + ".scale_rule", *sr, {"absmax", "signed_max"}) == "signed_max";
+    if (c.signed_max && (c.type != Format::kInt4 || !c.symmetric))
+      value_error(path + ".scale_rule: 'signed_max' is only allowed for symmetric int4 weights (got " +
+                  (c.symmetric ? "" : std::string("asymmetric ")) + name_of(c.type) + "); allowed for " +
+                  (c.symmetric ? "" : std::string("asymmetric ")) + name_of(c.type) + ": absmax");
   }
   return c;
 }

@@ -18,6 +18,10 @@ struct TensorQuantCfg {
   // weights key "scale_dtype": "float16" rounds int8/int4 scales to fp16 (the grid of
   // GGUF's Q8_0/Q4_0 blocks); "float32" (default) keeps them as computed
   bool fp16_scale = false;
+  // weights key "scale_rule": "signed_max" (symmetric int4 only) takes ggml's Q4_0 rule
+  // s = m / -8 with m the granule's value of largest magnitude, sign included (negative
+  // scales where m > 0); "absmax" (default): absmax / 7, or / 8 when the minimum dominates
+  bool signed_max = false;
 };
 
 struct InputsCfg {

@@ -18,6 +18,13 @@ IntScale int_scale_symmetric(float mx, float mn, int bits) {
   return {s, 0};
 }
 
+IntScale int_scale_signed_max(float mx, float mn, int bits) {
+  const float m = std::fabs(mx) > std::fabs(mn) ? mx : mn;
+  float s = m / -float(1 << (bits - 1));
+  if (scale_needs_guard(std::fabs(s))) s = 1.0f;
+  return {s, 0};
+}
+
 IntScale int_scale_asymmetric(float mx, float mn, int bits) {
   float hi = std::fmax(mx, 0.0f), lo = std::fmin(mn, 0.0f);
   float s = (hi - lo) / float((1 << bits) - 1);

@@ -17,6 +17,9 @@ constexpr float kMinScale = 1.192092896e-7f;
 bool scale_needs_guard(float s);
 IntScale int_scale_symmetric(float mx, float mn, int bits);
 IntScale int_scale_asymmetric(float mx, float mn, int bits);
+// ggml's Q4_0 rule: s = m / -2^(b-1), m = the value of largest magnitude with its sign
+// (mx when |mx| > |mn|, else mn); negative when m is positive. The guard applies to |s|.
+IntScale int_scale_signed_max(float mx, float mn, int bits);
 // Dynamic per-token rule: absmax / (2^(b-1) - 1).
 IntScale int_scale_token(float absmax, int bits);
 // The integer code (before masking to `bits`); NaN quantizes like 0.

@@ -42,6 +42,10 @@ void validate_spec(const QuantSpec& spec) {
     throw std::invalid_argument("scale_dtype: 'float16' is only allowed for int8 and int4 weight scales (tensor, "
                                 "channel, group); got " + fmt + " with granularity '" +
                                 granularity_name(spec.granularity) + "'");
+  if (spec.signed_max && (spec.format != Format::kInt4 || !spec.symmetric || spec.granularity == Granularity::kToken))
+    throw std::invalid_argument("scale_rule: 'signed_max' is only allowed for symmetric int4 weight scales (tensor, "
+                                "channel, group); got " + fmt + (spec.symmetric ? "" : " asymmetric") +
+                                " with granularity '" + granularity_name(spec.granularity) + "'");
 }
 
 int64_t groups_per_row(const QuantSpec& spec, int64_t cols) {

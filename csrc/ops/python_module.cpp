@@ -105,6 +105,7 @@ py::dict tensor_dict(const TensorQuantCfg& c) {
   d["strategy"] = granularity_name(c.strategy);
   d["group_size"] = c.group_size;
   if (c.fp16_scale) d["scale_dtype"] = "float16";  // absent: float32 (files saved before it existed match)
+  if (c.signed_max) d["scale_rule"] = "signed_max";  // absent: absmax (likewise)
   return d;
 }
 

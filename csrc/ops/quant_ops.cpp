@@ -27,10 +27,11 @@ std::vector<int64_t> scale_shape(const QuantSpec& spec, at::IntArrayRef shape) {
 
 std::tuple<at::Tensor, at::Tensor> quant_scales(const at::Tensor& x, const std::string& format,
                                                 const std::string& granularity, int64_t group_size, bool symmetric,
-                                                const std::string& mx_rule, const std::string& scale_dtype) {
+                                                const std::string& mx_rule, const std::string& scale_dtype,
+                                                const std::string& scale_rule) {
   check_input(x, "x");
   float_dtype(x, "x");
-  QuantSpec spec = make_spec(format, granularity, group_size, symmetric, mx_rule, scale_dtype);
+  QuantSpec spec = make_spec(format, granularity, group_size, symmetric, mx_rule, scale_dtype, scale_rule);
   at::Tensor src = matrix_source(x);
   auto shape = scale_shape(spec, x.sizes());
   const bool mx = format_info(spec.format).is_mx;
@@ -172,7 +173,7 @@ void set_isa_op(const std::string& name) {
 TORCH_LIBRARY(lowbit, m) {
   using namespace lowbit;
   m.def("quant_scales(Tensor x, str format, str granularity='tensor', int group_size=0, bool symmetric=True, "
-        "str mx_rule='auto', str scale_dtype='float32') -> (Tensor, Tensor)");
+        "str mx_rule='auto', str scale_dtype='float32', str scale_rule='absmax') -> (Tensor, Tensor)");
   m.def("fake_quant(Tensor x, Tensor scale, Tensor offset, str format, str granularity='tensor', "
         "int group_size=0, bool symmetric=True) -> Tensor");
   m.def("fake_quant_out(Tensor x, Tensor scale, Tensor offset, Tensor(a!) out, str format, "

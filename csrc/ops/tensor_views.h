@@ -22,12 +22,16 @@ auto value_errors(Fn&& fn) -> decltype(fn()) {
 }
 
 inline QuantSpec make_spec(const std::string& format, const std::string& granularity, int64_t group_size,
-                    bool symmetric, const std::string& mx_rule, const std::string& scale_dtype = "float32") {
+                    bool symmetric, const std::string& mx_rule, const std::string& scale_dtype = "float32",
+                    const std::string& scale_rule = "absmax") {
   return value_errors([&] {
     if (scale_dtype != "float32" && scale_dtype != "float16")
       throw std::invalid_argument("scale_dtype: '" + scale_dtype + "' is not allowed; allowed: float32, float16");
+    if (scale_rule != "absmax" && scale_rule != "signed_max")
+      throw std::invalid_argument("scale_rule: '" + scale_rule + "' is not allowed; allowed: absmax, signed_max");
     QuantSpec s;
     s.fp16_scale = scale_dtype == "float16";
+    s.signed_max = scale_rule == "signed_max";
     s.format = parse_format(format);
     s.granularity = parse_granularity(granularity);
     s.group_size = group_size;

@@ -25,19 +25,21 @@ struct GranuleRule {
   bool bump;
   bool is_mx;
   bool fp16;  // INT scales rounded to fp16 (QuantSpec::fp16_scale)
+  bool signed_max;  // symmetric INT: s = m / -2^(b-1) (QuantSpec::signed_max)
 };
 
 static inline GranuleRule make_granule_rule(const QuantSpec& s) {
   using K = GranuleRule::Kind;
   const bool token = s.granularity == Granularity::kToken;
   const FormatInfo& info = format_info(s.format);
-  GranuleRule r{K::kDivisor, StatKind::kAbsMax, info.bits, 1.0f, 0, false, info.is_mx, false};
+  GranuleRule r{K::kDivisor, StatKind::kAbsMax, info.bits, 1.0f, 0, false, info.is_mx, false, false};
   switch (s.format) {
     case Format::kInt8:
     case Format::kInt4:
       r.kind = token ? K::kIntToken : (s.symmetric ? K::kIntSym : K::kIntAsym);
       r.stat = token ? StatKind::kAbsMax : StatKind::kMinMax;
       r.fp16 = s.fp16_scale && !token;
+      r.signed_max = s.signed_max && s.symmetric && !token;
       break;
     case Format::kFloat8E4M3FN: r.divisor = 448.0f; break;
     case Format::kHiFloat8: r.divisor = token ? 15.0f : 16.0f; break;
@@ -81,6 +83,12 @@ __attribute__((always_inline)) static inline GranuleParams rule_params(const Gra
       const bool empty = st.max_value < st.min_value;  // all NaN
       const float mx = empty ? 0.0f : st.max_value, mn = empty ? 0.0f : st.min_value;
       const float amx = std::fabs(mx), amn = std::fabs(mn);
+      if (r.signed_max) {
+        const float m = amx > amn ? mx : mn;
+        const float s = m / -float(1 << (r.bits - 1));
+        const float g = std::fabs(s) >= ref::kMinScale && !std::isinf(s) ? s : 1.0f;
+        return {r.fp16 ? fp16_scale_value(g) : g, 0, 0};
+      }
       // Branch-free on purpose: which side is larger is random from granule to granule.
       const float q = float((1 << (r.bits - 1)) - 1) + float(amn > amx);
       const float s = guard_scale(std::fmax(amx, amn) / q);

@@ -23,9 +23,10 @@ bool use_ascend_bump(const QuantSpec& spec) {
 }  // namespace
 
 float fp16_scale_value(float s) {
-  const float r = fp16_to_float(float_to_fp16(s));
-  if (!(r <= 65504.0f)) return 65504.0f;
-  return r > 0.0f ? r : 1.0f / 16777216.0f;  // 2^-24, the smallest fp16
+  float r = fp16_to_float(float_to_fp16(std::fabs(s)));
+  if (!(r <= 65504.0f)) r = 65504.0f;
+  if (!(r > 0.0f)) r = 1.0f / 16777216.0f;  // 2^-24, the smallest fp16
+  return std::copysign(r, s);
 }
 
 GranuleParams granule_params(const QuantSpec& spec, const GranuleStats& st) {
@@ -39,9 +40,10 @@ GranuleParams granule_params(const QuantSpec& spec, const GranuleStats& st) {
     case Format::kInt8:
     case Format::kInt4: {
       const int bits = format_info(spec.format).bits;
-      ref::IntScale s = token ? ref::int_scale_token(amax, bits)
-                        : spec.symmetric ? ref::int_scale_symmetric(mx, mn, bits)
-                                         : ref::int_scale_asymmetric(mx, mn, bits);
+      ref::IntScale s = token              ? ref::int_scale_token(amax, bits)
+                        : spec.signed_max  ? ref::int_scale_signed_max(mx, mn, bits)
+                        : spec.symmetric   ? ref::int_scale_symmetric(mx, mn, bits)
+                                           : ref::int_scale_asymmetric(mx, mn, bits);
       if (spec.fp16_scale && !token) {
         const float s16 = fp16_scale_value(s.scale);
         if (spec.symmetric || s16 == s.scale) return {s16, s.offset, 0};

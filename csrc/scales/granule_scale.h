@@ -25,6 +25,10 @@ struct QuantSpec {
   // INT scales rounded to the nearest fp16 value (round to nearest even, kept in
   // [2^-23, 65504]): the grid that a file with fp16 block scales (GGUF Q8_0/Q4_0) holds
   bool fp16_scale = false;
+  // Symmetric INT4 scale rule "signed_max" (ggml's Q4_0): s = m / -8, m the granule's
+  // value of largest magnitude with its sign (on a tie, the negative one), so code -8
+  // lands on m's side; the scale is negative when m is positive
+  bool signed_max = false;
 };
 
 // Parameters of one granule. For MX formats `scale` is 2^e (NaN for a 0xFF block)
@@ -38,8 +42,9 @@ struct GranuleParams {
 // The readable rule. The kernels run an inlined copy (granule_rule.h); tests compare both.
 GranuleParams granule_params(const QuantSpec& spec, const GranuleStats& st);
 
-// An INT scale as fp16 would store it: the nearest fp16 value, kept positive and finite
-// (scales below 2^-23 are guarded to 1.0 before, so the lower clamp never triggers).
+// An INT scale as fp16 would store it: the nearest fp16 value, kept finite and non-zero
+// with its sign (magnitudes below 2^-23 are guarded to 1.0 before, so the lower clamp
+// never triggers; signed_max scales are negative where the granule's max is positive).
 float fp16_scale_value(float s);
 
 }  // namespace lowbit

@@ -197,7 +197,13 @@ void check_layer_tensors(const LayerTensors& lt, const QuantConfig& cfg, bool co
       if (scale->data[i] == 0xFF) bad(lt.field("w_scale"), "element " + std::to_string(i) + " is the E8M0 NaN code");
   } else {
     need_tensor(lt.field("w_scale"), *scale, "F32", scales);
-    need_float_values(lt.field("w_scale"), *scale, true);
+    // signed_max (symmetric int4): finite, non-zero, either sign; every other rule: positive
+    need_float_values(lt.field("w_scale"), *scale, !w.signed_max);
+    if (w.signed_max)
+      for (int64_t i = 0; i < scales; ++i)
+        if (element(*scale, i) == 0.0f)
+          bad(lt.field("w_scale"), "element " + std::to_string(i) + " is 0 (the layer's scale_rule is signed_max: "
+                                   "scales are non-zero, of either sign)");
     if (w.fp16_scale)  // scale_dtype float16: every scale is an fp16 value
       for (int64_t i = 0; i < scales; ++i) {
         const float v = element(*scale, i);

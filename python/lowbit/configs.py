@@ -28,9 +28,10 @@ def _w(type_, strategy, group_size=None, scale_dtype=None):
 
 
 # llama.cpp's Q8_0 / Q4_0 grids: blocks of 32 weights along K with one fp16 scale each
-# (lowbit.export_gguf writes these layers' codes and scales as they are)
+# (lowbit.export_gguf writes these layers' codes and scales as they are); Q4_0 with
+# ggml's scale rule d = max / -8 (the 16th level on the side of the largest magnitude)
 _GGUF_Q8 = _w("int8", "group", 32, "float16")
-_GGUF_Q4 = _w("int4", "group", 32, "float16")
+_GGUF_Q4 = {**_w("int4", "group", 32, "float16"), "scale_rule": "signed_max"}
 
 
 def _a(type_, strategy):

@@ -43,7 +43,7 @@ def _granularity(fmt, granularity):
 
 
 def compute_scales(x, fmt, granularity=None, group_size=None, symmetric=True, mx_rule="auto",
-                   scale_dtype="float32"):
+                   scale_dtype="float32", scale_rule="absmax"):
     """Scales and offsets of ``x`` for format ``fmt``.
 
     Returns ``(scale, offset)``; shapes are ``x.shape[:-1] + (groups,)`` (all ones for
@@ -52,11 +52,14 @@ def compute_scales(x, fmt, granularity=None, group_size=None, symmetric=True, mx
     ``auto`` (Ascend for MXFP4, OCP for MXFP8). ``scale_dtype="float16"`` (int8/int4)
     rounds each scale to the nearest fp16 value before the offsets are derived, so the
     scales can be stored as fp16 (GGUF Q8_0/Q4_0 blocks) without changing a code.
+    ``scale_rule="signed_max"`` (symmetric int4) is ggml's Q4_0 rule: the scale is
+    ``m / -8`` with ``m`` the granule's value of largest magnitude, sign included (the
+    negative one on a tie), so code -8 lands on m's side; it is negative where m > 0.
     """
     _check_tensor(x, "x")
     granularity = _granularity(fmt, granularity)
     return _OPS.quant_scales(x, fmt, granularity, _default_group(fmt, granularity, group_size),
-                             symmetric, mx_rule, scale_dtype)
+                             symmetric, mx_rule, scale_dtype, scale_rule)
 
 
 def fake_quant(x, fmt, granularity=None, group_size=None, symmetric=True, mx_rule="auto",

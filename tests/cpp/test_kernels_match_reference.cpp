@@ -48,6 +48,8 @@ struct Case {
   Granularity gran;
   int64_t group;
   bool sym;
+  bool signed_max = false;  // symmetric INT4: ggml's Q4_0 scale rule (negative scales)
+  bool fp16 = false;        // scales rounded to fp16
 };
 
 std::vector<Case> all_cases() {
@@ -67,6 +69,12 @@ std::vector<Case> all_cases() {
     c.push_back({f, Granularity::kToken, 0, true});
   }
   c.push_back({Format::kInt8, Granularity::kToken, 0, true});
+  for (bool fp16 : {false, true}) {
+    c.push_back({Format::kInt4, Granularity::kTensor, 0, true, true, fp16});
+    c.push_back({Format::kInt4, Granularity::kChannel, 0, true, true, fp16});
+    c.push_back({Format::kInt4, Granularity::kGroup, 32, true, true, fp16});
+    c.push_back({Format::kInt4, Granularity::kGroup, 128, true, true, fp16});
+  }
   c.push_back({Format::kMxFp8E4M3FN, Granularity::kGroup, 32, true});
   c.push_back({Format::kMxFp4E2M1, Granularity::kGroup, 32, true});
   return c;
@@ -79,12 +87,15 @@ QuantSpec spec_of(const Case& c, MxRule rule = MxRule::kAuto) {
   s.group_size = c.group;
   s.symmetric = c.sym;
   s.mx_rule = rule;
+  s.signed_max = c.signed_max;
+  s.fp16_scale = c.fp16;
   return s;
 }
 
 std::string describe(const Case& c, int64_t rows, int64_t cols, const std::string& isa) {
   return std::string(format_info(c.format).name) + " " + granularity_name(c.gran) + " g" +
-         std::to_string(c.group) + (c.sym ? " sym " : " asym ") + std::to_string(rows) + "x" +
+         std::to_string(c.group) + (c.sym ? " sym " : " asym ") + (c.signed_max ? "signed_max " : "") +
+         (c.fp16 ? "fp16 " : "") + std::to_string(rows) + "x" +
          std::to_string(cols) + " " + isa;
 }
 

@@ -6,6 +6,7 @@
 #include <limits>
 #include <set>
 
+#include "formats/half.h"
 #include "formats/reference.h"
 #include "scales/granule_scale.h"
 
@@ -196,6 +197,33 @@ TEST(MxReference, SpecialBlocks) {
   EXPECT_EQ(mx_scale_e8m0(3e38f, 0, false), 254);  // clamped to e = 127
   EXPECT_TRUE(std::isnan(e8m0_decode(0xFF)));
   EXPECT_EQ(e8m0_decode(0), 0x1p-127f);
+}
+
+TEST(GranuleParams, SignedMaxIsGgmlQ4_0Rule) {
+  // s = m / -8, m the value of largest magnitude with its sign; the negative one on a tie
+  EXPECT_EQ(int_scale_signed_max(6.0f, -2.0f, 4).scale, -0.75f);
+  EXPECT_EQ(int_scale_signed_max(2.0f, -6.0f, 4).scale, 0.75f);
+  EXPECT_EQ(int_scale_signed_max(4.0f, -4.0f, 4).scale, 0.5f);
+  EXPECT_EQ(int_scale_signed_max(0.0f, 0.0f, 4).scale, 1.0f);    // all zero: the guard
+  EXPECT_EQ(int_scale_signed_max(8e-7f, 0.0f, 4).scale, 1.0f);   // |s| = 1e-7 < 1.19e-7
+  EXPECT_EQ(int_scale_signed_max(1e-6f, 0.0f, 4).scale, -1.25e-7f);
+  EXPECT_EQ(int_scale_signed_max(INFINITY, 0.0f, 4).scale, 1.0f);
+  // the top level lands on m: code -8 of a negative scale
+  const IntScale s = int_scale_signed_max(6.0f, -2.0f, 4);
+  EXPECT_EQ(int_quantize(6.0f, s, 4, true), -8);
+  EXPECT_EQ(int_dequantize(-8, s, true), 6.0f);
+  EXPECT_EQ(int_quantize(-6.0f, s, 4, true), 7);  // the other side saturates at 7 levels
+  QuantSpec q;
+  q.format = Format::kInt4;
+  q.granularity = Granularity::kGroup;
+  q.group_size = 32;
+  q.signed_max = true;
+  EXPECT_EQ(granule_params(q, {6.0f, -2.0f, false}).scale, -0.75f);
+  q.fp16_scale = true;  // rounded to fp16 with its sign
+  EXPECT_EQ(granule_params(q, {0.1f, -0.05f, false}).scale, fp16_to_float(float_to_fp16(-0.0125f)));
+  EXPECT_EQ(granule_params(q, {1e6f, 0.0f, false}).scale, -65504.0f);
+  const float inf = std::numeric_limits<float>::infinity();
+  EXPECT_EQ(granule_params(q, {-inf, inf, true}).scale, 1.0f);  // all NaN: all zero
 }
 
 TEST(GranuleParams, TokenAndStaticDivisors) {

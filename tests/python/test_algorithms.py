@@ -46,7 +46,9 @@ W4G = {"type": "int4", "strategy": "group", "group_size": 32}
 
 @pytest.mark.parametrize("weights", [{"type": "int4"}, W4G, {"type": "int4", "strategy": "group", "group_size": 64,
                                                                "symmetric": False},
-                                     {**W4G, "scale_dtype": "float16"}, {"type": "int8", "strategy": "group",
+                                     {**W4G, "scale_dtype": "float16"},
+                                     {**W4G, "scale_dtype": "float16", "scale_rule": "signed_max"},
+                                     {"type": "int4", "scale_rule": "signed_max"}, {"type": "int8", "strategy": "group",
                                                                          "group_size": 32, "scale_dtype": "float16"},
                                      {"type": "mxfp4_e2m1"}, {"type": "float4_e2m1", "group_size": 32},
                                      {"type": "hifloat8"}, {"type": "float8_e4m3fn", "strategy": "tensor"},
@@ -63,7 +65,8 @@ def test_gptq_beats_round_to_nearest_and_deploys(weights):
     assert_close_to_reference(gptq(test[0]), before, gptq.cols)
 
 
-@pytest.mark.parametrize("weights", [{"type": "int4"}, W4G])
+@pytest.mark.parametrize("weights", [{"type": "int4"}, W4G, {"type": "int4", "scale_rule": "signed_max"},
+                                     {**W4G, "scale_rule": "signed_max"}])
 def test_gptq_clips_symmetric_integer_scales(weights):
     """Rows with one outlier mostly get a scale below max-abs (the clipping search); per channel
     the scale stays within [0.8, 1] of max-abs (group scales are taken later, from the
@@ -354,3 +357,33 @@ def test_gptq_and_awq_solve_on_the_float16_scale_grid(algorithm, symmetric):
     ref = run(copy.deepcopy(lin), {"quant_cfg": {"weights": {**w, "scale_dtype": "float32"}}, "algorithm": algorithm}, xs)
     lowbit.convert(ref)
     assert not torch.equal(ref.w_scale.half().float(), ref.w_scale)
+
+
+@pytest.mark.parametrize("algorithm", ["minmax", "gptq", {"awq": {}}])
+def test_signed_max_scales_through_every_int4_algorithm(algorithm):
+    """scale_rule signed_max (ggml's Q4_0 grid): MIN-MAX, GPTQ (per-group scales from the
+    error-compensated weights, clipping search) and AWQ settle on scales of both signs,
+    fp16 values, and the deployed layer computes what the calibrated one did."""
+    lin, xs, test = layer_and_data()
+    w = {**W4G, "scale_dtype": "float16", "scale_rule": "signed_max"}
+    q = run(copy.deepcopy(lin), {"quant_cfg": {"weights": w}, "algorithm": algorithm}, xs)
+    before = q(test[0])
+    lowbit.convert(q)
+    s = q.w_scale
+    assert (s < 0).any() and (s > 0).any() and torch.equal(s.half().float(), s)
+    assert_close_to_reference(q(test[0]), before, q.cols)
+    if algorithm == "minmax":  # the largest magnitude of each group is its level -8 (up to fp16 rounding of d)
+        g = lin.weight.detach().reshape(96, 4, 32)
+        m = g.gather(-1, g.abs().argmax(-1, keepdim=True))[..., 0]
+        assert torch.equal(s.reshape(96, 4), (m / -8).half().float())
+
+
+def test_signed_max_with_int8_inputs_on_the_integer_kernels():
+    """W4A8 (integer kernels): a negative per-channel weight scale multiplies the int32 sums."""
+    lin, xs, test = layer_and_data()
+    cfg = {"quant_cfg": {"weights": {"type": "int4", "scale_rule": "signed_max"}, "inputs": {"type": "int8"}}}
+    q = run(copy.deepcopy(lin), cfg, xs)
+    before = q(test[0])
+    lowbit.convert(q)
+    assert (q.w_scale < 0).any() and (q.w_scale > 0).any()
+    assert_close_to_reference(q(test[0]), before, q.cols)

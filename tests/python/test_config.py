@@ -130,6 +130,110 @@ def test_scale_dtype_float16_weights_option():
         assert (w["strategy"], w["group_size"], w["symmetric"], w["scale_dtype"]) == ("group", 32, True, "float16")
 
 
+def test_scale_rule_signed_max_weights_option():
+    g32 = {"type": "int4", "strategy": "group", "group_size": 32}
+    n = lowbit.validate_config({"quant_cfg": {"weights": {**g32, "scale_rule": "signed_max"}}})
+    assert n["weights"]["scale_rule"] == "signed_max"
+    # the default is absmax, left out of the normalized entry (as in files saved before it)
+    assert "scale_rule" not in lowbit.validate_config({"quant_cfg": {"weights": {**g32, "scale_rule": "absmax"}}})["weights"]
+    with pytest.raises(lowbit.ConfigError, match=r"quant_cfg.weights.scale_rule: 'signed-max' is not allowed \(did you "
+                                                 r"mean 'signed_max'\?\); allowed: absmax, signed_max"):
+        lowbit.validate_config({"quant_cfg": {"weights": {**g32, "scale_rule": "signed-max"}}})
+    with pytest.raises(lowbit.ConfigTypeError, match=r"quant_cfg.weights.scale_rule: expected a str, got bool True"):
+        lowbit.validate_config({"quant_cfg": {"weights": {**g32, "scale_rule": True}}})
+    with pytest.raises(lowbit.ConfigError, match=r"quant_cfg.weights.scale_rule: 'signed_max' is only allowed for "
+                                                 r"symmetric int4 weights \(got int8\); allowed for int8: absmax"):
+        lowbit.validate_config({"quant_cfg": {"weights": {"type": "int8", "scale_rule": "signed_max"}}})
+    with pytest.raises(lowbit.ConfigError, match=r"quant_cfg.weights.scale_rule: 'signed_max' is only allowed for "
+                                                 r"symmetric int4 weights \(got asymmetric int4\)"):
+        lowbit.validate_config({"quant_cfg": {"weights": {**g32, "symmetric": False, "scale_rule": "signed_max"}}})
+    with pytest.raises(lowbit.ConfigError, match=r"scale_rule: 'signed_max' is only allowed for symmetric int4 "
+                                                 r"weights \(got hifloat8\)"):
+        lowbit.validate_config({"quant_cfg": {"weights": {"type": "hifloat8", "scale_rule": "signed_max"}}})
+    with pytest.raises(lowbit.ConfigError, match=r"quant_cfg.inputs.scale_rule: unknown key"):
+        lowbit.validate_config({"quant_cfg": {"weights": g32, "inputs": {"type": "int8", "scale_rule": "signed_max"}}})
+    with pytest.raises(lowbit.ConfigError, match=r"quant_cfg.\*wq.weights.scale_rule: 'signed_max' is only allowed"):
+        lowbit.validate_config({"quant_cfg": {"weights": g32, "*wq.weights": {"type": "int8",
+                                                                             "scale_rule": "signed_max"}}})
+    for name in ("GGUF_Q4_0_CFG", "GGUF_Q4_0_GPTQ_CFG"):
+        assert lowbit.validate_config(getattr(lowbit, name))["weights"]["scale_rule"] == "signed_max"
+    assert "scale_rule" not in lowbit.validate_config(lowbit.GGUF_Q8_0_CFG)["weights"]
+
+
+def _ggml_q4_0(x, fp16):
+    """ggml's Q4_0 rule on blocks of 32 (numpy): d = m / -8, m the first value of largest
+    magnitude; codes round(x / d) clamped to [-8, 7], against the stored (fp16) d."""
+    import numpy as np
+    b = x.numpy().reshape(x.shape[0], -1, 32).astype(np.float32)
+    m = np.take_along_axis(b, np.abs(b).argmax(-1)[..., None], -1)[..., 0]
+    d = m / np.float32(-8)
+    if fp16:
+        d = d.astype(np.float16).astype(np.float32)
+    d = np.where(np.abs(d) < np.float32(1.192092896e-7), np.float32(1), d)  # lowbit's guard (all-zero blocks)
+    q = np.clip(np.rint(b / d[..., None]), -8, 7) + np.float32(0)  # integer codes: no -0 (so 0 * d < 0 is -0)
+    return d, (q * d[..., None]).astype(np.float32).reshape(x.shape)
+
+
+@pytest.mark.parametrize("fp16", [False, True])
+def test_signed_max_is_ggml_q4_0_rule(fp16):
+    import numpy as np
+    import torch
+    torch.manual_seed(5)
+    x = torch.randn(32, 256)
+    x[0, :32] = 0                                   # all-zero block: scale 1.0, codes 0
+    x[1, :32] = torch.linspace(-0.9, 1, 32)         # largest magnitude positive (+1, last)
+    x[2, 32:64] = torch.linspace(1, -1.5, 32)       # largest magnitude negative
+    x[3, :32] = torch.arange(32) / 4.0 - 4.0        # -4 .. 3.75: level ties x / d = k + 0.5 (half to even)
+    x[4, :32] = torch.tensor([2.0, -2.0] * 16)      # +m and -m tie: lowbit takes -m
+    x[5, :32] = 1e-7                                # |d| below the guard
+    dt = "float16" if fp16 else "float32"
+    isas = {"scalar", lowbit.isa()} | ({"avx2"} if lowbit.isa() == "avx512" else set())
+    try:
+        results = []
+        for isa in sorted(isas):
+            lowbit.set_isa(isa)
+            s, o = lowbit.compute_scales(x, "int4", "group", 32, True, scale_dtype=dt, scale_rule="signed_max")
+            q = lowbit.fake_quant(x, "int4", "group", 32, True, scale=s, offset=o)
+            packed = lowbit.pack(x, "int4", s, o, "group", 32, True)
+            back = lowbit.unpack(packed, "int4", s, 256, o, "group", 32, True)
+            assert torch.equal(back.view(torch.int32), q.view(torch.int32)), isa
+            results.append((s, q))
+    finally:
+        lowbit.set_isa("auto")
+    for s, q in results[1:]:  # every instruction set bit for bit
+        assert torch.equal(s.view(torch.int32), results[0][0].view(torch.int32))
+        assert torch.equal(q.view(torch.int32), results[0][1].view(torch.int32))
+    s, q = results[0]
+    d, want = _ggml_q4_0(x, fp16)
+    tie = np.zeros(s.shape, bool)
+    tie[4, 0] = True  # ggml takes the first of +2, -2 (d = -0.25); lowbit the negative one
+    assert np.array_equal(s.numpy()[~tie], d[~tie])
+    assert s[4, 0] == 0.25 and d[4, 0] == -0.25
+    rows = ~tie.repeat(32, 1)
+    assert np.array_equal(q.numpy()[rows].view(np.int32), want[rows].view(np.int32))
+    assert s[0, 0] == 1.0 and torch.all(q[0, :32] == 0) and s[5, 0] == 1.0
+    assert s[1, 0] < 0 and q[1, 31] == 1.0 and s[2, 1] > 0 and q[2, 63] == -1.5  # m itself is a level
+    assert (s < 0).any() and (s > 0).any()
+    if fp16:
+        assert torch.equal(s.half().float(), s)
+    # the mirror image of the tie block is ggml's choice on its grid: the same error
+    assert np.isclose(np.abs(q[4, :32].numpy() - x[4, :32].numpy()).sum(),
+                      np.abs(want[4, :32] - x[4, :32].numpy()).sum())
+    if not fp16:  # random rows: ggml's reference quantizer verbatim (x * (1 / d) + 8.5, truncated)
+        b = x[6:].numpy().reshape(-1, 32)
+        m = np.take_along_axis(b, np.abs(b).argmax(-1)[:, None], -1)[:, 0]
+        dd = m / np.float32(-8)
+        qq = np.minimum(15, (b * (np.float32(1) / dd)[:, None] + np.float32(8.5)).astype(np.int8)) - 8
+        assert np.array_equal(s[6:].numpy().reshape(-1), dd)
+        assert np.array_equal(q[6:].numpy().reshape(-1, 32), (qq * dd[:, None]).astype(np.float32))
+    with pytest.raises(ValueError, match=r"scale_rule: 'signed_max' is only allowed for symmetric int4"):
+        lowbit.compute_scales(x, "int8", "group", 32, scale_rule="signed_max")
+    with pytest.raises(ValueError, match=r"scale_rule: 'signed_max' is only allowed for symmetric int4"):
+        lowbit.compute_scales(x, "int4", "group", 32, False, scale_rule="signed_max")
+    with pytest.raises(ValueError, match=r"scale_rule: 'max' is not allowed; allowed: absmax, signed_max"):
+        lowbit.compute_scales(x, "int4", "group", 32, scale_rule="max")
+
+
 def test_compute_scales_float16_rounds_then_derives_offsets():
     import torch
     w = torch.randn(16, 96) * 0.05

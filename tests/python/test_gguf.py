@@ -168,6 +168,8 @@ def test_fp16_scale_configs_give_fp16_scales(shared_data):
         s = layer.w_scale
         assert s.shape == (64, 2) and torch.equal(s.half().float(), s), name
         assert layer.wspec.scale_dtype == "float16"
+        if name == "GGUF_Q4_0_GPTQ_CFG":  # ggml's Q4_0 rule d = max / -8: negative where the max is positive
+            assert layer.wspec.scale_rule == "signed_max" and (s < 0).any() and (s > 0).any()
 
 
 def _check_exact(model, path, permuted=None):
@@ -189,10 +191,15 @@ def _check_exact(model, path, permuted=None):
 
 
 def test_q8_0_and_q4_0_blocks_equal_deploy_weights_bit_for_bit(shared_data, tmp_path):
-    for name, qtype in (("GGUF_Q8_0_CFG", "Q8_0"), ("GGUF_Q4_0_GPTQ_CFG", "Q4_0")):
+    for name, qtype in (("GGUF_Q8_0_CFG", "Q8_0"), ("GGUF_Q4_0_GPTQ_CFG", "Q4_0"), ("GGUF_Q4_0_CFG", "Q4_0")):
         model, tok = quantized(shared_data, name)
         rep = lowbit.export_gguf(model, tmp_path / f"{qtype}.gguf", tokenizer=tok, progress=False)
         r, seen = _check_exact(model, tmp_path / f"{qtype}.gguf")
+        if qtype == "Q4_0":  # signed block scales (ggml's d = max / -8), written as they are
+            _, _, raw = r["tensors"]["blk.0.attn_q.weight"]
+            d = np.frombuffer(raw, np.uint8).reshape(-1, 18)[:, :2].copy().view(np.float16).astype(np.float32)
+            want = model.layers[0].attention.wq.w_scale.numpy().reshape(-1)
+            assert np.array_equal(d.reshape(-1), want) and (d < 0).any() and (d > 0).any()
         assert seen == {qtype: 30, "F32": 5}  # w2 (K = 172) in F32, its deploy weights
         assert r["kv"]["general.file_type"] == {"Q8_0": 7, "Q4_0": 2}[qtype]
         why = {n: w for n, _, _, w in rep["tensors"]}

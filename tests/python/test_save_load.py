@@ -171,3 +171,38 @@ def test_float16_scales_round_trip_and_load_checks_them(tmp_path):
     with pytest.raises(ValueError, match=r"tensor '0.w_scale': element 3 is .*, not a float16 value \(the layer's "
                                          r"scale_dtype is float16\)"):
         lowbit.load(make_mlp(), tmp_path)
+
+
+def test_signed_max_scales_round_trip_and_load_checks_them(tmp_path):
+    import json
+    cfg = {"quant_cfg": {"weights": {"type": "int4", "strategy": "group", "group_size": 32, "scale_dtype": "float16",
+                                     "scale_rule": "signed_max"}}}
+    model = lowbit.convert(lowbit.quantize(make_mlp(), cfg))
+    s = model[0].w_scale
+    assert (s < 0).any() and (s > 0).any() and torch.equal(s.half().float(), s)
+    x = torch.randn(3, 96)
+    lowbit.save(model, tmp_path)
+    meta = json.loads((tmp_path / "lowbit.json").read_text())
+    assert meta["layers"]["0"]["config"]["weights"]["scale_rule"] == "signed_max"
+    fresh = lowbit.load(make_mlp(), tmp_path)
+    assert fresh[0].wspec.scale_rule == "signed_max" and torch.equal(fresh[0].w_scale, s)
+    assert torch.equal(fresh(x), model(x))
+    neg = int((s.reshape(-1) < 0).nonzero()[0])
+
+    def zero(stored):
+        stored["0.w_scale"] = stored["0.w_scale"].clone()
+        stored["0.w_scale"].view(-1)[neg] = 0.0
+    _rewrite(tmp_path, zero)
+    with pytest.raises(ValueError, match=rf"tensor '0.w_scale': element {neg} is 0 \(the layer's scale_rule is "
+                                         r"signed_max"):
+        lowbit.load(make_mlp(), tmp_path)
+    # a negative scale in a layer without the rule is refused as before
+    plain = {"quant_cfg": {"weights": {"type": "int4", "strategy": "group", "group_size": 32}}}
+    lowbit.save(lowbit.convert(lowbit.quantize(make_mlp(), plain)), tmp_path / "plain")
+
+    def negative(stored):
+        stored["0.w_scale"] = stored["0.w_scale"].clone()
+        stored["0.w_scale"].view(-1)[2] *= -1
+    _rewrite(tmp_path / "plain", negative)
+    with pytest.raises(ValueError, match=r"tensor '0.w_scale': element 2 is -.*, not positive"):
+        lowbit.load(make_mlp(), tmp_path / "plain")

@@ -27,7 +27,7 @@ class AWQLinear(HessianMixin, CalibLinear):
         grids = int(self.layer_cfg["params"]["grids_num"])  # the validator fills in the default
         s, src, _, _ = torch.ops.lowbit.awq_search(self.weight.detach().float(), self.hessian[0], mu, self.wspec.fmt,
                                                    self.wspec.strategy, self.wspec.group_size, self.wspec.symmetric,
-                                                   grids, True, self.wspec.scale_dtype)
+                                                   grids, True, self.wspec.scale_dtype, self.wspec.scale_rule)
         self.smooth.copy_(s)
         self.weight_src.copy_(src)
         self.recompute_weight_scales()

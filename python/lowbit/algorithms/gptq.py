@@ -33,7 +33,7 @@ class GPTQMixin(HessianMixin):
             w, h, self.wspec.fmt, self.wspec.strategy, self.wspec.group_size, self.wspec.symmetric,
             float(opts["damp"]), bool(opts["act_order"]), bool(opts["static_groups"]), int(opts["block_size"]),
             not isinstance(self, CalibConv2d),  # the clipping search: Linear layers only (see gptq.cpp)
-            self.wspec.scale_dtype)
+            self.wspec.scale_dtype, self.wspec.scale_rule)
 
     def finalize_algorithm(self):
         self.finish_hessian()

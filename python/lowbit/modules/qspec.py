@@ -14,19 +14,22 @@ class QSpec:
     strategy: str      # tensor | channel | group | token
     group_size: int
     scale_dtype: str = "float32"  # "float16": int scales rounded to fp16 (GGUF's block scales)
+    scale_rule: str = "absmax"    # "signed_max": symmetric int4 s = m / -8 (ggml's Q4_0 grid)
 
     @staticmethod
     def from_dict(d):
         return QSpec(d["type"], bool(d["symmetric"]), d["strategy"], int(d["group_size"]),
-                     d.get("scale_dtype", "float32"))
+                     d.get("scale_dtype", "float32"), d.get("scale_rule", "absmax"))
 
     def to_dict(self):
         """The normalized config entry again (what lowbit._C's layer rules take);
-        scale_dtype only when it is not the default, as the validator normalizes it."""
+        scale_dtype and scale_rule only when not the default, as the validator normalizes them."""
         d = {"type": self.fmt, "symmetric": self.symmetric, "strategy": self.strategy,
              "group_size": self.group_size}
         if self.scale_dtype != "float32":
             d["scale_dtype"] = self.scale_dtype
+        if self.scale_rule != "absmax":
+            d["scale_rule"] = self.scale_rule
         return d
 
     @property
@@ -39,12 +42,13 @@ class QSpec:
 
     def label(self):
         s = self.fmt + "/" + self.strategy + (str(self.group_size) if self.strategy == "group" else "")
-        return s + ("" if self.symmetric else "/asym") + ("/fp16-scale" if self.scale_dtype == "float16" else "")
+        return (s + ("" if self.symmetric else "/asym") + ("/fp16-scale" if self.scale_dtype == "float16" else "")
+                + ("/signed-max" if self.scale_rule == "signed_max" else ""))
 
     # weights are viewed as [out_channels, -1]
     def weight_scales(self, w2d):
         return formats.compute_scales(w2d, self.fmt, self.strategy, self.gs, self.symmetric,
-                                      scale_dtype=self.scale_dtype)
+                                      scale_dtype=self.scale_dtype, scale_rule=self.scale_rule)
 
     def weight_qdq(self, w2d, scale, offset):
         return formats.fake_quant(w2d, self.fmt, self.strategy, self.gs, self.symmetric, scale=scale, offset=offset)
