@@ -40,6 +40,7 @@ class QuantLayerBase(nn.Module):
                            and self.algorithm != "cast")
         self.groups = getattr(ori, "groups", 1)
         self.int32_bias = self.static_act and self.aspec.fmt == "int8" and ori.bias is not None
+        self._unit = torch.ones(1, 1)  # the HiF8 cast's scale (and the integer kernels' unused ones)
 
     def extra_repr(self):
         a = self.aspec.label() if self.aspec else "weight-only"
@@ -51,15 +52,26 @@ class QuantLayerBase(nn.Module):
         smooth = getattr(self, "smooth", None)
         return x if smooth is None else x / smooth.to(x.dtype)
 
+    def activation_rule(self):
+        """How the activations are quantized, or None: (format, granularity, group size,
+        symmetric, scale, offset), scale and offset None for a rule computed from x itself.
+        Calibration's fake quantization and the deploy ops both take it from here."""
+        a = self.aspec
+        if a is None:
+            return None
+        if self.static_act:  # per tensor, from calibration statistics
+            return a.fmt, "tensor", 0, a.symmetric, self.act_scale, self.act_offset
+        if self.algorithm == "cast":  # HiF8 cast: scale 1
+            return a.fmt, "tensor", 0, True, self._unit, None
+        return a.fmt, a.strategy, a.gs, a.symmetric, None, None  # dynamic: per token, or MX blocks
+
     def act_only(self, x):
-        """Activation fake quantization (static per tensor, dynamic per token or MX, or cast)."""
-        if self.aspec is None:
+        """Activation fake quantization by activation_rule()."""
+        rule = self.activation_rule()
+        if rule is None:
             return x
-        if self.static_act:
-            return self.aspec.act_qdq(x, self.act_scale, self.act_offset)
-        if self.algorithm == "cast":  # HiF8 cast: no scale
-            return formats.fake_quant(x, self.aspec.fmt, "tensor", 0, True, scale=torch.ones(1, 1))
-        return self.aspec.act_qdq(x)  # dynamic: per token, or MX blocks
+        fmt, granularity, group_size, symmetric, scale, offset = rule
+        return formats.fake_quant(x, fmt, granularity, group_size, symmetric, scale=scale, offset=offset)
 
     def act_qdq(self, x):
         return self.act_only(self.smoothed(x))

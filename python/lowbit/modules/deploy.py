@@ -59,7 +59,6 @@ class DeployLayer(QuantLayerBase):
         # The op arguments that never change, gathered once: on a small layer the Python
         # around the op (attribute look-ups through nn.Module, helper calls, a fresh
         # tensor per call) cost as much as the product itself.
-        self._unit = torch.ones(1, 1)  # the HiF8 cast's scale, and the per-token integer kernel's unused ones
         self._unit_offset = torch.zeros(1, dtype=torch.int32)
         self._build_op_args()
 
@@ -156,16 +155,10 @@ class DeployLayer(QuantLayerBase):
 
     def activation_args(self):
         """The activation fake quantization linear_packed applies inside the op:
-        (format, granularity, group size, symmetric, scale, offset); format '' for none."""
-        a = self.aspec
-        if a is None or self.integer_kernel:
-            return NO_ACTIVATION_QUANT
-        if self.static_act:
-            b = self._buffers
-            return a.fmt, "tensor", 0, a.symmetric, b["act_scale"], b["act_offset"]
-        if self.algorithm == "cast":  # HiF8 cast: no scale
-            return a.fmt, "tensor", 0, True, self._unit, None
-        return a.fmt, a.strategy, a.gs, a.symmetric, None, None  # dynamic: per token, or MX blocks
+        activation_rule(), or format '' for none (also for the integer kernels, which
+        quantize the activations by their own arguments)."""
+        rule = self.activation_rule()
+        return NO_ACTIVATION_QUANT if rule is None or self.integer_kernel else rule
 
     def packed_bytes(self):
         return sum(b.numel() * b.element_size() for k, b in self.named_buffers()

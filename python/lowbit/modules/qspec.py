@@ -66,7 +66,3 @@ class QSpec:
         stats = torch.stack([act_min.float().reshape(()), act_max.float().reshape(())]).reshape(1, 2)
         return formats.compute_scales(stats, self.fmt, "tensor", 0, self.symmetric)
 
-    def act_qdq(self, x, scale=None, offset=None):
-        if self.strategy in ("token", "group"):  # dynamic: per row of [.., K], or MX blocks along K
-            return formats.fake_quant(x, self.fmt, self.strategy, self.gs, self.symmetric)
-        return formats.fake_quant(x, self.fmt, "tensor", 0, self.symmetric, scale=scale, offset=offset)
