@@ -101,3 +101,17 @@ def test_bias_correction_must_be_a_bool():
     with pytest.raises(lowbit.ConfigTypeError, match=r"bias_correction: expected True or False, got str 'yes'"):
         lowbit.validate_config({"quant_cfg": {"weights": {"type": "int8"}}, "bias_correction": "yes"})
     assert lowbit.validate_config({"quant_cfg": {"weights": {"type": "int8"}}})["bias_correction"] is False
+
+
+def test_reported_error_is_measured_against_the_float_layer_as_it_was():
+    """recon_error compares with the original float layer, not one carrying the corrected bias."""
+    torch.manual_seed(0)
+    layer = nn.Linear(64, 48)
+    x = torch.randn(256, 64) + 0.5
+    ref = layer(x).detach().double()
+    model = nn.Sequential(layer)
+    lowbit.quantize(model, {"quant_cfg": {"weights": {"type": "int4"}}, "batch_num": 1, "bias_correction": True})
+    model(x)
+    yq = model(x).detach().double()
+    want = float((ref - yq).pow(2).sum() / ref.pow(2).sum())
+    assert float(model[0].recon_error) == pytest.approx(want, rel=1e-9)

@@ -68,12 +68,16 @@ class CalibLayer(QuantLayerBase):
         act_scale (then returns True to keep it from the min/max rule)."""
         return False
 
+    def quantized_output(self, x):
+        """The calibrated layer's (fake-quantized) output on ``x``."""
+        return self.compute(self.act_qdq(x), self.weight_fake_quant(), self.effective_bias(self.bias, x.dtype))
+
     @torch.no_grad()
     def output_error(self, x, y=None):
         """Relative output MSE of the quantized layer against float on one calibration batch
         (``y``: the float output, when the caller already has it)."""
         y = (self.compute(x, self.weight, self.bias) if y is None else y).double()
-        yq = self.compute(self.act_qdq(x), self.weight_fake_quant(), self.effective_bias(self.bias, x.dtype)).double()
+        yq = self.quantized_output(x).double()
         den = float(y.pow(2).sum())
         return float((y - yq).pow(2).sum()) / den if den > 0 else 0.0
 
@@ -82,14 +86,16 @@ class CalibLayer(QuantLayerBase):
         """Empirical bias correction: the bias (a new tensor; the user's is not modified, a
         bias-free layer gets one) minus the mean per-output change that quantization
         causes on calibration batch ``x``, so the quantized layer's outputs have the float
-        layer's mean there. For INT8 x INT8 the corrected bias is then rounded to int32."""
-        y = self.compute(x, self.weight, self.bias).double()
-        yq = self.compute(self.act_qdq(x), self.weight_fake_quant(), self.effective_bias(self.bias, x.dtype)).double()
+        layer's mean there. For INT8 x INT8 the corrected bias is then rounded to int32.
+        Returns the float layer's output on x (with the bias it had before)."""
+        y_float = self.compute(x, self.weight, self.bias)
+        y, yq = y_float.double(), self.quantized_output(x).double()
         channel_dim = self.channel_dim % y.dim()
         dims = [d for d in range(y.dim()) if d != channel_dim]
         shift = (y - yq).mean(dims)
         base = torch.zeros_like(shift) if self.bias is None else self.bias.detach().double()
         self.bias = nn.Parameter((base + shift).to(self.weight_dtype), requires_grad=False)
+        return y_float
 
     def _weight_scales(self, w2d):
         """(s1 or None, scale, offset) of a [N, K] weight; s1 only for FP8 x FP4."""
@@ -201,9 +207,9 @@ class CalibLayer(QuantLayerBase):
                 scale, offset = self.aspec.static_scale(self.act_min, self.act_max)
                 self.act_scale.copy_(scale)
                 self.act_offset.copy_(offset)
-            if self.bias_correction:
-                self.correct_bias(xd)
-            self.recon_error.fill_(self.output_error(xd))
+            # the error against the float layer as it was (before a corrected bias)
+            y_float = self.correct_bias(xd) if self.bias_correction else None
+            self.recon_error.fill_(self.output_error(xd, y_float))
             seconds = time.perf_counter() - t0
             log.info("lowbit: %s %r: relative output error %.3g (%.2f s)", self.algorithm, self.layer_name,
                      float(self.recon_error), seconds)
