@@ -18,13 +18,13 @@ class SmoothQuantLinear(CalibLinear):
         self.register_buffer("chan_min", torch.full((k,), float("inf")))
         self.register_buffer("chan_max", torch.full((k,), float("-inf")))
         self.register_buffer("smooth", torch.ones(k))
+        self._score_rows = []  # "auto": rows sampled from each calibration call
 
     def observe_algorithm(self, x):
         torch.ops.lowbit.channel_stats_update(self.chan_amax, self.chan_min, self.chan_max, self.input_rows(x)[0])
-        if self.auto_strength:  # rows from every call, to score the strengths on
-            rows = x.reshape(-1, x.shape[-1])
+        if self.auto_strength:  # evenly spaced rows of every call, to score the strengths on
             keep = max(1, AUTO_SCORE_ROWS // self.batch_num)
-            self._score_rows = getattr(self, "_score_rows", []) + [rows[:: -(-rows.shape[0] // keep)]]
+            self._score_rows.append(self.input_rows(x, keep)[0].to(x.dtype))
 
     @property
     def auto_strength(self):
@@ -37,10 +37,11 @@ class SmoothQuantLinear(CalibLinear):
         # sampled from all calibration calls (0.5, the default, wins ties)
         x = torch.cat(self._score_rows)
         self._score_rows = []
+        y = self.compute(x, self.weight, self.bias)  # the float output: the same for every strength
         best = None
         for alpha in AUTO_STRENGTHS:
             self.apply_strength(alpha)
-            err = self.output_error(x)
+            err = self.output_error(x, y)
             if best is None or err < best[0]:
                 best = (err, alpha)
         self.chosen_strength = best[1]
