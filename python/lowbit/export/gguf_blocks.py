@@ -24,13 +24,13 @@ class ExportRefused(ValueError):
     """A layer that cannot be written exactly; the message names the layer and why."""
 
 
-def float_tensor(t, name, prefer_f16=False):
-    """(ggml type, bytes) of a float tensor: F16 when it is fp16 (or when asked and it is
-    exactly fp16), F32 otherwise (fp32 and bf16 widen exactly)."""
+def float_tensor(t, name):
+    """(ggml type, bytes) of a float tensor: F16 when it is fp16, F32 otherwise (fp32 and
+    bf16 widen exactly)."""
     t = t.detach().cpu()
     if not t.is_floating_point():
         raise ExportRefused(f"tensor '{name}': dtype {t.dtype} is not a float type")
-    if t.dtype == torch.float16 or (prefer_f16 and torch.equal(t.float().half().float(), t.float())):
+    if t.dtype == torch.float16:
         return F16, t.half().contiguous().numpy().tobytes()
     return F32, t.float().contiguous().numpy().tobytes()
 

@@ -78,17 +78,17 @@ def _hf_plan(model):
               (p + "ffn_norm.weight", b.post_attention_layernorm.weight, None),
               (p + "ffn_gate.weight", f.gate_proj, None), (p + "ffn_down.weight", f.down_proj, None),
               (p + "ffn_up.weight", f.up_proj, None)]
-        for proj, perm in (("q", qperm), ("k", kperm), ("v", None), ("output", None)):
-            src = {"q": a.q_proj, "k": a.k_proj, "v": a.v_proj, "output": a.o_proj}[proj]
-            bias = src._buffers.get("bias") if not isinstance(src, torch.nn.Linear) else src.bias
+        # (a float nn.Linear and a deploy layer both answer .bias: a parameter, a buffer or None)
+        for proj, src, perm in (("q", a.q_proj, qperm), ("k", a.k_proj, kperm), ("v", a.v_proj, None),
+                                ("output", a.o_proj, None)):
+            bias = src.bias
             if bias is not None:
                 if not qwen or proj == "output":
                     raise blocks.ExportRefused(f"layer '{_module_name(model, src)}': has a bias, which llama.cpp's "
                                                f"{hp['arch']} graph does not read here")
                 t.append((p + f"attn_{proj}.bias", bias, perm))
         for src in (f.gate_proj, f.up_proj, f.down_proj):
-            bias = src._buffers.get("bias") if not isinstance(src, torch.nn.Linear) else src.bias
-            if bias is not None:
+            if src.bias is not None:
                 raise blocks.ExportRefused(f"layer '{_module_name(model, src)}': has a bias, which llama.cpp's "
                                            f"{hp['arch']} graph does not read")
     return hp, t
