@@ -73,6 +73,21 @@ def assert_deploy_layers_match(model, *inputs):
     return len(seen)
 
 
+def W(type_, strategy=None, group_size=None, symmetric=True):
+    """A quant_cfg 'weights' entry (strategy and group_size only when given)."""
+    d = {"type": type_, "symmetric": symmetric}
+    if strategy:
+        d["strategy"] = strategy
+    if group_size:
+        d["group_size"] = group_size
+    return d
+
+
+def A(type_, strategy="tensor", symmetric=True):
+    """A quant_cfg 'inputs' entry."""
+    return {"type": type_, "symmetric": symmetric, "strategy": strategy}
+
+
 def run_lowbit(*args, cwd=None):
     """Runs ``python3 -m lowbit ARGS``; asserts success; returns (stdout, stderr)."""
     import os

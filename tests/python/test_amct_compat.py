@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import lowbit
-from conftest import assert_deploy_layers_match
+from conftest import A, W, assert_deploy_layers_match
 from lowbit import capabilities
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -238,19 +238,6 @@ def test_group_without_group_size_uses_the_documented_default(fmt, size):
 
 
 # ---- target="ascend": every AMCT/Ascend layer filter ----------------------------------
-
-def W(t, strategy=None, group_size=None, symmetric=True):
-    d = {"type": t, "symmetric": symmetric}
-    if strategy:
-        d["strategy"] = strategy
-    if group_size:
-        d["group_size"] = group_size
-    return d
-
-
-def A(t, strategy="tensor"):
-    return {"type": t, "strategy": strategy}
-
 
 def lin(k, n, dtype, bias=True):
     return nn.Linear(k, n, bias=bias).to(dtype)

@@ -7,21 +7,8 @@ import torch
 from torch import nn
 
 import lowbit
-from conftest import assert_close_to_reference, assert_deploy_layers_match
+from conftest import A, W, assert_close_to_reference, assert_deploy_layers_match
 from lowbit.modules import CalibConv2d, CalibLinear, DeployConv2d, DeployLinear
-
-
-def W(type_, strategy=None, group_size=None, symmetric=True):
-    d = {"type": type_, "symmetric": symmetric}
-    if strategy:
-        d["strategy"] = strategy
-    if group_size:
-        d["group_size"] = group_size
-    return d
-
-
-def A(type_, strategy="tensor", symmetric=True):
-    return {"type": type_, "symmetric": symmetric, "strategy": strategy}
 
 
 # (weights, inputs, algorithm, SQNR floor in dB against the float model on Gaussian data).
