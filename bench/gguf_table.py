@@ -1,5 +1,5 @@
 """stories260K exported to GGUF and run in real llama.cpp (node-llama-cpp, see
-tests/python/test_gguf.py): file size, llama.cpp's perplexity and lowbit's own on the
+tests/python/export/test_gguf.py): file size, llama.cpp's perplexity and lowbit's own on the
 data README's protocol (paragraphs 0-99; calibration on paragraphs 1000-1127), for F32,
 Q8_0 (MIN-MAX), Q4_0 (MIN-MAX, GPTQ) and, for reference, llama.cpp-style round-to-nearest
 Q4_0 of the same six projections (ggml's rule d = max / -8 with the sign of the largest
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "python"))
+sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "tests" / "python" / d) for d in ("", "export")]
 import lowbit  # noqa: E402
 from lowbit.eval import lm  # noqa: E402
 from lowbit.export import gguf_llama, gguf_tokenizer  # noqa: E402

@@ -13,7 +13,7 @@ import lowbit
 from conftest import A, W, assert_deploy_layers_match
 from lowbit import capabilities
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+ROOT = pathlib.Path(__file__).resolve().parents[3]
 
 
 def mlp(k=64, hidden=64, out=32):

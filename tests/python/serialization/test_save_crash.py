@@ -9,7 +9,7 @@ lowbit once: a fresh worker per kill without paying the 2-3 s import every time.
 Run by hand to compare with a non-atomic writer (open(..., "wb") + chunked writes of the
 very bytes lowbit.save writes), which the kill check must catch:
 
-    PYTHONPATH=python python3 tests/python/test_save_crash.py [--kills 24] [--seed 0]
+    PYTHONPATH=python python3 tests/python/serialization/test_save_crash.py [--kills 24] [--seed 0]
 """
 import copy
 import json
@@ -25,7 +25,7 @@ import pytest
 import torch
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 if str(ROOT / "python") not in sys.path:
     sys.path.insert(0, str(ROOT / "python"))
 

@@ -15,7 +15,7 @@ from torch import nn
 
 import lowbit
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def run_isolated(code):

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -32,7 +33,7 @@ U = 2.0 ** -24
 WORKER = r"""
 import os, sys, datetime
 import torch, torch.distributed as dist
-sys.path.insert(0, {tests!r})
+sys.path[:0] = [{tests!r}, {here!r}]
 import test_distributed as t
 from lowbit.streaming import quantize_streaming
 torch.set_num_threads(1)
@@ -159,7 +160,7 @@ def two_rank_folders(stories_folder, tmp_path_factory):
     folder, calib, _ = stories_folder
     out = tmp_path_factory.mktemp("dist")
     worker = out / "worker.py"
-    worker.write_text(WORKER.format(tests=str(ROOT / "tests" / "python")))
+    worker.write_text(WORKER.format(tests=str(ROOT / "tests" / "python"), here=str(Path(__file__).parent)))
     r, seconds = _torchrun([worker, folder, calib, out])
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-6000:]
     return out, seconds

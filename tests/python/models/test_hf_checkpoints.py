@@ -21,7 +21,7 @@ from lowbit.modules.deploy import DeployLinear
 from lowbit.pretrained import load_pretrained, save_pretrained
 from lowbit.tokenizers import load_hf_tokenizer
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 from conftest import run_lowbit  # noqa: E402
 
 CONFIGS = ["INT4_GPTQ_WEIGHT_QUANT_CFG", "INT8_SMOOTHQUANT_CFG", "HIFP8_OFMR_CFG"]

@@ -9,7 +9,7 @@ from torch import nn
 
 import lowbit
 
-RUNNER = Path(__file__).resolve().parents[2] / "build" / "lowbit_run_model"
+RUNNER = Path(__file__).resolve().parents[3] / "build" / "lowbit_run_model"
 
 
 def run_cpp(model_path, io_path):
