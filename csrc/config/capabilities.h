@@ -69,4 +69,10 @@ std::string layer_skip_reason(const LayerFacts& layer, const TensorQuantCfg& w, 
 // with one weight scale per output and activation rows that are the kernel's rows).
 bool uses_integer_kernel(bool conv, const TensorQuantCfg& w, const InputsCfg& in);
 
+// Why the opt-in 8-bit compute mode (convert's compute="int8": activations quantized per
+// token inside the op, integer products; deploy/dynamic_int8.h) leaves a deploy layer in
+// its exact product ("" when it takes the layer): weight-only Linear layers with
+// symmetric INT8/INT4 weights and no second weight scale.
+std::string compute_int8_skip_reason(bool conv, const TensorQuantCfg& w, const InputsCfg& in, bool two_level);
+
 }  // namespace lowbit

@@ -6,6 +6,7 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "scales/granule_scale.h"
 
@@ -58,6 +59,9 @@ void unpack(const uint8_t* codes, int64_t codes_ld, const QuantSpec& spec, Scale
 // lacks the requested one; "auto" restores the best available.
 std::string current_isa();
 std::string best_isa();
+// Every instruction set this CPU runs, "scalar" first: what set_isa accepts and what the
+// test suites loop over.
+std::vector<std::string> available_isas();
 void set_isa(const std::string& name);
 
 }  // namespace lowbit

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "deploy/dynamic_int8.h"
 #include "deploy/packed_linear.h"
 #include "deploy/scratch.h"
 #include "formats/half.h"
@@ -234,6 +235,39 @@ at::Tensor linear_int8_op(const at::Tensor& x, const at::Tensor& packed, const a
   return o.out;
 }
 
+// The 8-bit compute mode of a weight-only INT8/INT4 layer (deploy/dynamic_int8.h).
+// w_scale: one value, one per row, or one per row and group of `group_size` columns.
+at::Tensor linear_dynamic_int8_op(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& w_scale,
+                                  int64_t bits, int64_t group_size, int64_t cols,
+                                  const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& smooth) {
+  TORCH_CHECK_TYPE(packed.scalar_type() == at::kByte, "packed: dtype ", packed.scalar_type(), "; expected uint8");
+  TORCH_CHECK_VALUE(packed.dim() == 2, "packed: expected a 2-D tensor, got rank ", packed.dim());
+  TORCH_CHECK_TYPE(w_scale.scalar_type() == at::kFloat, "w_scale: expected float32");
+  TORCH_CHECK_VALUE(bits == 8 || bits == 4, "bits: ", bits, "; allowed: 8, 4");
+  TORCH_CHECK_VALUE(cols >= 1, "cols: ", cols, "; expected at least 1");
+  const int64_t n = packed.size(0);
+  const int64_t g = group_size > 0 && group_size < cols ? group_size : cols;
+  const int64_t groups = (cols + g - 1) / g;
+  TORCH_CHECK_VALUE(w_scale.numel() == 1 || w_scale.numel() == n * groups, "w_scale: ", w_scale.numel(),
+                    " entries; expected 1 or ", n * groups, " (", n, " rows x ", groups, " groups)");
+  const at::Tensor codes = packed.contiguous(), ws = w_scale.contiguous();
+  GroupedIntWeight w;
+  w.codes = codes.data_ptr<uint8_t>();
+  w.rows = n;
+  w.cols = cols;
+  w.row_bytes = codes.size(1);
+  w.bits = int(bits);
+  w.scale = ws.data_ptr<float>();
+  w.group = g;
+  w.per_tensor = ws.numel() == 1 && n * groups != 1;
+  Operands o = operands(x, cols, n);
+  at::Tensor b = float_bias(bias, n);
+  at::Tensor keep;
+  const ConstMatrix src = smoothed(as_const(o.src), smooth, o.src, keep);
+  value_errors([&] { linear_dynamic_int8(src, w, b.defined() ? b.data_ptr<float>() : nullptr, as_mut(o.out)); });
+  return o.out;
+}
+
 // NCHW input and its output for a convolution with `cout` output channels.
 struct ConvTensors {
   at::Tensor x, y, bias;
@@ -317,6 +351,8 @@ TORCH_LIBRARY_FRAGMENT(lowbit, m) {
   m.def("linear_int8(Tensor x, Tensor packed, Tensor w_scale, int bits, int cols, bool per_token, "
         "Tensor act_scale, Tensor act_offset, Tensor? bias, Tensor? smooth=None) -> Tensor");
   m.def("int8_kernel() -> str");
+  m.def("linear_dynamic_int8(Tensor x, Tensor packed, Tensor w_scale, int bits, int group_size, int cols, "
+        "Tensor? bias=None, Tensor? smooth=None) -> Tensor");
   m.def("conv2d_packed(Tensor x, Tensor packed, Tensor scale, Tensor offset, Tensor? scale1, Tensor? bias, "
         "str format, str granularity, int group_size, bool symmetric, int cols, ScalarType weight_dtype, "
         "int[2] kernel, int[2] stride, int[2] padding, int[2] dilation, int groups, str act_format='', "
@@ -331,4 +367,5 @@ TORCH_LIBRARY_FRAGMENT(lowbit, m) {
   m.impl("linear_packed_spec", TORCH_FN(linear_packed_spec_op));
   m.impl("linear_int8", c10::DispatchKey::CPU, TORCH_FN(linear_int8_op));
   m.impl("int8_kernel", TORCH_FN(int8_kernel_name));
+  m.impl("linear_dynamic_int8", c10::DispatchKey::CPU, TORCH_FN(linear_dynamic_int8_op));
 }

@@ -160,6 +160,7 @@ at::Tensor decode_op(const at::Tensor& codes, const std::string& format) {
 }
 
 std::string isa_op() { return current_isa(); }
+std::vector<std::string> available_isas_op() { return available_isas(); }
 void set_isa_op(const std::string& name) {
   value_errors([&] {
     set_isa(name);
@@ -190,6 +191,7 @@ TORCH_LIBRARY(lowbit, m) {
   m.def("decode(Tensor codes, str format) -> Tensor");
   m.def("isa() -> str");
   m.def("set_isa(str name) -> ()");
+  m.def("available_isas() -> str[]");
   m.impl("quant_scales", c10::DispatchKey::CPU, TORCH_FN(quant_scales));
   m.impl("fake_quant", c10::DispatchKey::CPU, TORCH_FN(fake_quant_op));
   m.impl("fake_quant_out", c10::DispatchKey::CPU, TORCH_FN(fake_quant_out));
@@ -201,4 +203,5 @@ TORCH_LIBRARY(lowbit, m) {
   m.impl("decode", c10::DispatchKey::CPU, TORCH_FN(decode_op));
   m.impl("isa", TORCH_FN(isa_op));
   m.impl("set_isa", TORCH_FN(set_isa_op));
+  m.impl("available_isas", TORCH_FN(available_isas_op));
 }

@@ -6,10 +6,10 @@ _openblas.configure_for_command()  # the lowbit command: before torch loads Open
 from lowbit import _C  # noqa: E402,F401  (loads liblowbit_ops.so: registers torch.ops.lowbit.*)
 from lowbit._C import ConfigError, ConfigTypeError  # noqa: E402  (ValueError; ValueError and TypeError)
 from lowbit.formats import (FORMATS, GRANULARITIES, compute_scales, decode, encode, fake_quant,
-                            fake_quant_dynamic, isa, pack, packed_row_bytes, set_isa, unpack)
+                            fake_quant_dynamic, isa, available_isas, pack, packed_row_bytes, set_isa, unpack)
 
 from lowbit import algorithms  # noqa: F401  (registers gptq, awq, smoothquant, ofmr)
-from lowbit.api import algorithm_register, calibrate, convert, model_bytes, quantize, summary
+from lowbit.api import algorithm_register, calibrate, convert, model_bytes, quantize, set_compute, summary
 from lowbit.configs import BUILTIN_CONFIG_NAMES, builtin_config
 from lowbit.serialization import FormatError, load, save
 from lowbit.torchscript import export_torchscript
@@ -36,5 +36,5 @@ def validate_config(config):
     names the key path, the value and what is allowed.
     """
     return _C.parse_config(config)
-__all__ = ["ConfigError", "ConfigTypeError", "FormatError", "quantize", "calibrate", "convert", "summary", "model_bytes", "algorithm_register", "save", "load", "export_torchscript", "export_gguf", "load_hf_model", "load_pretrained", "save_pretrained", "BUILTIN_CONFIG_NAMES", "builtin_config", "validate_config", "FORMATS", "GRANULARITIES", "compute_scales", "decode", "encode", "fake_quant",
-           "fake_quant_dynamic", "isa", "pack", "packed_row_bytes", "set_isa", "unpack"]
+__all__ = ["ConfigError", "ConfigTypeError", "FormatError", "quantize", "calibrate", "convert", "set_compute", "summary", "model_bytes", "algorithm_register", "save", "load", "export_torchscript", "export_gguf", "load_hf_model", "load_pretrained", "save_pretrained", "BUILTIN_CONFIG_NAMES", "builtin_config", "validate_config", "FORMATS", "GRANULARITIES", "compute_scales", "decode", "encode", "fake_quant",
+           "fake_quant_dynamic", "isa", "available_isas", "pack", "packed_row_bytes", "set_isa", "unpack"]

@@ -252,7 +252,46 @@ def _custom_modules(model):
     return {n: r for n, r in recorded.items() if n in present and type(present[n]) is r[1]}
 
 
-def convert(model, fold_batchnorm=True):
+COMPUTE_MODES = ("exact", "int8")
+
+
+def _check_compute(compute):
+    if not isinstance(compute, str) or compute not in COMPUTE_MODES:
+        raise ValueError(f"compute: {compute!r} is not allowed; allowed: " + ", ".join(map(repr, COMPUTE_MODES)))
+
+
+def set_compute(model, compute):
+    """How the converted model's deploy layers multiply.
+
+    "exact" (the default): fp32 products with the packed weights, equal to fake
+    quantization up to the fp32 summation order. "int8": weight-only INT8/INT4 Linear
+    layers quantize their activations per token inside the op (symmetric INT8, absmax /
+    127) and multiply in integers, as llama.cpp does in every quantized product: faster,
+    at the accuracy cost of 8-bit activations. Layers the mode does not take (Conv2d,
+    float or asymmetric weights, quantized activations) stay exact, each logged with its
+    reason.
+
+    Returns {"int8": [names], "exact": {name: reason}}. Not saved: after lowbit.load, call
+    it again."""
+    _check_compute(compute)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, DeployLayer)]
+    if not layers:
+        raise ValueError("set_compute: the model holds no deploy layer; call lowbit.convert (or lowbit.load) first")
+    reasons = {name: m.compute_int8_skip_reason() if compute == "int8" else "compute='exact'" for name, m in layers}
+    for name, m in layers:
+        m.compute_int8 = not reasons[name]
+    taken = [name for name, _ in layers if not reasons[name]]
+    if compute == "int8":
+        log.info("lowbit.set_compute: 8-bit compute in %d of %d deploy layers", len(taken), len(layers))
+        for name, _ in layers:
+            if reasons[name]:
+                log.info("lowbit.set_compute: %r stays exact: %s", name, reasons[name])
+    return {"int8": taken, "exact": {name: r for name, r in reasons.items() if r}}
+
+
+def convert(model, fold_batchnorm=True, compute="exact"):
     """Turns every calibration module into its deploy module (packed low-bit weights),
     in place; returns the model. A layer that has not finished calibration is an error
     naming it, raised before anything changes.
@@ -261,11 +300,15 @@ def convert(model, fold_batchnorm=True):
     of that convolution (per-channel multiplier and bias; see lowbit.batchnorm_fold) and is
     replaced by nn.Identity, which saves its pass over the activations. The quantized codes
     are unchanged; the output changes by fp32 rounding only. Needs a model torch.fx can
-    trace (otherwise the BatchNorms stay, logged)."""
+    trace (otherwise the BatchNorms stay, logged).
+
+    compute: "exact" (default) or "int8", the opt-in 8-bit compute mode of weight-only
+    INT8/INT4 Linear layers (see set_compute)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(fold_batchnorm, bool):
         raise TypeError(f"fold_batchnorm: expected True or False, got {fold_batchnorm!r}")
+    _check_compute(compute)
     calib = _calib_modules(model)
     custom = _custom_modules(model)
     if not calib and not custom:
@@ -295,6 +338,8 @@ def convert(model, fold_batchnorm=True):
         batchnorm_fold.fold_batchnorm(model)
     release_freed_memory()  # the float weights' freed pages: RSS reflects the converted model
     log.info("lowbit.convert: %d layers converted to deploy modules", count)
+    if compute != "exact":
+        set_compute(model, compute)
     return model
 
 

@@ -136,6 +136,11 @@ def isa():
     return _OPS.isa()
 
 
+def available_isas():
+    """The instruction sets this CPU runs (``scalar`` first), as set_isa takes them."""
+    return list(_OPS.available_isas())
+
+
 def set_isa(name):
     """Force an instruction set (``auto``, ``avx512``, ``avx2``, ``scalar``), for tests
     and benchmarks. Raises ValueError when this CPU lacks it. Also settable with the

@@ -160,6 +160,15 @@ class DeployLayer(QuantLayerBase):
         rule = self.activation_rule()
         return NO_ACTIVATION_QUANT if rule is None or self.integer_kernel else rule
 
+    compute_int8 = False  # set by convert(compute="int8") / lowbit.set_compute
+
+    def compute_int8_skip_reason(self):
+        """Why the 8-bit compute mode leaves this layer exact ('' when it takes it); the
+        rule is the capability table's (config/capabilities.cpp)."""
+        return _C.compute_int8_skip_reason(hasattr(self, "kernel_size"), self.wspec.to_dict(),
+                                           None if self.aspec is None else self.aspec.to_dict(),
+                                           self._buffers.get("w_scale1") is not None)
+
     def packed_bytes(self):
         return sum(b.numel() * b.element_size() for k, b in self.named_buffers()
                    if k in ("weight_packed", "w_scale", "w_scale1", "w_offset"))
@@ -182,6 +191,9 @@ class DeployLinear(LinearMath, DeployLayer):
         b = self._buffers
         bias = self.effective_bias(b["bias"], x.dtype)
         # (the ops divide x by the AWQ / SmoothQuant factors when `smooth` is given)
+        if self.compute_int8:  # opt-in: activations quantized per token inside, integer products
+            return _OPS.linear_dynamic_int8(x, b["weight_packed"], b["w_scale"], 8 if self.wspec.fmt == "int8" else 4,
+                                            self.wspec.gs, self.cols, bias, b["smooth"])
         if self.integer_kernel:  # activations quantized inside, with the same rule
             static = self.static_act
             return _OPS.linear_int8(x, b["weight_packed"], self._int8_weight_scale(),

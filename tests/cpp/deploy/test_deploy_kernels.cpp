@@ -1,15 +1,20 @@
 // The deploy decoders and products, torch-free: every instruction set's dequantized
 // weight equals unpack() bit for bit (every format, every weight dtype, ragged widths),
 // linear_packed equals a double-precision product of those values within fp32 summation
-// error, and the VNNI int8 tile equals the portable one exactly.
+// error, the VNNI int8 tile equals the portable one exactly, and the 8-bit compute
+// mode's kernels equal its scalar reference bit for bit (exact-size buffers: ASan sees
+// any read past a row's last block).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "deploy/dynamic_int8.h"
 #include "deploy/int8_common.h"
 #include "deploy/int8_tile.h"
 #include "deploy/packed_linear.h"
@@ -23,12 +28,8 @@ namespace {
 
 // Instruction sets to run; "avx512-novbmi" is AVX-512 with the pre-VBMI float8 decoder.
 std::vector<std::string> isas() {
-  std::vector<std::string> v{"scalar"};
-  if (best_isa() != "scalar") v.push_back("avx2");
-  if (best_isa() == "avx512") {
-    v.push_back("avx512");
-    v.push_back("avx512-novbmi");
-  }
+  std::vector<std::string> v = available_isas();
+  if (v.back() == "avx512") v.push_back("avx512-novbmi");
   return v;
 }
 
@@ -294,6 +295,57 @@ TEST(DeployKernels, LinearPackedWithinFp32SummationError) {
       }
     }
   }
+}
+
+TEST(DeployKernels, DynamicInt8EqualsScalarReferenceAndDoubleProduct) {
+  const Case cases[] = {{Format::kInt4, Granularity::kGroup, 32, true}, {Format::kInt4, Granularity::kChannel, 0, true},
+                        {Format::kInt8, Granularity::kGroup, 64, true}, {Format::kInt8, Granularity::kTensor, 0, true}};
+  for (const Case& c : cases)
+    for (int64_t k : {33, 100, 128, 300})
+      for (int64_t m : {1, 2, 5, 9}) {
+        const int64_t n = 7;
+        Packed p = make(c, n, k, uint32_t(k + m));
+        PackedWeight pw = p.view(n, k, DType::kF32);
+        std::vector<float> wd(size_t(n * k));
+        dequant_rows(pw, 0, n, wd.data(), k);
+        GroupedIntWeight w;
+        w.codes = p.codes.data();
+        w.rows = n;
+        w.cols = k;
+        w.row_bytes = p.row_bytes;
+        w.bits = c.f == Format::kInt8 ? 8 : 4;
+        w.scale = p.scale.data();
+        w.group = c.g == Granularity::kGroup ? c.gs : 0;
+        w.per_tensor = c.g == Granularity::kTensor;
+        std::mt19937 rng(3);
+        std::normal_distribution<float> nd;
+        std::vector<float> x(size_t(m * k));
+        for (auto& v : x) v = nd(rng);
+        x[0] = -std::numeric_limits<float>::infinity();  // row 0: guarded scale, codes -128 and 127
+        std::vector<float> want;
+        for (const std::string& isa : isas()) {
+          IsaGuard g(isa);
+          std::vector<float> y(size_t(m * n));
+          linear_dynamic_int8(ConstMatrix{x.data(), DType::kF32, m, k, k}, w, nullptr,
+                              MutMatrix{y.data(), DType::kF32, m, n, n});
+          if (want.empty()) want = y;
+          ASSERT_EQ(0, std::memcmp(y.data(), want.data(), y.size() * sizeof(float))) << isa << " k=" << k << " m=" << m;
+        }
+        for (int64_t i = 1; i < m; ++i) {  // rows 1..: per-token INT8 codes times the weights, in double
+          float amax = 0.0f;
+          for (int64_t t = 0; t < k; ++t) amax = std::max(amax, std::fabs(x[size_t(i * k + t)]));
+          const float sx = amax / 127.0f;
+          for (int64_t j = 0; j < n; ++j) {
+            double ref = 0.0, mag = 0.0;
+            for (int64_t t = 0; t < k; ++t) {
+              const double q = std::nearbyint(x[size_t(i * k + t)] / sx) * double(sx);
+              ref += q * wd[size_t(j * k + t)];
+              mag += std::fabs(q * wd[size_t(j * k + t)]);
+            }
+            ASSERT_NEAR(want[size_t(i * n + j)], ref, (k + 4) * 6e-8 * mag) << "k=" << k << " m=" << m;
+          }
+        }
+      }
 }
 
 // Each column order is a permutation of the padded columns; kNibbleLanes puts column

@@ -17,14 +17,6 @@ using namespace lowbit::testing;
 
 namespace {
 
-std::vector<std::string> available_isas() {
-  std::vector<std::string> v{"scalar"};
-  std::string best = best_isa();
-  if (best == "avx2" || best == "avx512") v.push_back("avx2");
-  if (best == "avx512") v.push_back("avx512");
-  return v;
-}
-
 struct IsaGuard {
   explicit IsaGuard(const std::string& isa) { set_isa(isa); }
   ~IsaGuard() { set_isa("auto"); }

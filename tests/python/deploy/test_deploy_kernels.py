@@ -14,19 +14,7 @@ from lowbit import formats
 OPS = torch.ops.lowbit
 
 
-def _available_isas():
-    out = []
-    for isa in ("scalar", "avx2", "avx512"):
-        try:
-            OPS.set_isa(isa)
-            out.append(isa)
-        except (RuntimeError, ValueError):  # ValueError: not supported by this CPU
-            pass
-    OPS.set_isa("auto")
-    return out
-
-
-ISAS = _available_isas()
+ISAS = formats.available_isas()  # every instruction set this CPU runs
 WEIGHTS = [  # (format, granularity, group_size, symmetric)
     ("int4", "group", 32, True), ("int4", "group", 64, False), ("int4", "channel", 0, True),
     ("int4", "channel", 0, False), ("int4", "tensor", 0, True), ("int8", "channel", 0, True),

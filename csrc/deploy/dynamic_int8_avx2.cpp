@@ -1,0 +1,144 @@
+// AVX2 kernel of the 8-bit compute mode (dynamic_int8.h has the arithmetic it follows).
+// INT4 weights are taken as q + 8 (0..15, unsigned) so that vpmaddubsw multiplies them
+// by the signed activation codes directly; a group's sums are kept in int16 for up to 8
+// blocks (|pair| <= 15 * 128 * 2) and the 8 * sum(x) correction comes precomputed. INT8
+// weights use vpmaddubsw on |w| and x with w's sign (|x| <= 127: the driver sends rows
+// holding -128 to the scalar reference). Compiled with -mavx2 -ffp-contract=off (the float
+// steps must stay a rounded product and a rounded sum); called only when the CPU has AVX2.
+#include <immintrin.h>
+
+#include <algorithm>
+
+#include "deploy/dynamic_int8.h"
+
+namespace lowbit {
+namespace {
+
+// 32 INT4 codes (16 packed bytes) as q + 8 in kernel order: even columns, then odd ones.
+inline __m256i decode4(const uint8_t* p) {
+  const __m128i b = _mm_xor_si128(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)), _mm_set1_epi8(char(0x88)));
+  const __m256i v = _mm256_inserti128_si256(_mm256_castsi128_si256(b), _mm_srli_epi16(b, 4), 1);
+  return _mm256_and_si256(v, _mm256_set1_epi8(0x0F));
+}
+
+inline __m256i load32(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
+
+inline float reduce_lanes(__m256 v) {
+  const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));  // f_j + f_j+4
+  const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps(t, t, 1)));
+}
+
+// NR weight rows x MR activation rows. kBpg: blocks per group known at compile time (its
+// groups of whole blocks run unrolled), or 0.
+template <int kBits, int NR, int MR, int kBpg>
+void tile(const DynamicRows& a, int64_t i0, int64_t m0) {
+  const int64_t blocks = a.whole + (a.tails != nullptr);
+  const int64_t groups = (blocks + a.bpg - 1) / a.bpg;
+  const int64_t unrolled = kBpg ? a.whole / kBpg : 0;  // groups of whole blocks
+  const __m256i ones = _mm256_set1_epi16(1);
+  const uint8_t* row[NR];
+  for (int r = 0; r < NR; ++r) row[r] = a.codes + (i0 + r) * a.row_bytes;
+  const int8_t* xr[MR];
+  for (int m = 0; m < MR; ++m) xr[m] = a.x + (m0 + m) * a.ldx;
+  __m256 f[NR][MR];
+  for (int r = 0; r < NR; ++r)
+    for (int m = 0; m < MR; ++m) f[r][m] = _mm256_setzero_ps();
+  __m256i acc[NR][MR], h[NR][MR];
+  // One block: INT4 sums pairs into h (int16), INT8 into acc (int32).
+  auto block = [&](int64_t b, bool whole) __attribute__((always_inline)) {
+    __m256i wv[NR], aw[NR];
+    for (int r = 0; r < NR; ++r) {
+      if (whole || b < a.whole) wv[r] = kBits == 4 ? decode4(row[r] + 16 * b) : load32(row[r] + 32 * b);
+      else wv[r] = load32(a.tails + (i0 + r) * 32);
+      if (kBits == 8) aw[r] = _mm256_sign_epi8(wv[r], wv[r]);
+    }
+#pragma GCC unroll 4
+    for (int m = 0; m < MR; ++m) {
+      const __m256i xv = load32(xr[m] + 32 * b);
+#pragma GCC unroll 4
+      for (int r = 0; r < NR; ++r) {
+        if (kBits == 4) {
+          h[r][m] = _mm256_add_epi16(h[r][m], _mm256_maddubs_epi16(wv[r], xv));
+        } else {
+          const __m256i p = _mm256_maddubs_epi16(aw[r], _mm256_sign_epi8(xv, wv[r]));
+          acc[r][m] = _mm256_add_epi32(acc[r][m], _mm256_madd_epi16(p, ones));
+        }
+      }
+    }
+  };
+  auto widen = [&]() __attribute__((always_inline)) {  // INT4: h into acc
+    for (int r = 0; r < NR; ++r)
+      for (int m = 0; m < MR; ++m) {
+        acc[r][m] = _mm256_add_epi32(acc[r][m], _mm256_madd_epi16(h[r][m], ones));
+        h[r][m] = _mm256_setzero_si256();
+      }
+  };
+  for (int64_t g = 0; g < groups; ++g) {
+    for (int r = 0; r < NR; ++r)
+      for (int m = 0; m < MR; ++m) acc[r][m] = h[r][m] = _mm256_setzero_si256();
+    if (g < unrolled) {
+#pragma GCC unroll 8
+      for (int t = 0; t < (kBpg ? kBpg : 1); ++t) block(g * kBpg + t, true);
+    } else {
+      const int64_t b0 = g * a.bpg, b1 = std::min(blocks, b0 + a.bpg);
+      int held = 0;  // INT4: blocks summed in h since the last widening (at most 8 fit int16)
+      for (int64_t b = b0; b < b1; ++b) {
+        block(b, false);
+        if (kBits == 4 && ++held == 8) {
+          widen();
+          held = 0;
+        }
+      }
+    }
+    if (kBits == 4) widen();
+    for (int r = 0; r < NR; ++r) {
+      const __m256 s = _mm256_set1_ps(a.scale[(i0 + r) * a.scale_ld + (a.scale_ld ? g : 0)]);
+      for (int m = 0; m < MR; ++m) {
+        __m256i sum = acc[r][m];
+        if (kBits == 4) sum = _mm256_sub_epi32(sum, load32(a.corr + ((m0 + m) * groups + g) * 8));
+        f[r][m] = _mm256_add_ps(f[r][m], _mm256_mul_ps(_mm256_cvtepi32_ps(sum), s));
+      }
+    }
+  }
+  for (int r = 0; r < NR; ++r)
+    for (int m = 0; m < MR; ++m) a.out[(i0 + r) * a.M + m0 + m] = reduce_lanes(f[r][m]);
+}
+
+template <int kBits, int MR, int kBpg>
+void rows_for(const DynamicRows& a, int64_t m0) {
+  constexpr int NR = MR == 1 ? 2 : 2;
+  int64_t i = 0;
+  for (; i + NR <= a.rows; i += NR) tile<kBits, NR, MR, kBpg>(a, i, m0);
+  for (; i < a.rows; ++i) tile<kBits, 1, MR, kBpg>(a, i, m0);
+}
+
+template <int kBits, int kBpg>
+void rows_bpg(const DynamicRows& a) {
+  int64_t m = 0;
+  for (; m + 4 <= a.M; m += 4) rows_for<kBits, 4, kBpg>(a, m);
+  switch (a.M - m) {
+    case 3: rows_for<kBits, 3, kBpg>(a, m); break;
+    case 2: rows_for<kBits, 2, kBpg>(a, m); break;
+    case 1: rows_for<kBits, 1, kBpg>(a, m); break;
+    default: break;
+  }
+}
+
+template <int kBits>
+void rows_bits(const DynamicRows& a) {
+  switch (a.bpg) {  // the usual groups of 32 and 128 columns unrolled
+    case 1: rows_bpg<kBits, 1>(a); break;
+    case 4: rows_bpg<kBits, 4>(a); break;
+    default: rows_bpg<kBits, 0>(a); break;
+  }
+}
+
+}  // namespace
+
+void dynamic_rows_avx2(const DynamicRows& a) {
+  if (a.bits == 4) rows_bits<4>(a);
+  else rows_bits<8>(a);
+}
+
+}  // namespace lowbit
