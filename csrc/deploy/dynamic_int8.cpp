@@ -3,6 +3,7 @@
 #include "deploy/dynamic_int8.h"
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <stdexcept>
 #include <string>
@@ -48,7 +49,7 @@ void dynamic_rows_scalar(const DynamicRows& a) {
           int32_t sum = 0;
           for (int64_t b = g * a.bpg; b < std::min(blocks, (g + 1) * a.bpg); ++b)
             for (int t = 0; t < 4; ++t) sum += wv(b, 4 * j + t) * int32_t(xm[32 * b + 4 * j + t]);
-          f[j] = f[j] + float(sum) * s;
+          f[j] = std::fma(float(sum), s, f[j]);
         }
       }
       a.out[i * a.M + m] = reduce_lanes(f);

@@ -10,7 +10,7 @@
 // of a block holds its kernel-order positions 4j .. 4j + 3. For weight row n, activation
 // row m and each group g of columns (one scale s_w[n, g]):
 //   S_j   = sum over the group's blocks and lane j's positions of q_w * q_x    (exact int32)
-//   f_j  <- f_j + float(S_j) * s_w[n, g]            (f_j from 0; product and sum rounded)
+//   f_j  <- fma(float(S_j), s_w[n, g], f_j)         (f_j from 0; one rounding: fused multiply-add)
 //   r     = ((f_0 + f_4) + (f_2 + f_6)) + ((f_1 + f_5) + (f_3 + f_7))
 //   y     = r * s_x[m] + bias[n]
 #pragma once
