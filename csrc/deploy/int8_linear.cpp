@@ -3,12 +3,15 @@
 // int32, and scaled once per output:
 //   y[m, n] = (sum_k u[m, k] w[n, k] - (128 + z) * sum_k w[n, k]) * s_x[m] * s_w[n] + bias[n]
 // where u = q + 128 is the activation code made unsigned (what VNNI's vpdpbusd takes).
+// That is the static per-tensor case; per-token activations go to the 8-bit compute
+// mode's kernel (dynamic_int8.h), which takes the same codes.
 #include <algorithm>
 #include <cstring>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "deploy/dynamic_int8.h"
 #include "deploy/int8_common.h"
 #include "kernels/omp_region.h"
 
@@ -29,27 +32,33 @@ void linear_int8(const ConstMatrix& x, const Int8Activation& act, const IntWeigh
   if (y.rows != x.rows || y.cols != w.rows) throw std::invalid_argument("y: shape does not match");
   const int64_t M = x.rows, N = w.rows, K = w.cols;
   if (M == 0) return;
+  if (act.per_token) {
+    // Per-token activations are the 8-bit compute mode's product (dynamic_int8.h): the
+    // same codes, integer sums and one scale per row; its kernel is the faster one here.
+    GroupedIntWeight g;
+    g.codes = w.codes;
+    g.rows = N;
+    g.cols = K;
+    g.row_bytes = w.row_bytes;
+    g.bits = w.bits;
+    g.scale = w.scale;
+    g.per_tensor = w.per_tensor;
+    return linear_dynamic_int8(x, g, bias, y);
+  }
   const int64_t k4 = (K + 3) / 4;
   const int64_t mblocks = (M + kInt8TileM - 1) / kInt8TileM;
 
-  // 1. activation codes, exactly as fake quantization computes them
+  // 1. activation codes (static per tensor), exactly as fake quantization computes them
   QuantSpec spec;
   spec.format = Format::kInt8;
-  spec.granularity = act.per_token ? Granularity::kToken : Granularity::kTensor;
-  spec.symmetric = act.per_token || act.offset == 0;
-  thread_local GrowBuffer<float> sx_buf;
-  thread_local GrowBuffer<int32_t> zx_buf;
+  spec.granularity = Granularity::kTensor;
+  spec.symmetric = act.offset == 0;
   thread_local GrowBuffer<uint8_t> codes_buf, nan_buf, xq_buf;
-  float* sx = sx_buf.get(act.per_token ? M : 1);
-  int32_t* zx = zx_buf.get(act.per_token ? M : 1);
-  for (int64_t i = 0; i < (act.per_token ? M : 1); ++i) {
-    sx[i] = act.scale;
-    zx[i] = act.per_token ? 0 : act.offset;
-  }
-  if (act.per_token) compute_scales(x, spec, ScaleView{sx, nullptr, nullptr});
+  float sx = act.scale;
+  int32_t zx = act.offset;
   uint8_t* codes = codes_buf.get(M * K);
-  pack(x, spec, ScaleView{sx, spec.symmetric ? nullptr : zx, nullptr}, codes, K, false);
-  const int32_t zero_shift = 128 + (act.per_token ? 0 : act.offset);
+  pack(x, spec, ScaleView{&sx, spec.symmetric ? nullptr : &zx, nullptr}, codes, K, false);
+  const int32_t zero_shift = 128 + act.offset;
 
   const Int8Kernels kern = int8_kernels();
   // NaN has no int8 code (pack stores 0); the fake-quant reference gives a NaN row, so do we.
@@ -63,7 +72,7 @@ void linear_int8(const ConstMatrix& x, const Int8Activation& act, const IntWeigh
   auto output = [&](int64_t m, int64_t n, int32_t acc, int32_t rsum) {
     if (nan_row[m]) return store_at(y, m, n, __builtin_nanf(""));
     const float sw = w.per_tensor ? w.scale[0] : w.scale[n];
-    const float s = (act.per_token ? sx[size_t(m)] : sx[0]) * sw;
+    const float s = sx * sw;
     const float v = float(int64_t(acc) - int64_t(zero_shift) * rsum) * s;
     store_at(y, m, n, bias ? v + bias[n] : v);
   };
