@@ -159,15 +159,18 @@ class Attention(nn.Module):
             cache["k"], cache["v"] = k, v
         total = k.shape[2]
         rep = self.heads // self.kv_heads
-        if rep > 1:
-            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        if rep > 1:  # each key/value head serves `rep` query heads (the values repeat_interleave gives)
+            k = k[:, :, None].expand(b, self.kv_heads, rep, total, self.head_dim).reshape(b, self.heads, total, -1)
+            v = v[:, :, None].expand(b, self.kv_heads, rep, total, self.head_dim).reshape(b, self.heads, total, -1)
         att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_dim))
-        pos_q = torch.arange(total - t, total).unsqueeze(1)
-        pos_k = torch.arange(total).unsqueeze(0)
-        hidden = pos_k > pos_q
-        if self.sliding_window:
-            hidden = hidden | (pos_q - pos_k >= self.sliding_window)
-        att = att.float().masked_fill(hidden, float("-inf"))
+        att = att.float()
+        if t > 1 or self.sliding_window:  # one new position sees every cached one: nothing to hide
+            pos_q = torch.arange(total - t, total).unsqueeze(1)
+            pos_k = torch.arange(total).unsqueeze(0)
+            hidden = pos_k > pos_q
+            if self.sliding_window:
+                hidden = hidden | (pos_q - pos_k >= self.sliding_window)
+            att = att.masked_fill(hidden, float("-inf"))
         out = F.softmax(att, dim=-1).to(q.dtype) @ v
         return self.o_proj(out.transpose(1, 2).reshape(b, t, self.heads * self.head_dim))
 
