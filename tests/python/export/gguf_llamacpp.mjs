@@ -19,9 +19,11 @@ async function nextProbabilities(toks) {
   return out;
 }
 
+// BOS first where the vocabulary has one (byte-level BPE ones such as Qwen2's have none)
+const head = model.tokens.bos == null ? [] : [model.tokens.bos];
 const tokens = [], nll = [];
 for (const text of job.texts) {
-  const toks = [model.tokens.bos, ...model.tokenize(text, false)].slice(0, 512);
+  const toks = [...head, ...model.tokenize(text, false)].slice(0, 512);
   const out = await nextProbabilities(toks.slice(0, -1));
   let sum = 0;
   for (let i = 0; i + 1 < toks.length; i++) {
@@ -32,7 +34,7 @@ for (const text of job.texts) {
   nll.push(sum);
 }
 
-const greedy = [model.tokens.bos, ...model.tokenize(job.prompt, false)];
+const greedy = [...head, ...model.tokenize(job.prompt, false)];
 const promptLength = greedy.length;
 for (let step = 0; step < job.greedy; step++) {
   const out = await nextProbabilities(greedy);

@@ -364,3 +364,67 @@ def test_llamacpp_runs_the_export_with_lowbits_perplexity(shared_data, tmp_path,
     assert abs(ppl_cpp / ppl_ours - 1) < 0.005, (ppl_cpp, ppl_ours)
     want = lowbit_greedy(model, res["prompt"], 8)[len(res["prompt"]):]
     assert res["greedy"][:4] == want[:4], (res["greedy"], want)
+
+
+# Qwen2's pre-tokenizer split (llama.cpp's "qwen2": one digit per piece), then GPT-2 bytes
+QWEN2_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2_MERGES = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("i", "n"), ("Ġ", "a"), ("e", "r"), ("o", "n"), ("Ġ", "s"),
+                ("r", "e"), ("a", "n"), ("Ġ", "w"), ("o", "u"), ("e", "d"), ("Ġa", "n"), ("Ġan", "d"), ("i", "t"),
+                ("Ġ", "c"), ("a", "t"), ("Ġc", "at"), ("o", "w"), ("Ġs", "at"), ("in", "g"), ("Ġ", "o"), ("Ġo", "n")]
+
+
+def _byte_level_bpe(tmp_path):
+    """A Qwen2-style tokenizer.json (byte-level BPE, Qwen2's split, <|endoftext|>, no BOS)."""
+    from lowbit.tokenizers import load_hf_tokenizer
+    from lowbit.tokenizers.pretokenizers import BYTE_TO_CHAR
+    vocab = {BYTE_TO_CHAR[b]: b for b in range(256)}
+    for a, b in QWEN2_MERGES:
+        vocab[a + b] = len(vocab)
+    eot = {"id": len(vocab), "content": "<|endoftext|>", "single_word": False, "lstrip": False, "rstrip": False,
+           "normalized": False, "special": True}
+    spec = {"version": "1.0", "added_tokens": [eot], "normalizer": None,
+            "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": QWEN2_PATTERN}, "behavior": "Isolated", "invert": False},
+                {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}]},
+            "post_processor": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False,
+                               "use_regex": False},
+            "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False},
+            "model": {"type": "BPE", "dropout": None, "unk_token": None, "byte_fallback": False,
+                      "vocab": vocab, "merges": [f"{a} {b}" for a, b in QWEN2_MERGES]}}
+    folder = tmp_path / "tok"
+    folder.mkdir()
+    (folder / "tokenizer.json").write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
+    (folder / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|endoftext|>", "bos_token": None}))
+    return load_hf_tokenizer(folder), len(vocab) + 1
+
+
+def test_llamacpp_runs_a_qwen2_export_with_a_byte_level_bpe_tokenizer(tmp_path):
+    """A random Qwen2 model (attention biases, grouped-query attention) with a byte-level
+    BPE tokenizer, exported as F32: llama.cpp tokenizes like lowbit and scores every
+    token as lowbit's forward does."""
+    from lowbit.models.hf_llama import HFLlamaConfig, LlamaForCausalLM
+    tok, vocab = _byte_level_bpe(tmp_path)
+    cfg = HFLlamaConfig.from_dict({"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 64,
+                                   "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+                                   "num_key_value_heads": 2, "vocab_size": vocab, "rms_norm_eps": 1e-6,
+                                   "rope_theta": 1000000.0, "max_position_embeddings": 512,
+                                   "tie_word_embeddings": False})
+    model = LlamaForCausalLM(cfg)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * (1.0 if "embed" in name else 0.15))
+    assert model.model.layers[0].self_attn.q_proj.bias is not None
+    path = tmp_path / "qwen2.gguf"
+    lowbit.export_gguf(model, path, tokenizer=tok, progress=False)
+    texts = ["The cat sat on the mat, and then it went out.", "In 2024 the cats ran 12 miles!",
+             "She's waiting: 3 apples and 45 pears.\nNew line here."]
+    res = run_llamacpp(path, texts, prompt="The cat", greedy=4)
+    assert res["tokens"] == [tok.encode(t) for t in texts]  # no BOS on either side
+    with torch.no_grad():
+        for ids, nll_cpp in zip(res["tokens"], res["nll"]):
+            logp = torch.log_softmax(model(torch.tensor([ids]))[0, :-1].double(), -1)
+            nll = -float(logp.gather(1, torch.tensor(ids[1:])[:, None]).sum())
+            assert abs(nll_cpp / nll - 1) < 1e-3, (nll_cpp, nll)
+    assert res["greedy"] == lowbit_greedy(model, res["prompt"], 4)[len(res["prompt"]):]
