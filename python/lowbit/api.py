@@ -255,7 +255,7 @@ def _custom_modules(model):
 COMPUTE_MODES = ("exact", "int8")
 
 
-def _check_compute(compute):
+def check_compute(compute):
     if not isinstance(compute, str) or compute not in COMPUTE_MODES:
         raise ValueError(f"compute: {compute!r} is not allowed; allowed: " + ", ".join(map(repr, COMPUTE_MODES)))
 
@@ -273,7 +273,7 @@ def set_compute(model, compute):
 
     Returns {"int8": [names], "exact": {name: reason}}. Not saved: after lowbit.load, call
     it again."""
-    _check_compute(compute)
+    check_compute(compute)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     layers = [(name, m) for name, m in model.named_modules() if isinstance(m, DeployLayer)]
@@ -308,7 +308,7 @@ def convert(model, fold_batchnorm=True, compute="exact"):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(fold_batchnorm, bool):
         raise TypeError(f"fold_batchnorm: expected True or False, got {fold_batchnorm!r}")
-    _check_compute(compute)
+    check_compute(compute)
     calib = _calib_modules(model)
     custom = _custom_modules(model)
     if not calib and not custom:

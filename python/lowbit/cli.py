@@ -237,8 +237,27 @@ def _quantize_streaming(args, cfg, batches):
     return 0
 
 
+COMPUTE_HELP = ("how a quantized folder's layers multiply: exact (default) or int8 (weight-only INT8/INT4 Linear "
+                "layers quantize their activations per token and multiply in integers; lowbit.set_compute)")
+
+
+def load_for_compute(folder, compute):
+    """load_folder, then the compute mode (a float folder takes only 'exact'); the mode's
+    name is checked first, by lowbit.set_compute's rule."""
+    import lowbit
+    from lowbit.api import check_compute
+    check_compute(compute)
+    model, tok, quantized = load_folder(folder)
+    if compute != "exact":
+        if not quantized:
+            raise ValueError(f"--compute {compute}: {folder} is a float folder; the mode applies to quantized ones")
+        r = lowbit.set_compute(model, compute)
+        print(f"compute {compute}: {len(r['int8'])} layers, {len(r['exact'])} exact", file=sys.stderr)
+    return model, tok, quantized
+
+
 def cmd_eval(args):
-    model, tok, quantized = load_folder(args.dir)
+    model, tok, quantized = load_for_compute(args.dir, args.compute)
     texts = read_samples(args.text)[args.first:args.first + args.samples]
     batches = token_batches(tok, texts, args.samples, args.seqlen)
     t0 = time.perf_counter()
@@ -250,7 +269,7 @@ def cmd_eval(args):
 
 
 def cmd_generate(args):
-    model, tok, _ = load_folder(args.dir)
+    model, tok, _ = load_for_compute(args.dir, args.compute)
     prompt = tok.encode(args.prompt, add_bos=True)
     t0 = time.perf_counter()
     out = model.generate(prompt, args.max_new_tokens, eos_id=tok.eos_id)
@@ -320,10 +339,12 @@ def build_parser():
     e.add_argument("--first", type=int, default=0, help="index of the first sample (default 0)")
     e.add_argument("--seqlen", type=int, default=PARAGRAPH_LIMIT)
     e.add_argument("--quiet", action="store_true")
+    e.add_argument("--compute", default="exact", help=COMPUTE_HELP)
     g = sub.add_parser("generate", help="greedy generation with a KV cache")
     g.add_argument("dir")
     g.add_argument("--prompt", required=True)
     g.add_argument("--max-new-tokens", type=int, default=64)
+    g.add_argument("--compute", default="exact", help=COMPUTE_HELP)
     i = sub.add_parser("inspect", help="formats, bytes and error per layer of a quantized folder")
     i.add_argument("dir")
     c = sub.add_parser("convert-llama2c", help="a llama2.c checkpoint as a Hugging Face Llama folder")

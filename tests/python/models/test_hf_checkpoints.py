@@ -80,6 +80,13 @@ def test_command_quantize_eval_generate_equal_the_python_path(stories_folder, na
     assert re.search(r"\d+ tokens in [0-9.]+ s: [0-9.]+ tokens/s", stderr)
     stdout, _ = run_lowbit("inspect", out)
     assert stdout.count("model.layers.") == 35
+    # the 8-bit compute mode from the command line: the Python path's perplexity in that mode
+    stdout, stderr = run_lowbit("eval", out, "--text", text, "--samples", 20, "--quiet", "--compute", "int8")
+    r = lowbit.set_compute(model, "int8")
+    assert len(r["int8"]) == (35 if name == "INT4_GPTQ_WEIGHT_QUANT_CFG" else 0)  # weight-only INT layers only
+    ppl8 = cli.perplexity(model, cli.token_batches(tok, texts[:20], 20, 512), progress=False)
+    assert abs(float(re.search(r"perplexity ([0-9.]+)", stdout).group(1)) - ppl8) < 1e-4
+    assert f"compute int8: {len(r['int8'])} layers, {len(r['exact'])} exact" in stderr
 
 
 def test_load_pretrained_needs_only_the_quantized_folder(stories_folder, tmp_path):
