@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "deploy/dynamic_int8.h"
+
 namespace lowbit {
 
 namespace {
@@ -219,13 +221,17 @@ bool uses_integer_kernel(bool conv, const TensorQuantCfg& w, const InputsCfg& in
   return in.q.strategy == G::kTensor || (in.q.strategy == G::kToken && !conv);
 }
 
-std::string compute_int8_skip_reason(bool conv, const TensorQuantCfg& w, const InputsCfg& in, bool two_level) {
+std::string compute_int8_skip_reason(bool conv, const TensorQuantCfg& w, const InputsCfg& in, int64_t cols,
+                                     bool two_level) {
   if (conv) return "a Conv2d (the 8-bit compute mode is for Linear layers)";
   if (in.present) return "its activations are quantized already (" + combination_name(in, w.type) + ")";
   if (w.type != Format::kInt8 && w.type != Format::kInt4)
     return std::string(format_info(w.type).name) + " weights (the 8-bit compute mode takes int8 and int4)";
   if (!w.symmetric) return "asymmetric weights (the 8-bit compute mode takes symmetric ones)";
   if (two_level) return "a second weight scale per row";
+  if (cols > kDynamicInt8MaxCols)
+    return std::to_string(cols) + " input features (the 8-bit compute mode takes up to " +
+           std::to_string(kDynamicInt8MaxCols) + ")";
   return "";  // (INT groups are multiples of 32 columns, as the kernel needs)
 }
 

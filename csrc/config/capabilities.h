@@ -72,7 +72,9 @@ bool uses_integer_kernel(bool conv, const TensorQuantCfg& w, const InputsCfg& in
 // Why the opt-in 8-bit compute mode (convert's compute="int8": activations quantized per
 // token inside the op, integer products; deploy/dynamic_int8.h) leaves a deploy layer in
 // its exact product ("" when it takes the layer): weight-only Linear layers with
-// symmetric INT8/INT4 weights and no second weight scale.
-std::string compute_int8_skip_reason(bool conv, const TensorQuantCfg& w, const InputsCfg& in, bool two_level);
+// symmetric INT8/INT4 weights, no second weight scale, and at most kDynamicInt8MaxCols
+// input features.
+std::string compute_int8_skip_reason(bool conv, const TensorQuantCfg& w, const InputsCfg& in, int64_t cols,
+                                     bool two_level);
 
 }  // namespace lowbit

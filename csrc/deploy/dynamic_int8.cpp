@@ -68,9 +68,9 @@ void linear_dynamic_int8(const ConstMatrix& x, const GroupedIntWeight& w, const 
   if (w.row_bytes != (w.bits == 8 ? w.cols : (w.cols + 1) / 2))
     throw std::invalid_argument("weight: row_bytes does not match cols");
   if (x.cols != w.cols) throw std::invalid_argument("x: columns do not match the weight");
-  if (w.cols > 131072)  // 128 * 128 * K must stay below 2^31 in the int32 sums
-    throw std::invalid_argument("weight: " + std::to_string(w.cols) +
-                                " input features; the 8-bit compute mode allows up to 131072");
+  if (w.cols > kDynamicInt8MaxCols)  // a lane sums K / 8 products of at most 128 * 128: below 2^31
+    throw std::invalid_argument("weight: " + std::to_string(w.cols) + " input features; the 8-bit compute mode "
+                                "allows up to " + std::to_string(kDynamicInt8MaxCols));
   if (y.rows != x.rows || y.cols != w.rows) throw std::invalid_argument("y: shape does not match");
   const int64_t M = x.rows, N = w.rows, K = w.cols;
   const int64_t G = w.per_tensor || w.group <= 0 || w.group >= K ? K : w.group;  // columns per scale

@@ -31,6 +31,9 @@ struct GroupedIntWeight {
   bool per_tensor = false;  // one scale in all
 };
 
+// Input features the mode takes at most.
+constexpr int64_t kDynamicInt8MaxCols = int64_t(1) << 20;
+
 void linear_dynamic_int8(const ConstMatrix& x, const GroupedIntWeight& w, const float* bias, const MutMatrix& y);
 
 // One call: `rows` weight rows against M activation rows, r (above) into out[i * M + m].

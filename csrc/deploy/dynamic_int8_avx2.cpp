@@ -76,11 +76,13 @@ void tile(const DynamicRows& a, int64_t i0, int64_t m0) {
     for (int r = 0; r < NR; ++r) {
       const __m256 s = _mm256_set1_ps(a.scale[(i0 + r) * a.scale_ld + (a.scale_ld ? g : 0)]);
       for (int m = 0; m < MR; ++m) {
-        __m256i sum = acc[r][m];
+        __m256i sum;
         if (kBits == 4) {
           const __m256i hs = _mm256_madd_epi16(h[r][m], ones);
-          sum = _mm256_sub_epi32(use_acc ? _mm256_add_epi32(sum, hs) : hs,
+          sum = _mm256_sub_epi32(use_acc ? _mm256_add_epi32(acc[r][m], hs) : hs,
                                  load32(a.corr + ((m0 + m) * groups + g) * 8));
+        } else {
+          sum = acc[r][m];
         }
         f[r][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), s, f[r][m]);
       }
@@ -115,8 +117,7 @@ void tile(const DynamicRows& a, int64_t i0, int64_t m0) {
     for (int m = 0; m < MR; ++m) a.out[(i0 + r) * a.M + m0 + m] = reduce_lanes(f[r][m]);
 }
 
-// One weight row at a time: in a one-thread harness at 4096 x 4096, two rows per tile
-// took 1.5-2x as long at one activation row and 1.1-1.2x at four.
+// One weight row at a time (tiles of several rows measured slower).
 template <int kBits, int MR, int kBpg>
 void rows_for(const DynamicRows& a, int64_t m0) {
   for (int64_t i = 0; i < a.rows; ++i) tile<kBits, 1, MR, kBpg>(a, i, m0);

@@ -248,8 +248,8 @@ struct Avx2FusedDot {
   static WeightDecoder make(const PackedWeight& w) {
     WeightDecoder d = Kernels::generic_decoder(w);
     const bool fused = w.value_dtype == DType::kF32 && !w.row_scale1;
-    // the deferred scale pays off on granules of 128 columns or more (on groups of 32 its
-    // per-group sums cost more than they save: 1.4-1.7x slower at 8 activation rows)
+    // the deferred scale for granules of 128 columns or more (on groups of 32 the
+    // per-group sums cost more than the multiplies they save)
     const bool deferred = w.spec.symmetric && driver::Kernels<VecAvx2>::granule_len(w.spec, w.cols) >= 128;
     switch (w.spec.format) {
       case Format::kInt4:  // deferred scale; |x| >= 2^64, NaN or Inf: every weight scaled first

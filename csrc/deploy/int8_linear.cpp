@@ -32,9 +32,10 @@ void linear_int8(const ConstMatrix& x, const Int8Activation& act, const IntWeigh
   if (y.rows != x.rows || y.cols != w.rows) throw std::invalid_argument("y: shape does not match");
   const int64_t M = x.rows, N = w.rows, K = w.cols;
   if (M == 0) return;
-  if (act.per_token) {
+  if (act.per_token && std::string(int8_kernels().name) != "avx512_vnni") {
     // Per-token activations are the 8-bit compute mode's product (dynamic_int8.h): the
-    // same codes, integer sums and one scale per row; its kernel is the faster one here.
+    // same codes, integer sums and one scale per row. Its kernel (vpmaddubsw) replaces the
+    // int16 tiles of CPUs without VNNI; VNNI CPUs keep their vpdpbusd tiles.
     GroupedIntWeight g;
     g.codes = w.codes;
     g.rows = N;

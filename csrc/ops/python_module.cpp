@@ -289,13 +289,13 @@ PYBIND11_MODULE(_C, m) {
       "Whether the deploy module of these settings multiplies in integers (linear_int8/conv2d_int8).");
   m.def(
       "compute_int8_skip_reason",
-      [](bool conv, py::dict weights, py::object inputs, bool two_level) {
+      [](bool conv, py::dict weights, py::object inputs, int64_t cols, bool two_level) {
         return raising_python_errors([&] {
           auto settings = layer_settings(weights, inputs);
-          return compute_int8_skip_reason(conv, settings.first, settings.second, two_level);
+          return compute_int8_skip_reason(conv, settings.first, settings.second, cols, two_level);
         });
       },
-      py::arg("conv"), py::arg("weights"), py::arg("inputs"), py::arg("two_level"),
+      py::arg("conv"), py::arg("weights"), py::arg("inputs"), py::arg("cols"), py::arg("two_level"),
       "Why convert's compute='int8' leaves this deploy layer exact ('' when it takes it).");
   m.def(
       "format_table",

@@ -166,7 +166,7 @@ class DeployLayer(QuantLayerBase):
         """Why the 8-bit compute mode leaves this layer exact ('' when it takes it); the
         rule is the capability table's (config/capabilities.cpp)."""
         return _C.compute_int8_skip_reason(hasattr(self, "kernel_size"), self.wspec.to_dict(),
-                                           None if self.aspec is None else self.aspec.to_dict(),
+                                           None if self.aspec is None else self.aspec.to_dict(), self.cols,
                                            self._buffers.get("w_scale1") is not None)
 
     def packed_bytes(self):

@@ -298,8 +298,9 @@ TEST(DeployKernels, LinearPackedWithinFp32SummationError) {
 }
 
 TEST(DeployKernels, DynamicInt8EqualsScalarReferenceAndDoubleProduct) {
-  const Case cases[] = {{Format::kInt4, Granularity::kGroup, 32, true}, {Format::kInt4, Granularity::kChannel, 0, true},
-                        {Format::kInt8, Granularity::kGroup, 64, true}, {Format::kInt8, Granularity::kTensor, 0, true}};
+  const Case cases[] = {{Format::kInt4, Granularity::kGroup, 32, true}, {Format::kInt4, Granularity::kGroup, 128, true},
+                        {Format::kInt4, Granularity::kChannel, 0, true}, {Format::kInt8, Granularity::kGroup, 64, true},
+                        {Format::kInt8, Granularity::kTensor, 0, true}};
   for (const Case& c : cases)
     for (int64_t k : {33, 100, 128, 300})
       for (int64_t m : {1, 2, 5, 9}) {

@@ -103,8 +103,8 @@ def test_gemv_row_blocks(isa, n, k):
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("fmt,gran", [("int8", "channel"), ("int8", "tensor"), ("float8_e4m3fn", "channel"),
-                                      ("hifloat8", "channel")])
+@pytest.mark.parametrize("fmt,gran", [("int8", "channel"), ("int8", "tensor"), ("int4", "channel"),
+                                      ("float8_e4m3fn", "channel"), ("hifloat8", "channel")])
 def test_gemv_huge_and_nan_activations(isa, fmt, gran):
     """One-scale-per-row GEMVs multiply each row's dot product by its scale once; with
     activations near the fp32 limit that order would overflow (127 x 1e38 > 3.4e38) where
