@@ -103,7 +103,8 @@ def estimate_peak_bytes(cfg, batches, dtype, algorithm_hessian=True):
     """Memory the streaming run needs beyond the Python process: activations (fp32, twice
     during the pass that replaces them), one layer in the compute dtype plus its
     fake-quantized copy and the algorithms' temporaries (about two fp32 copies), the
-    Hessians of one layer (K x K fp32 per projection), the embedding matrix while the
+    Hessians of one layer (K x K fp32 per projection) and the two K x K factorisations
+    GPTQ holds beside the widest one while it solves, the embedding matrix while the
     first activations are made."""
     h, i = cfg.hidden_size, cfg.intermediate_size
     qkv = cfg.num_attention_heads * cfg.head_dim + 2 * cfg.num_key_value_heads * cfg.head_dim
@@ -112,7 +113,8 @@ def estimate_peak_bytes(cfg, batches, dtype, algorithm_hessian=True):
     tokens = sum(b.shape[1] for b in batches)
     acts = 2 * tokens * h * 4
     att = max(b.shape[1] for b in batches) ** 2 * cfg.num_attention_heads * 4 * 2
-    hess = (5 * h * h + i * i) * 4 if algorithm_hessian else 0
+    widest = max(h, i, cfg.num_attention_heads * cfg.head_dim)
+    hess = (5 * h * h + i * i + 2 * widest * widest) * 4 if algorithm_hessian else 0
     embed = cfg.vocab_size * h * esize
     return acts + att + layer_params * (esize + 8) + hess + max(embed, layer_params * 4)
 
