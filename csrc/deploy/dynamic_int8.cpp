@@ -16,11 +16,6 @@ namespace lowbit {
 using namespace int8_detail;
 
 namespace {
-inline int32_t nibble_value(const uint8_t* row, int64_t k) {
-  const int nib = (row[k >> 1] >> ((k & 1) * 4)) & 0xF;
-  return nib < 8 ? nib : nib - 16;
-}
-
 // Column of kernel-order position p of a block (INT4: even columns first).
 inline int64_t column_of(int bits, int64_t p) { return bits == 8 ? p : (p < 16 ? 2 * p : 2 * (p - 16) + 1); }
 
@@ -38,7 +33,7 @@ void dynamic_rows_scalar(const DynamicRows& a) {
     auto wv = [&](int64_t b, int64_t p) -> int32_t {
       if (b == a.whole) return a.bits == 8 ? a.tails[i * 32 + p] : a.tails[i * 32 + p] - 8;
       const int64_t k = 32 * b + column_of(a.bits, p);
-      return a.bits == 8 ? int32_t(int8_t(row[k])) : nibble_value(row, k);
+      return code_value(row, a.bits, k);
     };
     for (int64_t m = 0; m < a.M; ++m) {
       const int8_t* xm = a.x + m * a.ldx;
@@ -147,8 +142,8 @@ void linear_dynamic_int8(const ConstMatrix& x, const GroupedIntWeight& w, const 
             for (int64_t p = 0; p < 32; ++p) {
               const int64_t k = 32 * whole + column_of(w.bits, p);
               const uint8_t* row = wrows + i * w.row_bytes;
-              tails[i * 32 + p] = k >= K ? int8_t(w.bits == 8 ? 0 : 8)
-                                  : w.bits == 8 ? int8_t(row[k]) : int8_t(nibble_value(row, k) + 8);
+              const int32_t offset = w.bits == 8 ? 0 : 8;  // INT4 tails hold q + 8
+              tails[i * 32 + p] = int8_t((k < K ? code_value(row, w.bits, k) : 0) + offset);
             }
         DynamicRows a{wrows, w.row_bytes, w.bits, rows, tail ? tails : nullptr,
                       w.per_tensor ? w.scale : w.scale + n0 * groups, w.per_tensor ? 0 : groups,

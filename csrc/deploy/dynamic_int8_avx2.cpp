@@ -11,6 +11,7 @@
 #include <algorithm>
 
 #include "deploy/dynamic_int8.h"
+#include "simd/vec_avx2.h"
 
 namespace lowbit {
 namespace {
@@ -24,68 +25,54 @@ inline __m256i decode4(const uint8_t* p) {
 
 inline __m256i load32(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
 
-inline float reduce_lanes(__m256 v) {
-  const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));  // f_j + f_j+4
-  const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  return _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps(t, t, 1)));
-}
-
-// NR weight rows x MR activation rows. kBpg: blocks per group known at compile time (its
-// groups of whole blocks run unrolled, without the int32 partial sums), or 0.
-template <int kBits, int NR, int MR, int kBpg>
-void tile(const DynamicRows& a, int64_t i0, int64_t m0) {
+// Weight row i against MR activation rows. kBpg: blocks per group known at compile time
+// (its groups of whole blocks run unrolled, without the int32 partial sums), or 0. One
+// weight row at a time: tiles of several rows measured slower.
+template <int kBits, int MR, int kBpg>
+void row_tile(const DynamicRows& a, int64_t i, int64_t m0) {
   static_assert(kBpg <= 8, "int16 sums hold 8 blocks");
   const int64_t blocks = a.whole + (a.tails != nullptr);
   const int64_t groups = (blocks + a.bpg - 1) / a.bpg;
   const int64_t unrolled = kBpg ? a.whole / kBpg : 0;  // groups of whole blocks
   const __m256i ones = _mm256_set1_epi16(1);
-  const uint8_t* row[NR];
-  for (int r = 0; r < NR; ++r) row[r] = a.codes + (i0 + r) * a.row_bytes;
+  const uint8_t* row = a.codes + i * a.row_bytes;
   const int8_t* xr[MR];
   for (int m = 0; m < MR; ++m) xr[m] = a.x + (m0 + m) * a.ldx;
-  __m256 f[NR][MR];
-  for (int r = 0; r < NR; ++r)
-    for (int m = 0; m < MR; ++m) f[r][m] = _mm256_setzero_ps();
+  __m256 f[MR];
+  for (int m = 0; m < MR; ++m) f[m] = _mm256_setzero_ps();
   // h: INT4 pair sums in int16 (at most 8 blocks); acc: int32 sums
-  __m256i acc[NR][MR], h[NR][MR];
+  __m256i acc[MR], h[MR];
   // One block's products; `first` starts the sums instead of adding to them.
   auto block = [&](int64_t b, bool whole, bool first) __attribute__((always_inline)) {
-    __m256i wv[NR], aw[NR];
-    for (int r = 0; r < NR; ++r) {
-      if (whole || b < a.whole) wv[r] = kBits == 4 ? decode4(row[r] + 16 * b) : load32(row[r] + 32 * b);
-      else wv[r] = load32(a.tails + (i0 + r) * 32);
-      if (kBits == 8) aw[r] = _mm256_sign_epi8(wv[r], wv[r]);
-    }
+    __m256i wv, aw = _mm256_setzero_si256();
+    if (whole || b < a.whole) wv = kBits == 4 ? decode4(row + 16 * b) : load32(row + 32 * b);
+    else wv = load32(a.tails + i * 32);
+    if (kBits == 8) aw = _mm256_sign_epi8(wv, wv);
 #pragma GCC unroll 4
     for (int m = 0; m < MR; ++m) {
       const __m256i xv = load32(xr[m] + 32 * b);
-#pragma GCC unroll 4
-      for (int r = 0; r < NR; ++r) {
-        if (kBits == 4) {
-          const __m256i p = _mm256_maddubs_epi16(wv[r], xv);
-          h[r][m] = first ? p : _mm256_add_epi16(h[r][m], p);
-        } else {
-          const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(aw[r], _mm256_sign_epi8(xv, wv[r])), ones);
-          acc[r][m] = first ? p : _mm256_add_epi32(acc[r][m], p);
-        }
+      if (kBits == 4) {
+        const __m256i p = _mm256_maddubs_epi16(wv, xv);
+        h[m] = first ? p : _mm256_add_epi16(h[m], p);
+      } else {
+        const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(xv, wv)), ones);
+        acc[m] = first ? p : _mm256_add_epi32(acc[m], p);
       }
     }
   };
   // The group's lane sums S into f: f = fma(float(S), s, f)
   auto finish = [&](int64_t g, bool use_acc) __attribute__((always_inline)) {
-    for (int r = 0; r < NR; ++r) {
-      const __m256 s = _mm256_set1_ps(a.scale[(i0 + r) * a.scale_ld + (a.scale_ld ? g : 0)]);
-      for (int m = 0; m < MR; ++m) {
-        __m256i sum;
-        if (kBits == 4) {
-          const __m256i hs = _mm256_madd_epi16(h[r][m], ones);
-          sum = _mm256_sub_epi32(use_acc ? _mm256_add_epi32(acc[r][m], hs) : hs,
-                                 load32(a.corr + ((m0 + m) * groups + g) * 8));
-        } else {
-          sum = acc[r][m];
-        }
-        f[r][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), s, f[r][m]);
+    const __m256 s = _mm256_set1_ps(a.scale[i * a.scale_ld + (a.scale_ld ? g : 0)]);
+    for (int m = 0; m < MR; ++m) {
+      __m256i sum;
+      if (kBits == 4) {
+        const __m256i hs = _mm256_madd_epi16(h[m], ones);
+        sum = _mm256_sub_epi32(use_acc ? _mm256_add_epi32(acc[m], hs) : hs,
+                               load32(a.corr + ((m0 + m) * groups + g) * 8));
+      } else {
+        sum = acc[m];
       }
+      f[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), s, f[m]);
     }
   };
   for (int64_t g = 0; g < groups; ++g) {
@@ -97,30 +84,26 @@ void tile(const DynamicRows& a, int64_t i0, int64_t m0) {
       continue;
     }
     const int64_t b0 = g * a.bpg, b1 = std::min(blocks, b0 + a.bpg);
-    for (int r = 0; r < NR; ++r)
-      for (int m = 0; m < MR; ++m) acc[r][m] = _mm256_setzero_si256();
+    for (int m = 0; m < MR; ++m) acc[m] = _mm256_setzero_si256();
     int held = 0;  // INT4: blocks summed in h since it was last widened into acc
     for (int64_t b = b0; b < b1; ++b) {
       block(b, false, kBits == 4 && held == 0);
       if (kBits == 4 && ++held == 8) {
-        for (int r = 0; r < NR; ++r)
-          for (int m = 0; m < MR; ++m) acc[r][m] = _mm256_add_epi32(acc[r][m], _mm256_madd_epi16(h[r][m], ones));
+        for (int m = 0; m < MR; ++m) acc[m] = _mm256_add_epi32(acc[m], _mm256_madd_epi16(h[m], ones));
         held = 0;
       }
     }
     if (kBits == 4 && held == 0)
-      for (int r = 0; r < NR; ++r)
-        for (int m = 0; m < MR; ++m) h[r][m] = _mm256_setzero_si256();
+      for (int m = 0; m < MR; ++m) h[m] = _mm256_setzero_si256();
     finish(g, true);
   }
-  for (int r = 0; r < NR; ++r)
-    for (int m = 0; m < MR; ++m) a.out[(i0 + r) * a.M + m0 + m] = reduce_lanes(f[r][m]);
+  // the lanes' fixed reduction order (dynamic_int8.h)
+  for (int m = 0; m < MR; ++m) a.out[i * a.M + m0 + m] = VecAvx2::reduce_add(f[m]);
 }
 
-// One weight row at a time (tiles of several rows measured slower).
 template <int kBits, int MR, int kBpg>
 void rows_for(const DynamicRows& a, int64_t m0) {
-  for (int64_t i = 0; i < a.rows; ++i) tile<kBits, 1, MR, kBpg>(a, i, m0);
+  for (int64_t i = 0; i < a.rows; ++i) row_tile<kBits, MR, kBpg>(a, i, m0);
 }
 
 template <int kBits, int kBpg>

@@ -14,6 +14,7 @@
 #include <immintrin.h>
 
 #include "deploy/weight_decoder.h"
+#include "simd/vec_avx2.h"
 
 namespace lowbit {
 namespace {
@@ -69,23 +70,31 @@ struct Avx2FusedDot {
     return (float(q) - offset) * scale;
   }
 
+  // The codes of columns k .. k + 31 (k even), one per byte: c0 holds columns k .. k + 15,
+  // c1 the rest. kFlip: 4-bit codes come xor-ed with 8 (two's complement nibble -> q + 8).
+  template <bool kFourBit, bool kFlip>
+  static inline void codes32(const uint8_t* row, int64_t k, __m128i& c0, __m128i& c1) {
+    if constexpr (kFourBit) {
+      const __m128i low4 = _mm_set1_epi8(0x0F);
+      __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + k / 2));
+      if constexpr (kFlip) b = _mm_xor_si128(b, _mm_set1_epi8(char(0x88)));
+      const __m128i lo = _mm_and_si128(b, low4), hi = _mm_and_si128(_mm_srli_epi16(b, 4), low4);
+      c0 = _mm_unpacklo_epi8(lo, hi);
+      c1 = _mm_unpackhi_epi8(lo, hi);
+    } else {
+      c0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + k));
+      c1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + k + 16));
+    }
+  }
+
   // Calls fn(k, v[4]) for the 32 columns k .. k + 31 of every whole chunk of 32 in [k, gend),
   // v[j] holding columns k + 8j .. k + 8j + 7; returns where it stopped.
   template <Codes kKind, class Fn>
   static inline int64_t chunks(const Ctx& c, const uint8_t* row, int64_t k, int64_t gend, __m256 scale,
                                __m256 offset, Fn&& fn) {
-    const __m128i low4 = _mm_set1_epi8(0x0F);
     for (; k + 32 <= gend; k += 32) {  // group sizes are multiples of 32: k stays even
       __m128i c0, c1;
-      if constexpr (four_bit(kKind)) {
-        const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + k / 2));
-        const __m128i lo = _mm_and_si128(b, low4), hi = _mm_and_si128(_mm_srli_epi16(b, 4), low4);
-        c0 = _mm_unpacklo_epi8(lo, hi);  // columns k .. k + 15
-        c1 = _mm_unpackhi_epi8(lo, hi);  // columns k + 16 .. k + 31
-      } else {
-        c0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + k));
-        c1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + k + 16));
-      }
+      codes32<four_bit(kKind), false>(row, k, c0, c1);
       const __m256 v[4] = {values<kKind>(c, c0, scale, offset), values<kKind>(c, _mm_srli_si128(c0, 8), scale, offset),
                            values<kKind>(c, c1, scale, offset), values<kKind>(c, _mm_srli_si128(c1, 8), scale, offset)};
       fn(k, v);
@@ -129,13 +138,8 @@ struct Avx2FusedDot {
           [&](int64_t k, float wv) {
             for (int m = 0; m < MR; ++m) tail[m] += wv * xp[m * kpad + k];
           });
-      for (int m = 0; m < MR; ++m) {
-        const __m256 s = _mm256_add_ps(acc[m][0], acc[m][1]);
-        __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-        h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-        h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
-        out[(r - r0) * MR + m] += _mm_cvtss_f32(h) + tail[m];
-      }
+      for (int m = 0; m < MR; ++m)
+        out[(r - r0) * MR + m] += VecAvx2::reduce_add(_mm256_add_ps(acc[m][0], acc[m][1])) + tail[m];
     }
   }
 
@@ -143,24 +147,19 @@ struct Avx2FusedDot {
   // scale): int4 as (nibble ^ 8) | 2^23's bits - (2^23 + 8), int8 widened and converted.
   template <Codes kKind, class Fn>
   static inline int64_t code_chunks(const uint8_t* row, int64_t k, int64_t gend, Fn&& fn) {
-    const __m128i low4 = _mm_set1_epi8(0x0F), flip = _mm_set1_epi8(char(0x88));
     const __m256i magic = _mm256_set1_epi32(0x4B000000);
     const __m256 bias = _mm256_set1_ps(8388616.0f);  // 2^23 + 8
-    auto nib = [&](__m128i c8) { return _mm256_sub_ps(_mm256_castsi256_ps(_mm256_or_si256(_mm256_cvtepu8_epi32(c8), magic)), bias); };
-    auto byte = [](__m128i c8) { return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(c8)); };
+    auto value8 = [&](__m128i c8) {  // the low 8 codes of c8 as floats
+      if constexpr (kKind == Codes::kInt4)
+        return _mm256_sub_ps(_mm256_castsi256_ps(_mm256_or_si256(_mm256_cvtepu8_epi32(c8), magic)), bias);
+      else
+        return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(c8));
+    };
     for (; k + 32 <= gend; k += 32) {
-      if constexpr (kKind == Codes::kInt4) {
-        const __m128i b = _mm_xor_si128(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + k / 2)), flip);
-        const __m128i lo = _mm_and_si128(b, low4), hi = _mm_and_si128(_mm_srli_epi16(b, 4), low4);
-        const __m128i c0 = _mm_unpacklo_epi8(lo, hi), c1 = _mm_unpackhi_epi8(lo, hi);
-        const __m256 v[4] = {nib(c0), nib(_mm_srli_si128(c0, 8)), nib(c1), nib(_mm_srli_si128(c1, 8))};
-        fn(k, v);
-      } else {
-        const __m128i c0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + k));
-        const __m128i c1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + k + 16));
-        const __m256 v[4] = {byte(c0), byte(_mm_srli_si128(c0, 8)), byte(c1), byte(_mm_srli_si128(c1, 8))};
-        fn(k, v);
-      }
+      __m128i c0, c1;
+      codes32<kKind == Codes::kInt4, true>(row, k, c0, c1);
+      const __m256 v[4] = {value8(c0), value8(_mm_srli_si128(c0, 8)), value8(c1), value8(_mm_srli_si128(c1, 8))};
+      fn(k, v);
     }
     return k;
   }
@@ -200,12 +199,7 @@ struct Avx2FusedDot {
           for (int m = 0; m < MR; ++m) tail[m] += wv * xp[m * kpad + k];
         }
       }
-      for (int m = 0; m < MR; ++m) {
-        __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc[m]), _mm256_extractf128_ps(acc[m], 1));
-        h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-        h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
-        out[(r - r0) * MR + m] += _mm_cvtss_f32(h) + tail[m];
-      }
+      for (int m = 0; m < MR; ++m) out[(r - r0) * MR + m] += VecAvx2::reduce_add(acc[m]) + tail[m];
     }
   }
 

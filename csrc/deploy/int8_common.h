@@ -45,6 +45,14 @@ inline Int8Kernels int8_kernels() {
   return {"scalar", &int8_tile_scalar, &int8_rows_scalar, &int8_row_sum_scalar};
 }
 
+// The int8 value of column k of a row of codes (int4: two per byte, low nibble first,
+// sign-extended).
+inline int32_t code_value(const uint8_t* row, int bits, int64_t k) {
+  if (bits == 8) return int8_t(row[k]);
+  const int nib = (row[k >> 1] >> ((k & 1) * 4)) & 0xF;
+  return nib < 8 ? nib : nib - 16;
+}
+
 // Weight row r as int8 values (int4 codes sign-extended), zero padded to `kpad`.
 inline void weight_row(const IntWeight& w, int64_t r, int8_t* dst, int64_t kpad) {
   const uint8_t* row = w.codes + r * w.row_bytes;
@@ -52,8 +60,7 @@ inline void weight_row(const IntWeight& w, int64_t r, int8_t* dst, int64_t kpad)
     std::memcpy(dst, row, size_t(w.cols));
   } else {
     for (int64_t k = 0; k < w.cols; ++k) {
-      const int nib = (row[k >> 1] >> ((k & 1) * 4)) & 0xF;
-      dst[k] = int8_t(nib < 8 ? nib : nib - 16);
+      dst[k] = int8_t(code_value(row, 4, k));
     }
   }
   std::memset(dst + w.cols, 0, size_t(kpad - w.cols));

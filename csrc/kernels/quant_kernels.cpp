@@ -95,13 +95,13 @@ IsaTable& active() {
 }
 }  // namespace
 
-std::string best_isa() { return cpu_has_avx512() ? "avx512" : (cpu_has_avx2() ? "avx2" : "scalar"); }
 std::vector<std::string> available_isas() {
   std::vector<std::string> v{"scalar"};
   if (cpu_has_avx2()) v.push_back("avx2");
   if (cpu_has_avx512()) v.push_back("avx512");
   return v;
 }
+std::string best_isa() { return available_isas().back(); }
 std::string current_isa() { return active().name; }
 void set_isa(const std::string& name) { active() = table_for(name == "auto" ? best_isa() : name); }
 

@@ -93,11 +93,16 @@ WeightArgs packed_args(const at::Tensor& packed, const at::Tensor& scale, const 
   return a;
 }
 
-WeightArgs int8_args(const at::Tensor& packed, const at::Tensor& w_scale, int64_t bits, int64_t cols, bool per_token,
-                     const at::Tensor& act_scale, const at::Tensor& act_offset) {
+// The integer products' weight tensors: uint8 codes [N, row bytes], float32 scales.
+void check_int_weight(const at::Tensor& packed, const at::Tensor& w_scale) {
   TORCH_CHECK_TYPE(packed.scalar_type() == at::kByte, "packed: dtype ", packed.scalar_type(), "; expected uint8");
   TORCH_CHECK_VALUE(packed.dim() == 2, "packed: expected a 2-D tensor, got rank ", packed.dim());
   TORCH_CHECK_TYPE(w_scale.scalar_type() == at::kFloat, "w_scale: expected float32");
+}
+
+WeightArgs int8_args(const at::Tensor& packed, const at::Tensor& w_scale, int64_t bits, int64_t cols, bool per_token,
+                     const at::Tensor& act_scale, const at::Tensor& act_offset) {
+  check_int_weight(packed, w_scale);
   const int64_t n = packed.size(0);
   TORCH_CHECK_VALUE(w_scale.numel() == n || w_scale.numel() == 1, "w_scale: ", w_scale.numel(),
                     " entries; expected 1 or ", n);
@@ -240,9 +245,7 @@ at::Tensor linear_int8_op(const at::Tensor& x, const at::Tensor& packed, const a
 at::Tensor linear_dynamic_int8_op(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& w_scale,
                                   int64_t bits, int64_t group_size, int64_t cols,
                                   const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& smooth) {
-  TORCH_CHECK_TYPE(packed.scalar_type() == at::kByte, "packed: dtype ", packed.scalar_type(), "; expected uint8");
-  TORCH_CHECK_VALUE(packed.dim() == 2, "packed: expected a 2-D tensor, got rank ", packed.dim());
-  TORCH_CHECK_TYPE(w_scale.scalar_type() == at::kFloat, "w_scale: expected float32");
+  check_int_weight(packed, w_scale);
   TORCH_CHECK_VALUE(bits == 8 || bits == 4, "bits: ", bits, "; allowed: 8, 4");
   TORCH_CHECK_VALUE(cols >= 1, "cols: ", cols, "; expected at least 1");
   const int64_t n = packed.size(0);
