@@ -92,9 +92,9 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(stories_folder, tmp_pa
 
 def test_peak_memory_is_bounded_by_one_layer(tmp_path):
     # 16 layers of hidden 1024 / intermediate 2816 in fp32: 51 MB a layer, 0.8 GB in all.
-    # Streaming GPTQ must stay within the interpreter's RSS + 8 layers' worth (the layer,
+    # Streaming GPTQ must stay within the interpreter's RSS + 6 layers' worth (the layer,
     # its fake-quantized copy, Hessians, GPTQ's temporaries, packed output, activations,
-    # allocator slack); the float model alone is twice that bound.
+    # allocator slack; about 4 are measured); the float model alone is 2.7 times that bound.
     cfg = {"architectures": ["LlamaForCausalLM"], "hidden_size": 1024, "intermediate_size": 2816,
            "num_hidden_layers": 16, "num_attention_heads": 8, "num_key_value_heads": 8, "vocab_size": 2048,
            "torch_dtype": "float32", "max_position_embeddings": 128, "tie_word_embeddings": False}
@@ -123,7 +123,7 @@ def test_peak_memory_is_bounded_by_one_layer(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     base, peak, estimate = map(int, r.stdout.split()[-3:])
-    bound = base + 8 * layer_bytes
+    bound = base + 6 * layer_bytes
     assert total > 16 * layer_bytes  # the float model would not fit the bound
     assert peak < bound, (peak >> 20, bound >> 20, base >> 20, layer_bytes >> 20)
     assert peak - base < 1.5 * estimate, (peak - base, estimate)
