@@ -7,9 +7,6 @@
 
 #include <algorithm>
 #include <cstdio>
-#if defined(__GLIBC__)
-#include <malloc.h>
-#endif
 
 #include "config/capabilities.h"
 #include "config/quant_config.h"
@@ -344,23 +341,6 @@ PYBIND11_MODULE(_C, m) {
       py::arg("path"), py::arg("data"),
       "Writes data to path through a temporary file in the same folder, fsync and rename: a crash or a full "
       "disk leaves the old file. Raises ValueError (naming the path and the system's reason).");
-  m.def(
-      "fix_heap_mmap_threshold",
-      [](int64_t bytes) {
-        if (bytes < 4096 || bytes > (int64_t{1} << 30))
-          throw py::value_error("fix_heap_mmap_threshold: bytes=" + std::to_string(bytes) +
-                                " is outside [4096, 2^30]");
-#if defined(__GLIBC__)
-        return mallopt(M_MMAP_THRESHOLD, static_cast<int>(bytes)) == 1;
-#else
-        return false;
-#endif
-      },
-      py::arg("bytes"),
-      "Makes glibc's malloc serve every block of at least `bytes` with its own mapping, returned to the system "
-      "when freed, for the rest of the process. By default glibc raises that threshold to the largest block "
-      "freed so far (up to 32 MiB), after which freed layers stay in the heap and the peak RSS of a layer-by-"
-      "layer job grows by their size. Returns False where the C library is not glibc.");
   m.def(
       "algorithm_layer_types",
       [](const std::string& name, std::vector<std::pair<std::string, std::vector<std::string>>> custom) {

@@ -196,5 +196,26 @@ class SequentialCalibrator:
     def _hook(module, fn):
         try:
             return module.register_forward_pre_hook(fn, with_kwargs=True)
-        except TypeError:  # torch < 2.0: no kwargs in pre-hooks
-            return module.register_forward_pre_hook(lambda m, a: fn(m, a, {}))
+        except TypeError:  # torch < 2.0: no kwargs in pre-hooks; the forward is wrapped instead
+            return _ForwardWrap(module, fn)
+
+
+class _ForwardWrap:
+    """``fn(module, args, kwargs)`` before each call of ``module`` (a pre-hook that sees the
+    keyword arguments, which torch < 2.0's pre-hooks do not); ``remove()`` undoes it."""
+
+    def __init__(self, module, fn):
+        self.module, self.saved = module, module.__dict__.get("forward")
+        inner = module.forward
+
+        def forward(*args, **kwargs):
+            fn(module, args, kwargs)
+            return inner(*args, **kwargs)
+
+        module.forward = forward
+
+    def remove(self):
+        if self.saved is None:
+            del self.module.forward
+        else:
+            self.module.forward = self.saved
