@@ -112,3 +112,41 @@ def load_hf_model(folder, dtype=None):
     tensors, _ = read_tensors(folder)
     _assign(model, tensors, dtype, folder)
     return model.eval()
+
+
+def fill_meta(module, available, load, where, prefix="", replace_real=False):
+    """Real tensors for the meta parameters and buffers of ``module`` (a model built on the
+    meta device): ``available`` holds the names that can be loaded (``prefix`` + the
+    module's own names), ``load(names)`` returns {name: tensor}. A tensor held under
+    several names (tied weights) is loaded once, under whichever name is available, and
+    stays tied; tensors that are already real are kept (``replace_real``: replaced where
+    available). Raises ValueError naming the first meta tensor that is missing or a shape
+    that differs. Returns the names loaded."""
+    groups = {}
+    for mname, m in module.named_modules(remove_duplicate=False):
+        for kind in ("_parameters", "_buffers"):
+            for leaf, t in getattr(m, kind).items():
+                if t is not None and (t.is_meta or replace_real):
+                    full = prefix + (f"{mname}.{leaf}" if mname else leaf)
+                    groups.setdefault(id(t), (t, kind, []))[2].append((m, leaf, full))
+    chosen = {}
+    for key, (_, _, owners) in groups.items():
+        name = next((n for _, _, n in owners if n in available), None)
+        if name is None and not groups[key][0].is_meta:
+            continue  # (replace_real: a real tensor the folder does not hold)
+        if name is None:
+            also = f" (nor under its tied names {[n for _, _, n in owners[1:]]})" if len(owners) > 1 else ""
+            raise ValueError(f"{where}: tensor '{owners[0][2]}' is on the meta device and not in the folder{also}")
+        chosen[key] = name
+    loaded = load(sorted(set(chosen.values())))
+    for key, name in chosen.items():
+        t, kind, owners = groups[key]
+        v = loaded[name]
+        if tuple(v.shape) != tuple(t.shape):
+            raise ValueError(f"{where}: tensor '{name}' has shape {tuple(v.shape)}, the model expects "
+                             f"{tuple(t.shape)}")
+        if kind == "_parameters":
+            v = nn.Parameter(v, requires_grad=False)
+        for m, leaf, _ in owners:
+            getattr(m, kind)[leaf] = v
+    return set(loaded)

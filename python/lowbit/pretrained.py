@@ -9,6 +9,7 @@ packed weights and every other tensor in ``model.safetensors`` or in shards
 safetensors file carries lowbit's metadata (the source of truth for the numerics) and a
 checksum; each file is written atomically, config.json last.
 """
+import copy
 import json
 import os
 from pathlib import Path
@@ -16,8 +17,10 @@ from pathlib import Path
 import torch
 
 from lowbit import _C, registry
-from lowbit.checkpoints import INDEX_FILE, SINGLE_FILE, TOKENIZER_FILES, read_config, read_tensors
+from lowbit.checkpoints import INDEX_FILE, SINGLE_FILE, TOKENIZER_FILES, fill_meta, read_config, read_tensors
 from lowbit.models.hf_llama import LlamaForCausalLM
+from lowbit.modules.calibration import CalibLayer
+from lowbit.modules.deploy import DeployLayer
 from lowbit.serialization import _DTYPES, FormatError, _validate, metadata
 
 DEFAULT_SHARD_BYTES = 4 << 30
@@ -86,10 +89,10 @@ def save_pretrained(model, out_dir, source_dir=None, max_shard_bytes=DEFAULT_SHA
         written.append(INDEX_FILE)
     elif (out / INDEX_FILE).exists():  # an earlier sharded save: its index would take precedence
         os.unlink(out / INDEX_FILE)
-    return written + finish_folder(out, source_dir, cfg, meta)
+    return written + finish_folder(out, source_dir, cfg.raw, meta)
 
 
-def finish_folder(out, source_dir, cfg, meta):
+def finish_folder(out, source_dir, raw_config, meta):
     """The tokenizer files copied from ``source_dir`` (when given), then config.json with
     the quantization_config summary of ``meta``, written last: a folder that has it is
     complete. Returns the file names written."""
@@ -100,7 +103,7 @@ def finish_folder(out, source_dir, cfg, meta):
             if src.exists():
                 _C.write_file_atomic(str(Path(out) / f), src.read_bytes())
                 written.append(f)
-    config = dict(cfg.raw)
+    config = dict(raw_config)
     config["quantization_config"] = {
         "quant_method": "lowbit", "format": meta["format"],
         "layers": {n: {"weights": i["config"]["weights"], "inputs": i["config"]["inputs"],
@@ -144,15 +147,26 @@ def is_quantized_folder(folder):
     return isinstance(q, dict) and q.get("quant_method") == "lowbit"
 
 
-def load_pretrained(folder):
-    """The deploy model of a folder written by save_pretrained. Only the stored tensors are
-    read (memory-mapped); the quantized layers are built from their packed tensors, no
-    float weight is allocated for them. Damaged files raise lowbit.FormatError."""
+def load_pretrained(folder, model=None):
+    """The deploy model of a folder written by save_pretrained (or lowbit.quantize_streaming).
+    Only the stored tensors are read (memory-mapped); the quantized layers are built from
+    their packed tensors, no float weight is allocated for them. Damaged files raise
+    lowbit.FormatError.
+
+    ``model``: the architecture as a module tree, for folders of models lowbit has no class
+    for (streamed with ``model=``); usually built on the meta device. It is copied, not
+    changed: the copy gets the folder's tensors (tied weights stay tied; tensors the folder
+    does not hold, such as non-persistent buffers, must be real) and is returned."""
     folder = Path(folder)
     if not is_quantized_folder(folder):
         raise ValueError(f"{folder}: not a lowbit-quantized folder (config.json has no quantization_config with "
                          f"quant_method 'lowbit'); load a float folder with lowbit.load_hf_model")
-    cfg = read_config(folder)
+    if model is not None:
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+        if any(isinstance(m, (CalibLayer, DeployLayer)) for m in model.modules()):
+            raise ValueError("model: already quantized; pass the float model (on the meta device)")
+    cfg = read_config(folder) if model is None else None
     try:
         tensors, metas = read_tensors(folder, all_metadata=True)
     except ValueError as e:
@@ -164,17 +178,17 @@ def load_pretrained(folder):
         raise FormatError(f"load_pretrained: {folder}: {e}") from None
     meta = json.loads(text)
     from lowbit.api import _replace  # noqa: PLC0415
-    model = LlamaForCausalLM(cfg, device="meta")
+    arch = cfg.architecture if model is None else type(model).__name__
+    model = LlamaForCausalLM(cfg, device="meta") if model is None else copy.deepcopy(model)
     used = set()
     for name, info in meta["layers"].items():
         try:
             ori = model.get_submodule(name)
         except AttributeError:
-            raise FormatError(f"load_pretrained: {folder}: layer '{name}' does not exist in "
-                              f"{cfg.architecture}") from None
+            raise FormatError(f"load_pretrained: {folder}: layer '{name}' does not exist in {arch}") from None
         if list(ori.weight.shape) != info["weight_shape"]:
             raise FormatError(f"load_pretrained: {folder}: layer '{name}' has weight shape {info['weight_shape']} in "
-                              f"the files, {list(ori.weight.shape)} in config.json")
+                              f"the files, {list(ori.weight.shape)} in {arch}")
         layer_cfg = dict(info["config"])
         ops = registry.lookup(layer_cfg["algorithm"], ori)
         if ops is None or ops[1] is None:
@@ -192,6 +206,17 @@ def load_pretrained(folder):
         used |= {prefix + k for k in stored}
         _replace(model, name, deploy)
     rest = {k: v for k, v in tensors.items() if k not in used}
+    if cfg is None:
+        try:
+            taken = fill_meta(model, rest, lambda names: {n: rest[n] for n in names}, f"load_pretrained: {folder}",
+                              replace_real=True)
+        except ValueError as e:
+            raise FormatError(str(e)) from None
+        extra = sorted(set(rest) - taken)
+        if extra:
+            raise FormatError(f"load_pretrained: {folder}: tensors {extra[:5]} are not in {arch}")
+        model._lowbit_skipped = meta.get("skipped", {})
+        return model.eval()
     for pname, param in list(model.named_parameters()):
         if pname == "lm_head.weight" and cfg.tie_word_embeddings:
             continue

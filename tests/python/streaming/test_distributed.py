@@ -67,20 +67,20 @@ def block0_hessians(folder, batches):
     group, every rank's reduced) observation of the first n - 1 samples."""
     from lowbit.checkpoints import read_config
     from lowbit.models.hf_llama import DecoderLayer, LlamaForCausalLM
-    from lowbit.streaming import _fill, _holder, _quantize_block, _Reader
+    from lowbit.streaming.sources import Reader, fill, holder, quantize_block
     group = Group()
     cfg = read_config(folder)
     plan = local_samples(len(batches), group.world, group.rank)
-    reader = _Reader(folder)
+    reader = Reader(folder)
     w = reader.get(["model.embed_tokens.weight"], torch.float32)["model.embed_tokens.weight"]
     hs = [torch.nn.functional.embedding(batches[j], w) for j in plan[:-1]]
     layer = DecoderLayer(cfg, device="meta")
-    _fill(layer, "model.layers.0.", reader.get(["model.layers.0." + n for n, _ in layer.named_parameters()],
+    fill(layer, "model.layers.0.", reader.get(["model.layers.0." + n for n, _ in layer.named_parameters()],
                                                torch.float32))
-    root = _holder("model.layers.0", layer)
+    root = holder("model.layers.0", layer)
     c = config("INT4_GPTQ_WEIGHT_QUANT_CFG")
     c["batch_num"] = len(batches)
-    assert _quantize_block(root, c)
+    assert quantize_block(root, c)
     shell = LlamaForCausalLM(cfg, device="meta")
     inner = [m for m in layer.modules() if isinstance(m, CalibLayer)]
     with torch.no_grad():

@@ -128,3 +128,12 @@ def test_peak_memory_is_bounded_by_one_layer(tmp_path):
     assert peak < bound, (peak >> 20, bound >> 20, base >> 20, layer_bytes >> 20)
     assert peak - base < 1.5 * estimate, (peak - base, estimate)
     assert load_pretrained(tmp_path / "q").model.layers[15].mlp.down_proj.weight_packed.shape == (1024, 1408)
+
+
+def test_map_large_blocks_checks_its_argument():
+    from lowbit.memory import map_large_blocks
+    with pytest.raises(ValueError, match=r"min_bytes=0 is outside \[4096, 2\*\*30\]"):
+        map_large_blocks(0)
+    with pytest.raises(ValueError, match=r"min_bytes='1' is outside"):
+        map_large_blocks("1")
+    assert map_large_blocks(1 << 20) is (sys.platform == "linux")
