@@ -8,9 +8,9 @@ block's output; the result is bit-identical (tests compare the packed tensors).
 For each layer: its weights are read from the checkpoint (memory-mapped, converted to the
 compute dtype), the calibration activations run through it (statistics, then the solve
 at the last batch), then through the calibrated layer to give the next inputs; the packed
-layer is written to its own shard of the output folder and everything is freed. Blocks of
-1 MiB or more get their own mappings from then on (glibc's malloc would otherwise keep
-freed layers in its heap), so the process's RSS follows what is live.
+layer is written to its own shard of the output folder and everything is freed. Blocks
+larger than two samples' activations get their own mappings from then on (glibc's malloc
+would otherwise keep freed layers in its heap), so the process's RSS follows what is live.
 
 The model is lowbit's own Llama family (from config.json) or, for other architectures, a
 module tree the user passes (``model=``, sources.py).

@@ -10,7 +10,7 @@
   forward, the blocks replaced by stand-ins that hand over the streamed activations.
 
 Interface used by run.py: n_layers, dtype, layer_path(i), identity(), raw_config(),
-describe(), estimate(samples), flops(samples, algorithm), prepare(...) (the first
+describe(), estimate(samples), activation_bytes(samples), flops(samples, algorithm), prepare(...) (the first
 activations), new_layer(i, reader), run_layer(layer, j, h), state()/restore(state) (what
 a resumed run needs), head(...)."""
 import copy
@@ -126,6 +126,10 @@ class LlamaSource:
 
     def estimate(self, samples):
         return estimate_peak_bytes(self.cfg, samples, self.dtype)
+
+    def activation_bytes(self, samples):
+        """The largest activation of one sample (fp32): its widest projection output."""
+        return max(b.shape[1] for b in samples) * max(self.cfg.hidden_size, self.cfg.intermediate_size) * 4
 
     def flops(self, samples, algorithm):
         return layer_flops(self.cfg, samples, algorithm)
@@ -290,6 +294,11 @@ class ModuleSource:
         esize = torch.empty((), dtype=self.dtype).element_size()
         outside = sum(p.numel() for p in self.model.parameters() if id(p) not in blocks) * esize
         return block_peak_bytes(params, tokens, hidden, self.dtype, hess) + outside
+
+    def activation_bytes(self, samples):
+        widest = max((max(m.in_features, m.out_features) for m in self.blocks[0].modules()
+                      if isinstance(m, nn.Linear)), default=1)
+        return max(b.numel() for b in samples) * widest * 4
 
     def flops(self, samples, algorithm):
         """Products of the blocks' Linear layers (attention scores not counted)."""
