@@ -22,6 +22,7 @@ SOURCES=(
   csrc/serialization/atomic_file.cpp
   csrc/serialization/saved_model.cpp
   csrc/config/quant_config.cpp
+  csrc/config/algorithm_table.cpp
   csrc/config/capabilities.cpp
   csrc/config/config_value.cpp
   csrc/formats/format.cpp

@@ -59,8 +59,6 @@ int64_t get_positive_int(const std::string& path, const ConfigValue& v) {
 const std::vector<std::string> kWeightTypes = {"int8", "int4", "hifloat8", "float8_e4m3fn", "mxfp8_e4m3fn",
                                                "mxfp4_e2m1", "float4_e2m1", "float4_e1m2"};
 const std::vector<std::string> kInputTypes = {"int8", "hifloat8", "float8_e4m3fn", "mxfp8_e4m3fn"};
-const std::vector<std::string> kAlgorithms = {"minmax", "gptq", "awq", "smoothquant", "ofmr", "mxquant", "cast",
-                                              "quantile"};
 
 bool is_float4(Format f) { return f == Format::kFloat4E2M1 || f == Format::kFloat4E1M2; }
 bool is_mx(Format f) { return format_info(f).is_mx; }
@@ -168,40 +166,59 @@ const CustomAlgorithm* find_custom(const std::string& name, const std::vector<Cu
   return nullptr;
 }
 
+// One declared parameter's value (config/algorithm_table.h).
+ParamValue parse_param(const std::string& path, const AlgorithmParam& decl, const ConfigValue& v) {
+  ParamValue out{decl.name, decl.kind, decl.default_value, false};
+  switch (decl.kind) {
+    case ParamKind::kPositiveInt:
+      out.value = double(get_positive_int(path, v));
+      break;
+    case ParamKind::kOpenUnitOrAuto:
+      if (v.kind == ConfigValue::Kind::kString) {
+        if (v.s != "auto") value_error(path + ": " + v.repr() + " is not allowed; allowed: a float in (0, 1) or 'auto'");
+        out.automatic = true;
+        break;
+      }
+      if (v.kind != ConfigValue::Kind::kFloat && v.kind != ConfigValue::Kind::kInt)
+        type_error(path + ": expected a float or 'auto', got " + v.type_name + " " + v.repr());
+      out.value = v.kind == ConfigValue::Kind::kFloat ? v.f : double(v.i);
+      if (!(out.value > 0.0 && out.value < 1.0)) value_error(path + ": " + v.repr() + " is not in the open interval (0, 1)");
+      break;
+  }
+  return out;
+}
+
+// A built-in algorithm's parameters: its row's defaults, then the config's values.
+std::vector<ParamValue> parse_params(const std::string& path, const AlgorithmRow& row, const ConfigValue* given) {
+  std::vector<ParamValue> out;
+  for (const auto& decl : row.params) out.push_back(ParamValue{decl.name, decl.kind, decl.default_value, false});
+  if (!given || given->kind == ConfigValue::Kind::kNone) return out;
+  require_dict(path, *given);
+  if (row.params.empty()) {
+    if (!given->dict.empty()) value_error(path + ": takes no parameters, got " + given->repr());
+    return out;
+  }
+  std::vector<std::string> names;
+  for (const auto& decl : row.params) names.push_back(decl.name);
+  reject_unknown_keys(path, *given, names);
+  for (size_t i = 0; i < row.params.size(); ++i)
+    if (const ConfigValue* v = given->find(row.params[i].name))
+      out[i] = parse_param(path + "." + row.params[i].name, row.params[i], *v);
+  return out;
+}
+
 std::vector<AlgorithmCfg> parse_algorithms(const ConfigValue* v, const std::vector<CustomAlgorithm>& custom) {
   std::vector<AlgorithmCfg> out;
-  if (!v) return {AlgorithmCfg{"minmax"}};
-  std::vector<std::string> names = kAlgorithms;
+  if (!v) return {AlgorithmCfg{"minmax", {}}};
+  std::vector<std::string> names = algorithm_names();
   for (const auto& c : custom) names.push_back(c.name);
   auto add = [&](const std::string& path, const ConfigValue& name, const ConfigValue* params) {
     AlgorithmCfg a;
     a.name = get_string(path, name, names);
     if (find_custom(a.name, custom)) {
       if (params && params->kind != ConfigValue::Kind::kNone) require_dict("algorithm." + a.name, *params);
-    } else if (params && params->kind != ConfigValue::Kind::kNone) {
-      const std::string p = "algorithm." + a.name;
-      require_dict(p, *params);
-      if (a.name == "awq") {
-        reject_unknown_keys(p, *params, {"grids_num"});
-        if (const ConfigValue* g = params->find("grids_num")) a.grids_num = get_positive_int(p + ".grids_num", *g);
-      } else if (a.name == "smoothquant") {
-        reject_unknown_keys(p, *params, {"smooth_strength"});
-        if (const ConfigValue* s = params->find("smooth_strength")) {
-          if (s->kind == ConfigValue::Kind::kString) {
-            if (s->s != "auto")
-              value_error(p + ".smooth_strength: " + s->repr() + " is not allowed; allowed: a float in (0, 1) or 'auto'");
-            a.smooth_strength = kAutoStrength;
-          } else {
-            if (s->kind != ConfigValue::Kind::kFloat && s->kind != ConfigValue::Kind::kInt)
-              type_error(p + ".smooth_strength: expected a float or 'auto', got " + s->type_name + " " + s->repr());
-            a.smooth_strength = s->kind == ConfigValue::Kind::kFloat ? s->f : double(s->i);
-            if (!(a.smooth_strength > 0.0 && a.smooth_strength < 1.0))
-              value_error(p + ".smooth_strength: " + s->repr() + " is not in the open interval (0, 1)");
-          }
-        }
-      } else if (!params->dict.empty()) {
-        value_error(p + ": takes no parameters, got " + params->repr());
-      }
+    } else {
+      a.params = parse_params("algorithm." + a.name, *find_algorithm(a.name), params);
     }
     for (const auto& prev : out)
       if (prev.name == a.name) value_error("algorithm: '" + a.name + "' is given twice");
@@ -248,9 +265,8 @@ std::vector<AlgorithmCfg> parse_algorithm_entry(const ConfigValue* v, const std:
 
 std::vector<std::string> algorithm_layer_types(const std::string& name, const std::vector<CustomAlgorithm>& custom) {
   if (const CustomAlgorithm* c = find_custom(name, custom)) return c->layer_types;
-  if (name == "awq" || name == "smoothquant" || name == "mxquant" || name == "quantile" || name == "cast")
-    return {"Linear"};
-  return {"Linear", "Conv2d"};  // minmax, gptq, ofmr
+  if (const AlgorithmRow* row = find_algorithm(name)) return row->layer_types;
+  return {"Linear", "Conv2d"};
 }
 
 std::string did_you_mean(const std::string& word, const std::vector<std::string>& candidates) {

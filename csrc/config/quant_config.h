@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "config/algorithm_table.h"
 #include "config/config_value.h"
 #include "formats/format.h"
 
@@ -36,12 +37,9 @@ struct LayerOverride {
   InputsCfg inputs;  // inputs.present == false with has_inputs: {"enable_quant": False}
 };
 
-constexpr double kAutoStrength = -1.0;  // smooth_strength "auto"
-
 struct AlgorithmCfg {
   std::string name;
-  int64_t grids_num = 20;         // awq
-  double smooth_strength = 0.5;   // smoothquant; kAutoStrength: searched per layer
+  std::vector<ParamValue> params;  // every parameter of its row (config/algorithm_table.h), defaults filled in
 };
 
 struct QuantConfig {

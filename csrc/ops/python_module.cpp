@@ -111,6 +111,12 @@ py::dict tensor_dict(const TensorQuantCfg& c) {
 
 py::object inputs_obj(const InputsCfg& in) { return in.present ? py::object(tensor_dict(in.q)) : py::object(py::none()); }
 
+py::object param_obj(const ParamValue& v) {
+  if (v.automatic) return py::str("auto");
+  if (v.kind == ParamKind::kPositiveInt) return py::int_(static_cast<int64_t>(v.value));
+  return py::float_(v.value);
+}
+
 py::dict normalized(const QuantConfig& cfg) {
   py::dict d;
   d["batch_num"] = cfg.batch_num;
@@ -129,10 +135,7 @@ py::dict normalized(const QuantConfig& cfg) {
   py::dict algs;
   for (const auto& a : cfg.algorithms) {
     py::dict p;
-    if (a.name == "awq") p["grids_num"] = a.grids_num;
-    if (a.name == "smoothquant")
-      p["smooth_strength"] = a.smooth_strength == kAutoStrength ? py::object(py::str("auto"))
-                                                                 : py::object(py::float_(a.smooth_strength));
+    for (const auto& v : a.params) p[py::str(v.name)] = param_obj(v);
     algs[py::str(a.name)] = p;
   }
   d["algorithm"] = algs;
@@ -325,6 +328,31 @@ PYBIND11_MODULE(_C, m) {
       v.push_back(granularity_name(g));
     return v;
   });
+  m.def(
+      "algorithm_table",
+      [] {
+        py::list rows;
+        for (const auto& a : algorithm_table()) {
+          py::dict r;
+          r["name"] = a.name;
+          r["layer_types"] = a.layer_types;
+          r["summary"] = a.summary;
+          py::list params;
+          for (const auto& decl : a.params) {
+            py::dict d;
+            d["name"] = decl.name;
+            d["kind"] = decl.kind == ParamKind::kPositiveInt ? "positive int" : "float in (0, 1) or 'auto'";
+            d["default"] = param_obj(ParamValue{decl.name, decl.kind, decl.default_value, false});
+            d["doc"] = decl.doc;
+            params.append(d);
+          }
+          r["params"] = params;
+          rows.append(r);
+        }
+        return rows;
+      },
+      "The algorithm table (config/algorithm_table.cpp): name, layer types, parameters (name, kind, default, "
+      "doc) and a one-line summary of each built-in algorithm.");
   m.def("capabilities", &capability_rows,
         "The capability table: one dict per legal (inputs, weights) combination, with its algorithms, Conv2d "
         "support, deploy kernel and Ascend rules.");

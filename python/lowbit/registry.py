@@ -1,11 +1,12 @@
 """Which modules implement an algorithm for a layer type (AMCT's algorithm_register)."""
 from torch import nn
 
-from lowbit.modules import CalibConv2d, CalibLinear, DeployConv2d, DeployLinear
+from lowbit import _C
 
-# (algorithm, source layer type) -> (calibration module class, deploy module class)
+# (algorithm, source layer type) -> (calibration module class, deploy module class);
+# lowbit.algorithms registers the built-in rows of the C++ algorithm table
 _REGISTRY = {}
-BUILTIN = ("minmax", "cast", "quantile", "mxquant", "gptq", "awq", "smoothquant", "ofmr")
+BUILTIN = tuple(row["name"] for row in _C.algorithm_table())
 _CUSTOM = {}  # name -> layer type names
 SOURCE_TYPES = {"Linear": nn.Linear, "Conv2d": nn.Conv2d}  # src_op given by name (also 'torch.nn.Linear')
 
@@ -44,8 +45,3 @@ def lookup(name, module):
 
 def custom_algorithms():
     return [(k, list(v)) for k, v in _CUSTOM.items()]
-
-
-for _alg in ("minmax", "cast", "quantile", "mxquant"):
-    register(_alg, nn.Linear, CalibLinear, DeployLinear, builtin=True)
-    register(_alg, nn.Conv2d, CalibConv2d, DeployConv2d, builtin=True)
