@@ -271,6 +271,70 @@ at::Tensor linear_dynamic_int8_op(const at::Tensor& x, const at::Tensor& packed,
   return o.out;
 }
 
+// The bias of an INT8 x INT8 layer with a static activation scale, in int32 steps of
+// s = act_scale * w_scale[n], rounded to x's dtype: the ATen ops of the fake-quant layer's
+// effective_bias (modules/common.py), so both round alike.
+at::Tensor int32_step_bias(const at::Tensor& bias, const at::Tensor& w_scale, const at::Tensor& act_scale,
+                           at::ScalarType dtype) {
+  const at::Tensor s = act_scale.reshape({}) * w_scale.reshape(-1);
+  const at::Tensor q = at::clamp(at::round(bias.to(at::kFloat) / s), int64_t{-2147483648LL}, int64_t{2147483647LL});
+  return (q * s).to(dtype);
+}
+
+at::Tensor linear_deploy_plan_op(const at::Tensor& spec, int64_t kernel, int64_t act_source, bool int32_bias) {
+  TORCH_CHECK_VALUE(kernel >= 0 && kernel <= 2, "kernel: ", kernel, "; allowed: 0 (packed), 1 (int8), 2 (dynamic int8)");
+  TORCH_CHECK_VALUE(act_source >= 0 && act_source <= 2, "act_source: ", act_source,
+                    "; allowed: 0 (none), 1 (the layer's buffers), 2 (unit scale)");
+  DeployPlan d;
+  d.spec = decode_spec(spec);
+  d.kernel = DeployKernel(kernel), d.act = ActScaleSource(act_source), d.int32_bias = int32_bias;
+  const at::Tensor t = encode_plan(d);
+  (void)decode_plan(t);  // the same checks as every call
+  return t;
+}
+
+// A deploy Linear layer's forward: the plan (linear_deploy_plan, built with the layer)
+// picks the kernel and where the activation scale and the bias come from.
+at::Tensor linear_deploy_op(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& w_scale,
+                            const at::Tensor& w_offset, const c10::optional<at::Tensor>& w_scale1,
+                            const c10::optional<at::Tensor>& bias, const at::Tensor& plan,
+                            const c10::optional<at::Tensor>& act_scale, const c10::optional<at::Tensor>& act_offset,
+                            const c10::optional<at::Tensor>& smooth) {
+  const DeployPlan d = decode_plan(plan);
+  const bool have = act_scale.has_value() && act_scale->defined();
+  TORCH_CHECK_VALUE(d.act != ActScaleSource::kBuffers || have, "act_scale: the plan takes a static activation "
+                    "scale, none was given");
+  c10::optional<at::Tensor> b = bias;
+  if (d.int32_bias && bias.has_value() && bias->defined()) {
+    TORCH_CHECK_VALUE(have, "act_scale: an int32-step bias needs the static activation scale");
+    b = int32_step_bias(*bias, w_scale, *act_scale, x.scalar_type());
+  }
+  const int64_t bits = d.spec.w.format == Format::kInt8 ? 8 : 4;
+  switch (d.kernel) {
+    case DeployKernel::kDynamicInt8:
+      return linear_dynamic_int8_op(x, packed, w_scale, bits, d.spec.w.group_size, d.spec.cols, b, smooth);
+    case DeployKernel::kInt8: {
+      const at::Tensor ws = w_scale1.has_value() && w_scale1->defined()
+                                ? w_scale.reshape(-1) * w_scale1->reshape(-1)  // a folded BatchNorm's rows
+                                : w_scale;
+      const bool per_token = d.act != ActScaleSource::kBuffers;  // (per token: no static scale is read)
+      return linear_int8_op(x, packed, ws, bits, d.spec.cols, per_token, per_token ? at::Tensor() : *act_scale,
+                            per_token || !act_offset.has_value() || !act_offset->defined()
+                                ? at::empty({0}, at::kInt)
+                                : *act_offset,
+                            b, smooth);
+    }
+    case DeployKernel::kPacked:
+      break;
+  }
+  static const at::Tensor unit = at::ones({1, 1});
+  if (d.act == ActScaleSource::kUnit) return linear_by_spec(x, packed, w_scale, w_offset, w_scale1, b, d.spec, unit,
+                                                            c10::nullopt, smooth);
+  if (d.act == ActScaleSource::kBuffers)
+    return linear_by_spec(x, packed, w_scale, w_offset, w_scale1, b, d.spec, act_scale, act_offset, smooth);
+  return linear_by_spec(x, packed, w_scale, w_offset, w_scale1, b, d.spec, c10::nullopt, c10::nullopt, smooth);
+}
+
 // NCHW input and its output for a convolution with `cout` output channels.
 struct ConvTensors {
   at::Tensor x, y, bias;
@@ -354,6 +418,10 @@ TORCH_LIBRARY_FRAGMENT(lowbit, m) {
   m.def("linear_int8(Tensor x, Tensor packed, Tensor w_scale, int bits, int cols, bool per_token, "
         "Tensor act_scale, Tensor act_offset, Tensor? bias, Tensor? smooth=None) -> Tensor");
   m.def("int8_kernel() -> str");
+  // A deploy Linear layer's forward in one call (the kernel chosen when the layer is built).
+  m.def("linear_deploy_plan(Tensor spec, int kernel, int act_source, bool int32_bias) -> Tensor");
+  m.def("linear_deploy(Tensor x, Tensor packed, Tensor w_scale, Tensor w_offset, Tensor? w_scale1, Tensor? bias, "
+        "Tensor plan, Tensor? act_scale=None, Tensor? act_offset=None, Tensor? smooth=None) -> Tensor");
   m.def("linear_dynamic_int8(Tensor x, Tensor packed, Tensor w_scale, int bits, int group_size, int cols, "
         "Tensor? bias=None, Tensor? smooth=None) -> Tensor");
   m.def("conv2d_packed(Tensor x, Tensor packed, Tensor scale, Tensor offset, Tensor? scale1, Tensor? bias, "
@@ -370,5 +438,7 @@ TORCH_LIBRARY_FRAGMENT(lowbit, m) {
   m.impl("linear_packed_spec", TORCH_FN(linear_packed_spec_op));
   m.impl("linear_int8", c10::DispatchKey::CPU, TORCH_FN(linear_int8_op));
   m.impl("int8_kernel", TORCH_FN(int8_kernel_name));
+  m.impl("linear_deploy_plan", TORCH_FN(linear_deploy_plan_op));
+  m.impl("linear_deploy", c10::DispatchKey::CPU, TORCH_FN(linear_deploy_op));
   m.impl("linear_dynamic_int8", c10::DispatchKey::CPU, TORCH_FN(linear_dynamic_int8_op));
 }

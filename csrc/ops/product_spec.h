@@ -47,11 +47,7 @@ inline at::Tensor encode_spec(const ProductSpec& p) {
   std::copy(e, e + kSpecLen, v);
   return t;
 }
-inline ProductSpec decode_spec(const at::Tensor& t) {
-  TORCH_CHECK_VALUE(
-      t.scalar_type() == at::kLong && t.dim() == 1 && t.numel() == kSpecLen && t.is_contiguous() && t.device().is_cpu(),
-      "spec: expected the int64 tensor of ", kSpecLen, " values that linear_packed_spec returns");
-  const int64_t* v = t.data_ptr<int64_t>();
+inline ProductSpec decode_spec_values(const int64_t* v) {
   const auto in = [](int64_t x, int64_t hi) { return x >= 0 && x <= hi; };
   const int64_t last_format = int64_t(Format::kMxFp4E2M1), last_gran = int64_t(Granularity::kToken);
   TORCH_CHECK_VALUE(in(v[0], last_format) && in(v[1], last_gran) && in(v[3], 1) && v[4] > 0 &&
@@ -71,6 +67,61 @@ inline ProductSpec decode_spec(const at::Tensor& t) {
   p.act = v[6] >= 0;
   if (p.act) p.a = spec(v[6], v[7], v[8], v[9]);
   return p;
+}
+inline ProductSpec decode_spec(const at::Tensor& t) {
+  TORCH_CHECK_VALUE(
+      t.scalar_type() == at::kLong && t.dim() == 1 && t.numel() == kSpecLen && t.is_contiguous() && t.device().is_cpu(),
+      "spec: expected the int64 tensor of ", kSpecLen, " values that linear_packed_spec returns");
+  return decode_spec_values(t.data_ptr<int64_t>());
+}
+
+}  // namespace lowbit
+
+namespace lowbit {
+
+// Everything a deploy Linear layer's forward needs besides its tensors, chosen once when
+// the layer is built (modules/deploy.py): which kernel, the float product's spec, and
+// how the activation scale and the bias are taken. linear_deploy reads it on every call.
+enum class DeployKernel : int64_t {
+  kPacked = 0,       // linear_packed: float activations (fake-quantized inside when the spec says so)
+  kInt8 = 1,         // linear_int8: INT8 activations x INT8/INT4 weights, one scale per output row
+  kDynamicInt8 = 2,  // linear_dynamic_int8: the opt-in 8-bit compute mode of weight-only layers
+};
+enum class ActScaleSource : int64_t {
+  kNone = 0,     // dynamic activations (per token, MX), or none
+  kBuffers = 1,  // static per-tensor: the layer's act_scale / act_offset
+  kUnit = 2,     // HiF8 cast: scale 1, no offset
+};
+struct DeployPlan {
+  ProductSpec spec;
+  DeployKernel kernel = DeployKernel::kPacked;
+  ActScaleSource act = ActScaleSource::kNone;
+  bool int32_bias = false;  // INT8 x INT8 with a static scale: bias rounded to int32 steps of s_x * s_w
+};
+
+constexpr int64_t kPlanLen = kSpecLen + 3;
+inline at::Tensor encode_plan(const DeployPlan& d) {
+  at::Tensor t = at::empty({kPlanLen}, at::kLong);
+  at::Tensor spec = encode_spec(d.spec);
+  std::copy(spec.data_ptr<int64_t>(), spec.data_ptr<int64_t>() + kSpecLen, t.data_ptr<int64_t>());
+  int64_t* v = t.data_ptr<int64_t>() + kSpecLen;
+  v[0] = int64_t(d.kernel), v[1] = int64_t(d.act), v[2] = d.int32_bias;
+  return t;
+}
+inline DeployPlan decode_plan(const at::Tensor& t) {
+  TORCH_CHECK_VALUE(
+      t.scalar_type() == at::kLong && t.dim() == 1 && t.numel() == kPlanLen && t.is_contiguous() && t.device().is_cpu(),
+      "plan: expected the int64 tensor of ", kPlanLen, " values that linear_deploy_plan returns");
+  DeployPlan d;
+  const int64_t* v = t.data_ptr<int64_t>() + kSpecLen;
+  TORCH_CHECK_VALUE(v[0] >= 0 && v[0] <= 2 && v[1] >= 0 && v[1] <= 2 && (v[2] == 0 || v[2] == 1),
+                    "plan: not a tensor that linear_deploy_plan returned");
+  d.spec = decode_spec_values(t.data_ptr<int64_t>());
+  d.kernel = DeployKernel(v[0]), d.act = ActScaleSource(v[1]), d.int32_bias = v[2] != 0;
+  const Format f = d.spec.w.format;
+  TORCH_CHECK_VALUE(d.kernel == DeployKernel::kPacked || f == Format::kInt8 || f == Format::kInt4,
+                    "plan: the integer kernels take int8/int4 weights, not ", format_info(f).name);
+  return d;
 }
 
 }  // namespace lowbit

@@ -134,6 +134,7 @@ class DeployLayer(QuantLayerBase):
         bias = shift if bias is None else bias.float() * mult.reshape(n) + shift
         self.register_buffer("bias", bias.to(self.weight_dtype))
         self.int32_bias = False
+        self._build_op_args()
 
     def _int8_weight_scale(self):
         """The integer kernels' per-row weight scale: w_scale, times w_scale1 after folding."""
@@ -160,7 +161,17 @@ class DeployLayer(QuantLayerBase):
         rule = self.activation_rule()
         return NO_ACTIVATION_QUANT if rule is None or self.integer_kernel else rule
 
-    compute_int8 = False  # set by convert(compute="int8") / lowbit.set_compute
+    _compute_int8 = False
+
+    @property
+    def compute_int8(self):
+        """The opt-in 8-bit compute mode (convert(compute="int8") / lowbit.set_compute)."""
+        return self._compute_int8
+
+    @compute_int8.setter
+    def compute_int8(self, on):
+        self._compute_int8 = bool(on)
+        self._build_op_args()
 
     def compute_int8_skip_reason(self):
         """Why the 8-bit compute mode leaves this layer exact ('' when it takes it); the
@@ -180,29 +191,26 @@ class DeployLinear(LinearMath, DeployLayer):
         self.in_features, self.out_features = calib.in_features, calib.out_features
 
     def _build_op_args(self):
-        # linear_packed's constant arguments as the one int64 tensor linear_packed_by_spec
-        # reads: converting them from Python on every call cost 2 us, a third of a small
-        # layer's call (rebuilt, never saved)
+        # Everything forward needs besides the tensors, chosen once in C++ as the one int64
+        # tensor linear_deploy reads (linear_deploy_plan): the kernel (the 8-bit compute
+        # mode, the integer kernel or the float-activation product), the product's spec,
+        # where a static activation scale comes from, and whether the bias is rounded to
+        # int32 steps. Converting these from Python on every call cost 2 us, a third of a
+        # small layer's call. Rebuilt when the weight dtype, the compute mode or a folded
+        # BatchNorm changes it; never saved.
         super()._build_op_args()
-        self.register_buffer("op_spec", _OPS.linear_packed_spec(*self._weight_args, *self.activation_args()[:4]),
+        spec = _OPS.linear_packed_spec(*self._weight_args, *self.activation_args()[:4])
+        kernel = 2 if self.compute_int8 else 1 if self.integer_kernel else 0
+        act_source = 1 if self.static_act else 2 if (kernel == 0 and self.aspec is not None
+                                                     and self.algorithm == "cast") else 0
+        self.register_buffer("op_plan", _OPS.linear_deploy_plan(spec, kernel, act_source, self.int32_bias),
                              persistent=False)
 
     def forward(self, x):
         b = self._buffers
-        bias = self.effective_bias(b["bias"], x.dtype)
-        # (the ops divide x by the AWQ / SmoothQuant factors when `smooth` is given)
-        if self.compute_int8:  # opt-in: activations quantized per token inside, integer products
-            return _OPS.linear_dynamic_int8(x, b["weight_packed"], b["w_scale"], 8 if self.wspec.fmt == "int8" else 4,
-                                            self.wspec.gs, self.cols, bias, b["smooth"])
-        if self.integer_kernel:  # activations quantized inside, with the same rule
-            static = self.static_act
-            return _OPS.linear_int8(x, b["weight_packed"], self._int8_weight_scale(),
-                                    8 if self.wspec.fmt == "int8" else 4, self.cols, not static,
-                                    b["act_scale"] if static else self._unit,
-                                    b["act_offset"] if static else self._unit_offset, bias, b["smooth"])
-        act_scale, act_offset = (None, None) if self.aspec is None else self.activation_args()[4:]
-        return _OPS.linear_packed_by_spec(x, b["weight_packed"], b["w_scale"], b["w_offset"], b.get("w_scale1"),
-                                          bias, b["op_spec"], act_scale, act_offset, b["smooth"])
+        # (the op divides x by the AWQ / SmoothQuant factors when `smooth` is given)
+        return _OPS.linear_deploy(x, b["weight_packed"], b["w_scale"], b["w_offset"], b.get("w_scale1"), b["bias"],
+                                  b["op_plan"], b.get("act_scale"), b.get("act_offset"), b["smooth"])
 
 
 class DeployConv2d(Conv2dMath, DeployLayer):

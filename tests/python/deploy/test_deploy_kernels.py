@@ -8,8 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import lowbit
 from conftest import assert_close_to_reference
 from lowbit import formats
+from lowbit.modules.deploy import DeployLinear
 
 OPS = torch.ops.lowbit
 
@@ -250,8 +252,8 @@ def test_converted_model_keeps_no_float_weights():
     biases = (512 + 128) * 4
     assert packed == 256 * 512 // 2 + 512 * 8 * 4 + 512 * 128 // 2 + 128 * 16 * 4  # codes + one scale per group
     # everything the model holds: packed weights, scales, biases, the recorded errors and
-    # each layer's op spec (10 int64)
-    assert lowbit.model_bytes(model) == packed + biases + 2 * 8 + 2 * 10 * 8
+    # each layer's op plan (13 int64: the product's spec and the kernel choice)
+    assert lowbit.model_bytes(model) == packed + biases + 2 * 8 + 2 * 13 * 8
     assert lowbit.model_bytes(model) < float_bytes / 5
 
 
@@ -582,3 +584,75 @@ def test_linear_packed_spec_errors_name_the_argument():
     bad[5] = 4  # a ScalarType code that is not a float type (int64)
     with pytest.raises(TypeError, match="spec: weight_dtype"):
         OPS.linear_packed_by_spec(x, packed, scale, EMPTY, None, None, bad)
+
+
+def _per_kernel_forward(m, x):
+    """What a deploy Linear computed before its forward became one linear_deploy call: the
+    kernel picked in Python, the bias rounded in Python, each op called on its own."""
+    b = m._buffers
+    bias = m.effective_bias(b["bias"], x.dtype)
+    bits = 8 if m.wspec.fmt == "int8" else 4
+    if m.compute_int8:
+        return OPS.linear_dynamic_int8(x, b["weight_packed"], b["w_scale"], bits, m.wspec.gs, m.cols, bias, b["smooth"])
+    if m.integer_kernel:
+        static = m.static_act
+        return OPS.linear_int8(x, b["weight_packed"], m._int8_weight_scale(), bits, m.cols, not static,
+                               b["act_scale"] if static else torch.ones(1, 1),
+                               b["act_offset"] if static else torch.zeros(1, dtype=torch.int32), bias, b["smooth"])
+    spec = OPS.linear_packed_spec(*m._weight_args, *m.activation_args()[:4])
+    act_scale, act_offset = (None, None) if m.aspec is None else m.activation_args()[4:]
+    return OPS.linear_packed_by_spec(x, b["weight_packed"], b["w_scale"], b["w_offset"], b.get("w_scale1"), bias,
+                                     spec, act_scale, act_offset, b["smooth"])
+
+
+@pytest.mark.parametrize("name", lowbit.BUILTIN_CONFIG_NAMES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_linear_deploy_equals_the_kernel_it_plans(name, dtype):
+    # every built-in config (weight-only, static and per-token INT8 x INT8 with an int32-step
+    # bias, HiF8 cast with its unit scale, SmoothQuant's factors, FP8, MX, FP4 two-level),
+    # in both compute modes where they apply: bit for bit the op the plan names
+    torch.manual_seed(3)
+    model = torch.nn.Sequential(torch.nn.Linear(128, 64), torch.nn.GELU(), torch.nn.Linear(64, 32)).to(dtype)
+    cfg = lowbit.builtin_config(name)
+    cfg["batch_num"] = 2
+    cfg["skip_layers"] = []
+    try:
+        lowbit.quantize(model, cfg)
+    except ValueError as e:
+        pytest.skip(f"{name} does not take these layers: {e}")
+    with torch.no_grad():
+        for _ in range(2):
+            model(torch.randn(5, 128, dtype=dtype))
+    lowbit.convert(model)
+    layers = [m for m in model.modules() if isinstance(m, DeployLinear)]
+    assert layers
+    x = torch.randn(7, 128, dtype=dtype) * 3
+    for mode in ("exact", "int8"):
+        lowbit.set_compute(model, mode)
+        h = x
+        for m in model:
+            if isinstance(m, DeployLinear):
+                got = m(h)
+                assert torch.equal(got, _per_kernel_forward(m, h)), (name, mode, m.layer_name)
+                h = got
+            else:
+                h = m(h)
+
+
+def test_linear_deploy_plan_errors_name_the_argument():
+    spec = OPS.linear_packed_spec("int4", "group", 32, True, 64, torch.float32)
+    fp8 = OPS.linear_packed_spec("float8_e4m3fn", "channel", 0, True, 64, torch.float32)
+    with pytest.raises(ValueError, match=r"kernel: 3; allowed: 0 \(packed\), 1 \(int8\), 2 \(dynamic int8\)"):
+        OPS.linear_deploy_plan(spec, 3, 0, False)
+    with pytest.raises(ValueError, match=r"act_source: -1; allowed: 0 \(none\)"):
+        OPS.linear_deploy_plan(spec, 0, -1, False)
+    with pytest.raises(ValueError, match=r"plan: the integer kernels take int8/int4 weights, not float8_e4m3fn"):
+        OPS.linear_deploy_plan(fp8, 2, 0, False)
+    plan = OPS.linear_deploy_plan(spec, 0, 1, False)
+    x, packed = torch.randn(2, 64), torch.zeros(8, 32, dtype=torch.uint8)
+    scale = torch.ones(8, 2)
+    with pytest.raises(ValueError, match=r"act_scale: the plan takes a static activation scale, none was given"):
+        OPS.linear_deploy(x, packed, scale, EMPTY, None, None, plan)
+    for bad in (spec, plan[:-1], plan.float(), torch.cat([spec, torch.tensor([5, 0, 0])])):
+        with pytest.raises(ValueError, match=r"plan: "):
+            OPS.linear_deploy(x, packed, scale, EMPTY, None, None, bad)
