@@ -157,8 +157,15 @@ def export_model(model, tokenizer, out, progress=True):
         hp, plan = _llama2c_plan(model)
         vocab = toks.llama2c_vocab(tokenizer)
     elif isinstance(model, LlamaForCausalLM):
+        from lowbit.tokenizers import HFTokenizer
         hp, plan = _hf_plan(model)
-        vocab = toks.hf_vocab(tokenizer, model.config.architecture)
+        if isinstance(tokenizer, Tokenizer):  # a SentencePiece-style vocabulary (e.g. a converted llama2.c model)
+            vocab = toks.llama2c_vocab(tokenizer)
+        elif isinstance(tokenizer, HFTokenizer):
+            vocab = toks.hf_vocab(tokenizer, model.config.architecture)
+        else:
+            raise TypeError(f"tokenizer: expected a lowbit.tokenizers.HFTokenizer (tokenizer.json) or a "
+                            f"lowbit.models.llama2c.Tokenizer, got {type(tokenizer).__name__}")
     else:
         raise TypeError(f"model: expected a lowbit llama2.c Llama or hf_llama LlamaForCausalLM, got "
                         f"{type(model).__name__}")
