@@ -9,8 +9,8 @@ passes that the answers to the first batch_num - 1 calls would cost. The calibra
   1. layers before the trunk calibrate on the recorded batches (the trunk is the
      nn.ModuleList / nn.Sequential whose children hold the most calibration layers);
   2. the trunk's inputs are captured, then each block calibrates on its cached inputs and
-     its quantized outputs become the next block's inputs (the first positional argument
-     is replaced, the other arguments are kept);
+     its quantized outputs become the next block's inputs (the first positional argument,
+     or ``hidden_states=`` given by keyword, is replaced; the other arguments are kept);
   3. layers after the trunk calibrate on full forward passes.
 Memory: the recorded batches plus one block's inputs for all batches (batch_num x the
 activation size at the trunk, allocated once: each block's outputs are written over its
@@ -125,10 +125,13 @@ class SequentialCalibrator:
                 # the first argument gets its own storage: block outputs are written into
                 # it (the caller's tensors are never modified, and the cache is allocated
                 # once instead of once per block, which keeps the heap from fragmenting)
-                args = _detach(args)
+                args, kwargs = _detach(args), _detach(kwargs or {})
+                if not args and "hidden_states" in kwargs:  # a block called by keyword: first argument
+                    kwargs = dict(kwargs)
+                    args = (kwargs.pop("hidden_states"),)
                 if args and isinstance(args[0], torch.Tensor):
                     args = (args[0].clone(),) + tuple(args[1:])
-                cached.append((args, _detach(kwargs or {})))
+                cached.append((args, kwargs))
                 raise _Stop
 
             self._enable(pre)

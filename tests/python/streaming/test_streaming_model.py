@@ -37,16 +37,21 @@ def _quiet(**kw):
     return dict(progress=False, log=lambda s: None, **kw)
 
 
-@pytest.mark.parametrize("name", ["INT4_GPTQ_WEIGHT_QUANT_CFG", "INT8_SMOOTHQUANT_CFG", "HIFP8_OFMR_CFG"])
-def test_a_user_model_streams_to_the_in_memory_sequential_result(tmp_path, name):
-    float_model = write_folder(tmp_path / "gpt")
+@pytest.mark.parametrize("name,project_in", [("INT4_GPTQ_WEIGHT_QUANT_CFG", False), ("INT8_SMOOTHQUANT_CFG", False),
+                                              ("HIFP8_OFMR_CFG", False), ("INT4_GPTQ_WEIGHT_QUANT_CFG", True)])
+def test_a_user_model_streams_to_the_in_memory_sequential_result(tmp_path, name, project_in):
+    # project_in: a quantized Linear before the blocks (calibrated on float passes first, as
+    # the in-memory path does) and blocks called with hidden_states= by keyword
+    float_model = write_folder(tmp_path / "gpt", project_in=project_in)
     batches = _batches()
     cfg = lowbit.builtin_config(name)
     cfg["batch_num"] = len(batches)
     lowbit.quantize(float_model, cfg, sequential=True)
     lowbit.calibrate(float_model, batches)
     lowbit.convert(float_model)
-    user = TinyGPT(device="meta")
+    if project_in:
+        assert type(float_model.project_in).__name__ == "DeployLinear"
+    user = TinyGPT(project_in=project_in, device="meta")
     result = quantize_streaming(tmp_path / "gpt", lowbit.builtin_config(name), batches, tmp_path / "q",
                                 model=user, **_quiet())
     assert [t["layer"] for t in result["timings"]] == [0, 1, 2, 3, "head"]

@@ -19,7 +19,8 @@ class Block(nn.Module):
         self.c_fc = nn.Linear(d, ff, device=device)
         self.c_out = nn.Linear(ff, d, device=device)
 
-    def forward(self, x, attention_mask=None, output_attentions=False):
+    def forward(self, hidden_states, attention_mask=None, output_attentions=False):
+        x = hidden_states
         b, t, d = x.shape
         q, k, v = self.c_attn(self.ln_1(x)).split(d, dim=-1)
         q, k, v = (y.view(b, t, self.heads, d // self.heads).transpose(1, 2) for y in (q, k, v))
@@ -31,12 +32,16 @@ class Block(nn.Module):
 
 
 class TinyGPT(nn.Module):
-    def __init__(self, vocab=512, d=64, heads=4, ff=256, layers=4, positions=128, device=None):
+    """``project_in``: a Linear between the embeddings and the blocks (as OPT-350M has), and
+    the blocks called with ``hidden_states=`` by keyword."""
+
+    def __init__(self, vocab=512, d=64, heads=4, ff=256, layers=4, positions=128, project_in=False, device=None):
         super().__init__()
         self.transformer = nn.ModuleDict({
             "wte": nn.Embedding(vocab, d, device=device), "wpe": nn.Embedding(positions, d, device=device),
             "h": nn.ModuleList(Block(d, heads, ff, device=device) for _ in range(layers)),
             "ln_f": nn.LayerNorm(d, device=device)})
+        self.project_in = nn.Linear(d, d, device=device) if project_in else None
         self.lm_head = nn.Linear(d, vocab, bias=False, device=device)
         self.lm_head.weight = self.transformer.wte.weight
 
@@ -44,8 +49,13 @@ class TinyGPT(nn.Module):
         t = input_ids.shape[1]
         x = self.transformer.wte(input_ids) + self.transformer.wpe(torch.arange(t))
         mask = torch.full((t, t), float("-inf")).triu(1)
-        for block in self.transformer.h:
-            x = block(x, attention_mask=mask)[0]
+        if self.project_in is not None:
+            x = self.project_in(x)
+            for block in self.transformer.h:
+                x = block(hidden_states=x, attention_mask=mask)[0]
+        else:
+            for block in self.transformer.h:
+                x = block(x, attention_mask=mask)[0]
         return self.lm_head(self.transformer.ln_f(x))
 
 
