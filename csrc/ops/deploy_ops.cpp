@@ -281,7 +281,7 @@ at::Tensor int32_step_bias(const at::Tensor& bias, const at::Tensor& w_scale, co
   return (q * s).to(dtype);
 }
 
-at::Tensor linear_deploy_plan_op(const at::Tensor& spec, int64_t kernel, int64_t act_source, bool int32_bias) {
+at::Tensor deploy_plan_op(const at::Tensor& spec, int64_t kernel, int64_t act_source, bool int32_bias) {
   TORCH_CHECK_VALUE(kernel >= 0 && kernel <= 2, "kernel: ", kernel, "; allowed: 0 (packed), 1 (int8), 2 (dynamic int8)");
   TORCH_CHECK_VALUE(act_source >= 0 && act_source <= 2, "act_source: ", act_source,
                     "; allowed: 0 (none), 1 (the layer's buffers), 2 (unit scale)");
@@ -293,7 +293,7 @@ at::Tensor linear_deploy_plan_op(const at::Tensor& spec, int64_t kernel, int64_t
   return t;
 }
 
-// A deploy Linear layer's forward: the plan (linear_deploy_plan, built with the layer)
+// A deploy Linear layer's forward: the plan (deploy_plan, built with the layer)
 // picks the kernel and where the activation scale and the bias come from.
 at::Tensor linear_deploy_op(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& w_scale,
                             const at::Tensor& w_offset, const c10::optional<at::Tensor>& w_scale1,
@@ -399,6 +399,46 @@ at::Tensor conv2d_int8_op(const at::Tensor& x, const at::Tensor& packed, const a
   return t.y;
 }
 
+// A deploy Conv2d layer's forward (modules/deploy.py): the plan as for Linear layers (the
+// 8-bit compute mode has no Conv2d kernel), the geometry as the int64 tensor
+// [kh, kw, stride y, stride x, pad y, pad x, dilation y, dilation x, groups].
+at::Tensor conv2d_deploy_op(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& w_scale,
+                            const at::Tensor& w_offset, const c10::optional<at::Tensor>& w_scale1,
+                            const c10::optional<at::Tensor>& bias, const at::Tensor& plan, const at::Tensor& geometry,
+                            const c10::optional<at::Tensor>& act_scale, const c10::optional<at::Tensor>& act_offset) {
+  const DeployPlan d = decode_plan(plan);
+  TORCH_CHECK_VALUE(d.kernel != DeployKernel::kDynamicInt8, "plan: the 8-bit compute mode has no Conv2d kernel");
+  TORCH_CHECK_VALUE(geometry.scalar_type() == at::kLong && geometry.dim() == 1 && geometry.numel() == 9 &&
+                        geometry.is_contiguous() && geometry.device().is_cpu(),
+                    "geometry: expected an int64 tensor [kh, kw, sy, sx, py, px, dy, dx, groups]");
+  const int64_t* g = geometry.data_ptr<int64_t>();
+  const std::vector<int64_t> kernel{g[0], g[1]}, stride{g[2], g[3]}, padding{g[4], g[5]}, dilation{g[6], g[7]};
+  const bool have = act_scale.has_value() && act_scale->defined();
+  TORCH_CHECK_VALUE(d.act != ActScaleSource::kBuffers || have, "act_scale: the plan takes a static activation "
+                    "scale, none was given");
+  c10::optional<at::Tensor> b = bias;
+  if (d.int32_bias && bias.has_value() && bias->defined()) {
+    TORCH_CHECK_VALUE(have, "act_scale: an int32-step bias needs the static activation scale");
+    b = int32_step_bias(*bias, w_scale, *act_scale, x.scalar_type());
+  }
+  if (d.kernel == DeployKernel::kInt8) {
+    TORCH_CHECK_VALUE(have, "act_scale: the integer Conv2d kernel needs the static activation scale");
+    const at::Tensor ws = w_scale1.has_value() && w_scale1->defined() ? w_scale.reshape(-1) * w_scale1->reshape(-1)
+                                                                      : w_scale;
+    const at::Tensor off = act_offset.has_value() && act_offset->defined() ? *act_offset : at::empty({0}, at::kInt);
+    return conv2d_int8_op(x, packed, ws, d.spec.w.format == Format::kInt8 ? 8 : 4, d.spec.cols, *act_scale, off, b,
+                          kernel, stride, padding, dilation, g[8]);
+  }
+  const WeightArgs w = packed_args(packed, w_scale, w_offset, w_scale1, d.spec.w, d.spec.cols, d.spec.weight_dtype);
+  static const at::Tensor unit = at::ones({1, 1});
+  const ActQuant act = d.act == ActScaleSource::kUnit      ? act_args(d.spec.act, d.spec.a, unit, c10::nullopt)
+                       : d.act == ActScaleSource::kBuffers ? act_args(d.spec.act, d.spec.a, act_scale, act_offset)
+                                                           : act_args(d.spec.act, d.spec.a, c10::nullopt, c10::nullopt);
+  ConvTensors t = conv_tensors(x, packed.size(0), b, kernel, stride, padding, dilation, g[8]);
+  value_errors([&] { conv2d_packed(t.a, w.packed, t.bias.defined() ? t.bias.data_ptr<float>() : nullptr, act); });
+  return t.y;
+}
+
 }  // namespace
 }  // namespace lowbit
 
@@ -418,8 +458,10 @@ TORCH_LIBRARY_FRAGMENT(lowbit, m) {
   m.def("linear_int8(Tensor x, Tensor packed, Tensor w_scale, int bits, int cols, bool per_token, "
         "Tensor act_scale, Tensor act_offset, Tensor? bias, Tensor? smooth=None) -> Tensor");
   m.def("int8_kernel() -> str");
-  // A deploy Linear layer's forward in one call (the kernel chosen when the layer is built).
-  m.def("linear_deploy_plan(Tensor spec, int kernel, int act_source, bool int32_bias) -> Tensor");
+  // A deploy layer's forward in one call (the kernel chosen when the layer is built).
+  m.def("deploy_plan(Tensor spec, int kernel, int act_source, bool int32_bias) -> Tensor");
+  m.def("conv2d_deploy(Tensor x, Tensor packed, Tensor w_scale, Tensor w_offset, Tensor? w_scale1, Tensor? bias, "
+        "Tensor plan, Tensor geometry, Tensor? act_scale=None, Tensor? act_offset=None) -> Tensor");
   m.def("linear_deploy(Tensor x, Tensor packed, Tensor w_scale, Tensor w_offset, Tensor? w_scale1, Tensor? bias, "
         "Tensor plan, Tensor? act_scale=None, Tensor? act_offset=None, Tensor? smooth=None) -> Tensor");
   m.def("linear_dynamic_int8(Tensor x, Tensor packed, Tensor w_scale, int bits, int group_size, int cols, "
@@ -438,7 +480,8 @@ TORCH_LIBRARY_FRAGMENT(lowbit, m) {
   m.impl("linear_packed_spec", TORCH_FN(linear_packed_spec_op));
   m.impl("linear_int8", c10::DispatchKey::CPU, TORCH_FN(linear_int8_op));
   m.impl("int8_kernel", TORCH_FN(int8_kernel_name));
-  m.impl("linear_deploy_plan", TORCH_FN(linear_deploy_plan_op));
+  m.impl("deploy_plan", TORCH_FN(deploy_plan_op));
   m.impl("linear_deploy", c10::DispatchKey::CPU, TORCH_FN(linear_deploy_op));
+  m.impl("conv2d_deploy", c10::DispatchKey::CPU, TORCH_FN(conv2d_deploy_op));
   m.impl("linear_dynamic_int8", c10::DispatchKey::CPU, TORCH_FN(linear_dynamic_int8_op));
 }

@@ -111,11 +111,11 @@ inline at::Tensor encode_plan(const DeployPlan& d) {
 inline DeployPlan decode_plan(const at::Tensor& t) {
   TORCH_CHECK_VALUE(
       t.scalar_type() == at::kLong && t.dim() == 1 && t.numel() == kPlanLen && t.is_contiguous() && t.device().is_cpu(),
-      "plan: expected the int64 tensor of ", kPlanLen, " values that linear_deploy_plan returns");
+      "plan: expected the int64 tensor of ", kPlanLen, " values that deploy_plan returns");
   DeployPlan d;
   const int64_t* v = t.data_ptr<int64_t>() + kSpecLen;
   TORCH_CHECK_VALUE(v[0] >= 0 && v[0] <= 2 && v[1] >= 0 && v[1] <= 2 && (v[2] == 0 || v[2] == 1),
-                    "plan: not a tensor that linear_deploy_plan returned");
+                    "plan: not a tensor that deploy_plan returned");
   d.spec = decode_spec_values(t.data_ptr<int64_t>());
   d.kernel = DeployKernel(v[0]), d.act = ActScaleSource(v[1]), d.int32_bias = v[2] != 0;
   const Format f = d.spec.w.format;

@@ -192,7 +192,7 @@ class DeployLinear(LinearMath, DeployLayer):
 
     def _build_op_args(self):
         # Everything forward needs besides the tensors, chosen once in C++ as the one int64
-        # tensor linear_deploy reads (linear_deploy_plan): the kernel (the 8-bit compute
+        # tensor linear_deploy reads (deploy_plan): the kernel (the 8-bit compute
         # mode, the integer kernel or the float-activation product), the product's spec,
         # where a static activation scale comes from, and whether the bias is rounded to
         # int32 steps. Converting these from Python on every call cost 2 us, a third of a
@@ -203,7 +203,7 @@ class DeployLinear(LinearMath, DeployLayer):
         kernel = 2 if self.compute_int8 else 1 if self.integer_kernel else 0
         act_source = 1 if self.static_act else 2 if (kernel == 0 and self.aspec is not None
                                                      and self.algorithm == "cast") else 0
-        self.register_buffer("op_plan", _OPS.linear_deploy_plan(spec, kernel, act_source, self.int32_bias),
+        self.register_buffer("op_plan", _OPS.deploy_plan(spec, kernel, act_source, self.int32_bias),
                              persistent=False)
 
     def forward(self, x):
@@ -217,23 +217,43 @@ class DeployConv2d(Conv2dMath, DeployLayer):
     def __init__(self, calib):
         DeployLayer.__init__(self, calib)
         self._copy_conv_attrs(calib)
+        self._build_op_args()  # (the first call, from DeployLayer, came before the geometry was known)
+
+    def _build_op_args(self):
+        # The plan as for DeployLinear (conv2d_deploy reads it) and the geometry as one int64
+        # tensor. Explicit padding (reflect, replicate, circular, "same") happens in forward,
+        # with the float activations quantized before it, as calibration does; the integer
+        # kernel quantizes the padded input itself.
+        super()._build_op_args()
+        if not hasattr(self, "kernel_size"):
+            return
+        self._explicit_pad = self.padding_mode != "zeros" or isinstance(self.padding, str)
+        kernel = 1 if self.integer_kernel else 0
+        quant_before_pad = self._explicit_pad and kernel == 0 and self.aspec is not None
+        act = NO_ACTIVATION_QUANT if quant_before_pad else self.activation_args()
+        spec = _OPS.linear_packed_spec(*self._weight_args, *act[:4])
+        act_source = 0 if quant_before_pad else 1 if self.static_act else 2 if (
+            kernel == 0 and self.aspec is not None and self.algorithm == "cast") else 0
+        self.register_buffer("op_plan", _OPS.deploy_plan(spec, kernel, act_source, self.int32_bias), persistent=False)
+        pad = (0, 0) if self._explicit_pad else tuple(self.padding)
+        self.register_buffer("conv_geometry", torch.tensor(
+            [*self.kernel_size, *self.stride, *pad, *self.dilation, self.groups], dtype=torch.long), persistent=False)
+        self._quant_before_pad = quant_before_pad
 
     def forward(self, x):
         b = self._buffers
         x = self.smoothed(x)
-        bias = self.effective_bias(b["bias"], x.dtype)  # (the padding below keeps x's dtype)
-        act_fmt, _, _, act_sym, act_scale, act_offset = self.activation_args()  # '' for none / integer kernel
-        pad = self.padding
-        if self.padding_mode != "zeros" or isinstance(pad, str):
-            # explicit padding (reflect, replicate, circular, "same"): float activations are
-            # quantized before it, as calibration does; the integer kernel quantizes the padded input
-            mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
-            x = F.pad(self.act_only(x) if act_fmt else x, self._reversed_padding_repeated_twice, mode=mode)
-            pad, act_fmt = (0, 0), ""
-        geometry = (list(self.kernel_size), list(self.stride), list(pad), list(self.dilation), self.groups)
-        if self.integer_kernel:
-            return _OPS.conv2d_int8(x, b["weight_packed"], self._int8_weight_scale(),
-                                    8 if self.wspec.fmt == "int8" else 4, self.cols, b["act_scale"], b["act_offset"],
-                                    bias, *geometry)
-        return _OPS.conv2d_packed(x, b["weight_packed"], b["w_scale"], b["w_offset"], b.get("w_scale1"), bias,
-                                  *self._weight_args, *geometry, act_fmt, act_sym, act_scale, act_offset)
+        if self._explicit_pad:
+            x = _pad(self.act_only(x) if self._quant_before_pad else x, self._reversed_padding_repeated_twice,
+                     self.padding_mode)
+        return _OPS.conv2d_deploy(x, b["weight_packed"], b["w_scale"], b["w_offset"], b.get("w_scale1"), b["bias"],
+                                  b["op_plan"], b["conv_geometry"], b.get("act_scale"), b.get("act_offset"))
+
+
+def _pad(x, pads, padding_mode):
+    """F.pad for a Conv2d's padding mode. torch 1.13 has no bf16/fp16 reflection or
+    replication padding on CPU: those pad in float32, which copies values exactly."""
+    mode = "constant" if padding_mode == "zeros" else padding_mode
+    if mode in ("reflect", "replicate") and x.dtype in (torch.bfloat16, torch.float16):
+        return F.pad(x.float(), pads, mode=mode).to(x.dtype)
+    return F.pad(x, pads, mode=mode)

@@ -639,16 +639,16 @@ def test_linear_deploy_equals_the_kernel_it_plans(name, dtype):
                 h = m(h)
 
 
-def test_linear_deploy_plan_errors_name_the_argument():
+def test_deploy_plan_errors_name_the_argument():
     spec = OPS.linear_packed_spec("int4", "group", 32, True, 64, torch.float32)
     fp8 = OPS.linear_packed_spec("float8_e4m3fn", "channel", 0, True, 64, torch.float32)
     with pytest.raises(ValueError, match=r"kernel: 3; allowed: 0 \(packed\), 1 \(int8\), 2 \(dynamic int8\)"):
-        OPS.linear_deploy_plan(spec, 3, 0, False)
+        OPS.deploy_plan(spec, 3, 0, False)
     with pytest.raises(ValueError, match=r"act_source: -1; allowed: 0 \(none\)"):
-        OPS.linear_deploy_plan(spec, 0, -1, False)
+        OPS.deploy_plan(spec, 0, -1, False)
     with pytest.raises(ValueError, match=r"plan: the integer kernels take int8/int4 weights, not float8_e4m3fn"):
-        OPS.linear_deploy_plan(fp8, 2, 0, False)
-    plan = OPS.linear_deploy_plan(spec, 0, 1, False)
+        OPS.deploy_plan(fp8, 2, 0, False)
+    plan = OPS.deploy_plan(spec, 0, 1, False)
     x, packed = torch.randn(2, 64), torch.zeros(8, 32, dtype=torch.uint8)
     scale = torch.ones(8, 2)
     with pytest.raises(ValueError, match=r"act_scale: the plan takes a static activation scale, none was given"):
@@ -656,3 +656,61 @@ def test_linear_deploy_plan_errors_name_the_argument():
     for bad in (spec, plan[:-1], plan.float(), torch.cat([spec, torch.tensor([5, 0, 0])])):
         with pytest.raises(ValueError, match=r"plan: "):
             OPS.linear_deploy(x, packed, scale, EMPTY, None, None, bad)
+
+
+def _per_kernel_conv_forward(m, x):
+    """What a deploy Conv2d computed before its forward became one conv2d_deploy call."""
+    b = m._buffers
+    x = m.smoothed(x)
+    bias = m.effective_bias(b["bias"], x.dtype)
+    act_fmt, _, _, act_sym, act_scale, act_offset = m.activation_args()
+    pad = m.padding
+    if m.padding_mode != "zeros" or isinstance(pad, str):
+        mode = "constant" if m.padding_mode == "zeros" else m.padding_mode
+        y = m.act_only(x) if act_fmt else x
+        # (the old forward raised here for bf16 reflect padding: torch 1.13 has no such kernel)
+        x = F.pad(y.float(), m._reversed_padding_repeated_twice, mode=mode).to(y.dtype) if mode == "reflect" \
+            else F.pad(y, m._reversed_padding_repeated_twice, mode=mode)
+        pad, act_fmt = (0, 0), ""
+    geometry = (list(m.kernel_size), list(m.stride), list(pad), list(m.dilation), m.groups)
+    if m.integer_kernel:
+        return OPS.conv2d_int8(x, b["weight_packed"], m._int8_weight_scale(), 8 if m.wspec.fmt == "int8" else 4, m.cols,
+                               b["act_scale"], b["act_offset"], bias, *geometry)
+    return OPS.conv2d_packed(x, b["weight_packed"], b["w_scale"], b["w_offset"], b.get("w_scale1"), bias,
+                             *m._weight_args, *geometry, act_fmt, act_sym, act_scale, act_offset)
+
+
+@pytest.mark.parametrize("name", lowbit.BUILTIN_CONFIG_NAMES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_conv2d_deploy_equals_the_kernel_it_plans(name, dtype):
+    # zero, reflect and "same" padding, groups, a BatchNorm folded into one layer
+    from lowbit.modules.deploy import DeployConv2d
+    torch.manual_seed(4)
+    model = torch.nn.Sequential(torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
+                                torch.nn.Conv2d(16, 16, 3, padding=1, padding_mode="reflect", groups=2),
+                                torch.nn.Conv2d(16, 8, 3, padding="same", bias=False)).to(dtype).eval()
+    with torch.no_grad():
+        model[1].running_mean.normal_()
+        model[1].running_var.uniform_(0.5, 2)
+    cfg = lowbit.builtin_config(name)
+    cfg["batch_num"] = 2
+    cfg["skip_layers"] = []
+    try:
+        lowbit.quantize(model, cfg)
+    except ValueError as e:
+        pytest.skip(f"{name} does not take Conv2d layers: {e}")
+    with torch.no_grad():
+        for _ in range(2):
+            model(torch.randn(2, 8, 10, 10, dtype=dtype))
+    lowbit.convert(model)
+    layers = [m for m in model.modules() if isinstance(m, DeployConv2d)]
+    assert layers
+    h = torch.randn(3, 8, 10, 10, dtype=dtype) * 2
+    with torch.no_grad():
+        for m in model:
+            if isinstance(m, DeployConv2d):
+                got = m(h)
+                assert torch.equal(got, _per_kernel_conv_forward(m, h)), (name, m.layer_name)
+                h = got
+            else:
+                h = m(h)
