@@ -293,6 +293,39 @@ at::Tensor deploy_plan_op(const at::Tensor& spec, int64_t kernel, int64_t act_so
   return t;
 }
 
+// What a plan takes from a deploy op's optional tensors: the bias (rounded to int32 steps
+// where the plan says so) and the static activation scale and offset from their source
+// (the layer's buffers, scale 1 for the HiF8 cast, or none).
+struct PlannedOperands {
+  c10::optional<at::Tensor> bias, act_scale, act_offset;
+};
+PlannedOperands planned_operands(const DeployPlan& d, const at::Tensor& x, const at::Tensor& w_scale,
+                                 const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& act_scale,
+                                 const c10::optional<at::Tensor>& act_offset) {
+  const bool have = act_scale.has_value() && act_scale->defined();
+  TORCH_CHECK_VALUE(d.act != ActScaleSource::kBuffers || have, "act_scale: the plan takes a static activation "
+                    "scale, none was given");
+  PlannedOperands o;
+  o.bias = bias;
+  if (d.int32_bias && bias.has_value() && bias->defined()) {
+    TORCH_CHECK_VALUE(have, "act_scale: an int32-step bias needs the static activation scale");
+    o.bias = int32_step_bias(*bias, w_scale, *act_scale, x.scalar_type());
+  }
+  static const at::Tensor unit = at::ones({1, 1});
+  if (d.act == ActScaleSource::kUnit) o.act_scale = unit;
+  if (d.act == ActScaleSource::kBuffers) o.act_scale = act_scale, o.act_offset = act_offset;
+  return o;
+}
+
+// The integer kernels' per-row weight scale (times a folded BatchNorm's rows) and their
+// static activation offset (none: 0).
+at::Tensor int_weight_scale(const at::Tensor& w_scale, const c10::optional<at::Tensor>& w_scale1) {
+  return w_scale1.has_value() && w_scale1->defined() ? w_scale.reshape(-1) * w_scale1->reshape(-1) : w_scale;
+}
+at::Tensor int_act_offset(const c10::optional<at::Tensor>& act_offset) {
+  return act_offset.has_value() && act_offset->defined() ? *act_offset : at::empty({0}, at::kInt);
+}
+
 // A deploy Linear layer's forward: the plan (deploy_plan, built with the layer)
 // picks the kernel and where the activation scale and the bias come from.
 at::Tensor linear_deploy_op(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& w_scale,
@@ -301,38 +334,20 @@ at::Tensor linear_deploy_op(const at::Tensor& x, const at::Tensor& packed, const
                             const c10::optional<at::Tensor>& act_scale, const c10::optional<at::Tensor>& act_offset,
                             const c10::optional<at::Tensor>& smooth) {
   const DeployPlan d = decode_plan(plan);
-  const bool have = act_scale.has_value() && act_scale->defined();
-  TORCH_CHECK_VALUE(d.act != ActScaleSource::kBuffers || have, "act_scale: the plan takes a static activation "
-                    "scale, none was given");
-  c10::optional<at::Tensor> b = bias;
-  if (d.int32_bias && bias.has_value() && bias->defined()) {
-    TORCH_CHECK_VALUE(have, "act_scale: an int32-step bias needs the static activation scale");
-    b = int32_step_bias(*bias, w_scale, *act_scale, x.scalar_type());
-  }
+  const PlannedOperands o = planned_operands(d, x, w_scale, bias, act_scale, act_offset);
   const int64_t bits = d.spec.w.format == Format::kInt8 ? 8 : 4;
   switch (d.kernel) {
     case DeployKernel::kDynamicInt8:
-      return linear_dynamic_int8_op(x, packed, w_scale, bits, d.spec.w.group_size, d.spec.cols, b, smooth);
+      return linear_dynamic_int8_op(x, packed, w_scale, bits, d.spec.w.group_size, d.spec.cols, o.bias, smooth);
     case DeployKernel::kInt8: {
-      const at::Tensor ws = w_scale1.has_value() && w_scale1->defined()
-                                ? w_scale.reshape(-1) * w_scale1->reshape(-1)  // a folded BatchNorm's rows
-                                : w_scale;
       const bool per_token = d.act != ActScaleSource::kBuffers;  // (per token: no static scale is read)
-      return linear_int8_op(x, packed, ws, bits, d.spec.cols, per_token, per_token ? at::Tensor() : *act_scale,
-                            per_token || !act_offset.has_value() || !act_offset->defined()
-                                ? at::empty({0}, at::kInt)
-                                : *act_offset,
-                            b, smooth);
+      return linear_int8_op(x, packed, int_weight_scale(w_scale, w_scale1), bits, d.spec.cols, per_token,
+                            per_token ? at::Tensor() : *o.act_scale, int_act_offset(o.act_offset), o.bias, smooth);
     }
     case DeployKernel::kPacked:
       break;
   }
-  static const at::Tensor unit = at::ones({1, 1});
-  if (d.act == ActScaleSource::kUnit) return linear_by_spec(x, packed, w_scale, w_offset, w_scale1, b, d.spec, unit,
-                                                            c10::nullopt, smooth);
-  if (d.act == ActScaleSource::kBuffers)
-    return linear_by_spec(x, packed, w_scale, w_offset, w_scale1, b, d.spec, act_scale, act_offset, smooth);
-  return linear_by_spec(x, packed, w_scale, w_offset, w_scale1, b, d.spec, c10::nullopt, c10::nullopt, smooth);
+  return linear_by_spec(x, packed, w_scale, w_offset, w_scale1, o.bias, d.spec, o.act_scale, o.act_offset, smooth);
 }
 
 // NCHW input and its output for a convolution with `cout` output channels.
@@ -413,28 +428,17 @@ at::Tensor conv2d_deploy_op(const at::Tensor& x, const at::Tensor& packed, const
                     "geometry: expected an int64 tensor [kh, kw, sy, sx, py, px, dy, dx, groups]");
   const int64_t* g = geometry.data_ptr<int64_t>();
   const std::vector<int64_t> kernel{g[0], g[1]}, stride{g[2], g[3]}, padding{g[4], g[5]}, dilation{g[6], g[7]};
-  const bool have = act_scale.has_value() && act_scale->defined();
-  TORCH_CHECK_VALUE(d.act != ActScaleSource::kBuffers || have, "act_scale: the plan takes a static activation "
-                    "scale, none was given");
-  c10::optional<at::Tensor> b = bias;
-  if (d.int32_bias && bias.has_value() && bias->defined()) {
-    TORCH_CHECK_VALUE(have, "act_scale: an int32-step bias needs the static activation scale");
-    b = int32_step_bias(*bias, w_scale, *act_scale, x.scalar_type());
-  }
+  const PlannedOperands o = planned_operands(d, x, w_scale, bias, act_scale, act_offset);
   if (d.kernel == DeployKernel::kInt8) {
-    TORCH_CHECK_VALUE(have, "act_scale: the integer Conv2d kernel needs the static activation scale");
-    const at::Tensor ws = w_scale1.has_value() && w_scale1->defined() ? w_scale.reshape(-1) * w_scale1->reshape(-1)
-                                                                      : w_scale;
-    const at::Tensor off = act_offset.has_value() && act_offset->defined() ? *act_offset : at::empty({0}, at::kInt);
-    return conv2d_int8_op(x, packed, ws, d.spec.w.format == Format::kInt8 ? 8 : 4, d.spec.cols, *act_scale, off, b,
-                          kernel, stride, padding, dilation, g[8]);
+    TORCH_CHECK_VALUE(o.act_scale.has_value(), "act_scale: the integer Conv2d kernel needs the static activation "
+                      "scale");
+    return conv2d_int8_op(x, packed, int_weight_scale(w_scale, w_scale1), d.spec.w.format == Format::kInt8 ? 8 : 4,
+                          d.spec.cols, *o.act_scale, int_act_offset(o.act_offset), o.bias, kernel, stride, padding,
+                          dilation, g[8]);
   }
   const WeightArgs w = packed_args(packed, w_scale, w_offset, w_scale1, d.spec.w, d.spec.cols, d.spec.weight_dtype);
-  static const at::Tensor unit = at::ones({1, 1});
-  const ActQuant act = d.act == ActScaleSource::kUnit      ? act_args(d.spec.act, d.spec.a, unit, c10::nullopt)
-                       : d.act == ActScaleSource::kBuffers ? act_args(d.spec.act, d.spec.a, act_scale, act_offset)
-                                                           : act_args(d.spec.act, d.spec.a, c10::nullopt, c10::nullopt);
-  ConvTensors t = conv_tensors(x, packed.size(0), b, kernel, stride, padding, dilation, g[8]);
+  const ActQuant act = act_args(d.spec.act, d.spec.a, o.act_scale, o.act_offset);
+  ConvTensors t = conv_tensors(x, packed.size(0), o.bias, kernel, stride, padding, dilation, g[8]);
   value_errors([&] { conv2d_packed(t.a, w.packed, t.bias.defined() ? t.bias.data_ptr<float>() : nullptr, act); });
   return t.y;
 }

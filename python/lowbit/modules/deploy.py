@@ -56,10 +56,6 @@ class DeployLayer(QuantLayerBase):
         # weights run as an integer product when every output channel has one weight scale
         # and the activation rows are the kernel's rows (per token only on a Linear).
         self.integer_kernel = a is not None and _C.uses_integer_kernel(is_conv, w.to_dict(), a.to_dict())
-        # The op arguments that never change, gathered once: on a small layer the Python
-        # around the op (attribute look-ups through nn.Module, helper calls, a fresh
-        # tensor per call) cost as much as the product itself.
-        self._unit_offset = torch.zeros(1, dtype=torch.int32)
         self._build_op_args()
 
     STORED = ("weight_packed", "w_scale", "w_offset", "w_scale1", "bias", "smooth", "recon_error", "act_scale",
@@ -110,6 +106,26 @@ class DeployLayer(QuantLayerBase):
         w = self.wspec
         self._weight_args = (w.fmt, w.strategy, w.gs, w.symmetric, self.cols, self.weight_dtype)
 
+    def _register_plan(self, kernel, quantize_inside=True):
+        """The op plan (deploy_plan, read by linear_deploy / conv2d_deploy on every call):
+        ``kernel`` 0 packed, 1 integer, 2 the 8-bit compute mode; the product's spec; where
+        a static activation scale comes from (the layer's buffers, or scale 1 for the HiF8
+        cast); whether the bias is rounded to int32 steps. ``quantize_inside`` False: the
+        activations are quantized before the op (a Conv2d's explicit padding). Converting
+        these from Python on every call cost 2 us, a third of a small layer's call; the
+        plan is rebuilt with the op arguments and never saved."""
+        act = self.activation_args() if quantize_inside else NO_ACTIVATION_QUANT
+        spec = _OPS.linear_packed_spec(*self._weight_args, *act[:4])
+        if not quantize_inside:
+            source = 0
+        elif self.static_act:
+            source = 1
+        elif kernel == 0 and self.aspec is not None and self.algorithm == "cast":
+            source = 2
+        else:
+            source = 0
+        self.register_buffer("op_plan", _OPS.deploy_plan(spec, kernel, source, self.int32_bias), persistent=False)
+
     def extra_repr(self):
         bn = getattr(self, "folded_batchnorm", None)
         return super().extra_repr() + (f", batchnorm={bn!r} folded" if bn else "")
@@ -135,12 +151,6 @@ class DeployLayer(QuantLayerBase):
         self.register_buffer("bias", bias.to(self.weight_dtype))
         self.int32_bias = False
         self._build_op_args()
-
-    def _int8_weight_scale(self):
-        """The integer kernels' per-row weight scale: w_scale, times w_scale1 after folding."""
-        b = self._buffers
-        s1 = b.get("w_scale1")
-        return b["w_scale"] if s1 is None else b["w_scale"].reshape(-1) * s1.reshape(-1)
 
     def reference_forward(self, x):
         """The fake-quant computation with a dequantized weight (what calibration returns),
@@ -191,20 +201,9 @@ class DeployLinear(LinearMath, DeployLayer):
         self.in_features, self.out_features = calib.in_features, calib.out_features
 
     def _build_op_args(self):
-        # Everything forward needs besides the tensors, chosen once in C++ as the one int64
-        # tensor linear_deploy reads (deploy_plan): the kernel (the 8-bit compute
-        # mode, the integer kernel or the float-activation product), the product's spec,
-        # where a static activation scale comes from, and whether the bias is rounded to
-        # int32 steps. Converting these from Python on every call cost 2 us, a third of a
-        # small layer's call. Rebuilt when the weight dtype, the compute mode or a folded
-        # BatchNorm changes it; never saved.
+        # (again when the weight dtype, the compute mode or a folded BatchNorm changes)
         super()._build_op_args()
-        spec = _OPS.linear_packed_spec(*self._weight_args, *self.activation_args()[:4])
-        kernel = 2 if self.compute_int8 else 1 if self.integer_kernel else 0
-        act_source = 1 if self.static_act else 2 if (kernel == 0 and self.aspec is not None
-                                                     and self.algorithm == "cast") else 0
-        self.register_buffer("op_plan", _OPS.deploy_plan(spec, kernel, act_source, self.int32_bias),
-                             persistent=False)
+        self._register_plan(2 if self.compute_int8 else 1 if self.integer_kernel else 0)
 
     def forward(self, x):
         b = self._buffers
@@ -228,17 +227,11 @@ class DeployConv2d(Conv2dMath, DeployLayer):
         if not hasattr(self, "kernel_size"):
             return
         self._explicit_pad = self.padding_mode != "zeros" or isinstance(self.padding, str)
-        kernel = 1 if self.integer_kernel else 0
-        quant_before_pad = self._explicit_pad and kernel == 0 and self.aspec is not None
-        act = NO_ACTIVATION_QUANT if quant_before_pad else self.activation_args()
-        spec = _OPS.linear_packed_spec(*self._weight_args, *act[:4])
-        act_source = 0 if quant_before_pad else 1 if self.static_act else 2 if (
-            kernel == 0 and self.aspec is not None and self.algorithm == "cast") else 0
-        self.register_buffer("op_plan", _OPS.deploy_plan(spec, kernel, act_source, self.int32_bias), persistent=False)
+        self._quant_before_pad = self._explicit_pad and not self.integer_kernel and self.aspec is not None
+        self._register_plan(1 if self.integer_kernel else 0, quantize_inside=not self._quant_before_pad)
         pad = (0, 0) if self._explicit_pad else tuple(self.padding)
         self.register_buffer("conv_geometry", torch.tensor(
             [*self.kernel_size, *self.stride, *pad, *self.dilation, self.groups], dtype=torch.long), persistent=False)
-        self._quant_before_pad = quant_before_pad
 
     def forward(self, x):
         b = self._buffers

@@ -586,6 +586,12 @@ def test_linear_packed_spec_errors_name_the_argument():
         OPS.linear_packed_by_spec(x, packed, scale, EMPTY, None, None, bad)
 
 
+def _int8_weight_scale(m):
+    """The integer kernels' per-row weight scale: w_scale, times w_scale1 after folding."""
+    s1 = m._buffers.get("w_scale1")
+    return m.w_scale if s1 is None else m.w_scale.reshape(-1) * s1.reshape(-1)
+
+
 def _per_kernel_forward(m, x):
     """What a deploy Linear computed before its forward became one linear_deploy call: the
     kernel picked in Python, the bias rounded in Python, each op called on its own."""
@@ -596,13 +602,32 @@ def _per_kernel_forward(m, x):
         return OPS.linear_dynamic_int8(x, b["weight_packed"], b["w_scale"], bits, m.wspec.gs, m.cols, bias, b["smooth"])
     if m.integer_kernel:
         static = m.static_act
-        return OPS.linear_int8(x, b["weight_packed"], m._int8_weight_scale(), bits, m.cols, not static,
+        return OPS.linear_int8(x, b["weight_packed"], _int8_weight_scale(m), bits, m.cols, not static,
                                b["act_scale"] if static else torch.ones(1, 1),
                                b["act_offset"] if static else torch.zeros(1, dtype=torch.int32), bias, b["smooth"])
     spec = OPS.linear_packed_spec(*m._weight_args, *m.activation_args()[:4])
     act_scale, act_offset = (None, None) if m.aspec is None else m.activation_args()[4:]
     return OPS.linear_packed_by_spec(x, b["weight_packed"], b["w_scale"], b["w_offset"], b.get("w_scale1"), bias,
                                      spec, act_scale, act_offset, b["smooth"])
+
+
+def _convert_builtin(model, name, calib_shape, deploy_type):
+    """quantize with the built-in config ``name`` (every layer, two random calibration
+    batches of ``calib_shape``), then convert; skips when the config takes none of the
+    model's layers."""
+    cfg = lowbit.builtin_config(name)
+    cfg["batch_num"] = 2
+    cfg["skip_layers"] = []
+    try:
+        lowbit.quantize(model, cfg)
+    except ValueError as e:
+        pytest.skip(f"{name} does not take these layers: {e}")
+    dtype = next(model.parameters()).dtype
+    with torch.no_grad():
+        for _ in range(2):
+            model(torch.randn(*calib_shape, dtype=dtype))
+    lowbit.convert(model)
+    assert any(isinstance(m, deploy_type) for m in model.modules())
 
 
 @pytest.mark.parametrize("name", lowbit.BUILTIN_CONFIG_NAMES)
@@ -613,19 +638,7 @@ def test_linear_deploy_equals_the_kernel_it_plans(name, dtype):
     # in both compute modes where they apply: bit for bit the op the plan names
     torch.manual_seed(3)
     model = torch.nn.Sequential(torch.nn.Linear(128, 64), torch.nn.GELU(), torch.nn.Linear(64, 32)).to(dtype)
-    cfg = lowbit.builtin_config(name)
-    cfg["batch_num"] = 2
-    cfg["skip_layers"] = []
-    try:
-        lowbit.quantize(model, cfg)
-    except ValueError as e:
-        pytest.skip(f"{name} does not take these layers: {e}")
-    with torch.no_grad():
-        for _ in range(2):
-            model(torch.randn(5, 128, dtype=dtype))
-    lowbit.convert(model)
-    layers = [m for m in model.modules() if isinstance(m, DeployLinear)]
-    assert layers
+    _convert_builtin(model, name, (5, 128), DeployLinear)
     x = torch.randn(7, 128, dtype=dtype) * 3
     for mode in ("exact", "int8"):
         lowbit.set_compute(model, mode)
@@ -674,7 +687,7 @@ def _per_kernel_conv_forward(m, x):
         pad, act_fmt = (0, 0), ""
     geometry = (list(m.kernel_size), list(m.stride), list(pad), list(m.dilation), m.groups)
     if m.integer_kernel:
-        return OPS.conv2d_int8(x, b["weight_packed"], m._int8_weight_scale(), 8 if m.wspec.fmt == "int8" else 4, m.cols,
+        return OPS.conv2d_int8(x, b["weight_packed"], _int8_weight_scale(m), 8 if m.wspec.fmt == "int8" else 4, m.cols,
                                b["act_scale"], b["act_offset"], bias, *geometry)
     return OPS.conv2d_packed(x, b["weight_packed"], b["w_scale"], b["w_offset"], b.get("w_scale1"), bias,
                              *m._weight_args, *geometry, act_fmt, act_sym, act_scale, act_offset)
@@ -692,19 +705,7 @@ def test_conv2d_deploy_equals_the_kernel_it_plans(name, dtype):
     with torch.no_grad():
         model[1].running_mean.normal_()
         model[1].running_var.uniform_(0.5, 2)
-    cfg = lowbit.builtin_config(name)
-    cfg["batch_num"] = 2
-    cfg["skip_layers"] = []
-    try:
-        lowbit.quantize(model, cfg)
-    except ValueError as e:
-        pytest.skip(f"{name} does not take Conv2d layers: {e}")
-    with torch.no_grad():
-        for _ in range(2):
-            model(torch.randn(2, 8, 10, 10, dtype=dtype))
-    lowbit.convert(model)
-    layers = [m for m in model.modules() if isinstance(m, DeployConv2d)]
-    assert layers
+    _convert_builtin(model, name, (2, 8, 10, 10), DeployConv2d)
     h = torch.randn(3, 8, 10, 10, dtype=dtype) * 2
     with torch.no_grad():
         for m in model:
