@@ -4,7 +4,6 @@ the packed shards, and the index and config.json written last."""
 import hashlib
 import json
 import shutil
-from pathlib import Path
 
 import torch
 

@@ -47,7 +47,7 @@ def quantize_streaming(model_dir, config, batches, out_dir, resume=False, dtype=
         raise ValueError("batches: empty; streaming calibration needs at least one sample")
     config = dict(config)
     config["batch_num"] = len(batches)
-    lowbit.validate_config(config)
+    algorithm = next(iter(lowbit.validate_config(config)["algorithm"]))
     work = out / WORK_DIR
     fp = fingerprint(source, config, batches, dtype)
     _check_same_inputs(group, fp)
@@ -62,7 +62,6 @@ def quantize_streaming(model_dir, config, batches, out_dir, resume=False, dtype=
     mine = [batches[j] for j in plan]
     map_large_blocks(_mapping_threshold(source.activation_bytes(mine)))
     need = source.estimate(mine)
-    algorithm = next(iter(lowbit.validate_config(config)["algorithm"]))
     flops = source.flops(mine, algorithm) * (n_layers - start)
     rate = measured_gflops(dtype)
     ranks = f" on {group.world} processes (per process: {len(plan)} samples)" if group.active else ""

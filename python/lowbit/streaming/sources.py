@@ -61,16 +61,10 @@ class Reader:
                 out[n] = t.to(dtype) if t.is_floating_point() and t.dtype != dtype else t.clone()
         return out
 
-
-def fill(module, prefix, tensors):
-    """Real parameters for a module built on the meta device."""
-    for pname, param in list(module.named_parameters()):
-        t = tensors[prefix + pname]
-        if tuple(t.shape) != tuple(param.shape):
-            raise ValueError(f"tensor '{prefix + pname}' has shape {tuple(t.shape)}, the config gives "
-                             f"{tuple(param.shape)}")
-        owner, _, leaf = pname.rpartition(".")
-        (module.get_submodule(owner) if owner else module)._parameters[leaf] = nn.Parameter(t, requires_grad=False)
+    def fill(self, module, dtype, prefix=""):
+        """Real tensors from the folder for the meta parameters and buffers of ``module``
+        (checkpoints.fill_meta; its names are ``prefix`` + the module's own)."""
+        fill_meta(module, self.names(), lambda names: self.get(names, dtype), str(self.folder), prefix)
 
 
 def holder(path, module):
@@ -150,7 +144,7 @@ class LlamaSource:
     def new_layer(self, i, reader):
         prefix = self.layer_path(i) + "."
         layer = DecoderLayer(self.cfg, device="meta")
-        fill(layer, prefix, reader.get([prefix + n for n, _ in layer.named_parameters()], self.dtype))
+        reader.fill(layer, self.dtype, prefix)
         return layer
 
     def run_layer(self, layer, j, h):
@@ -328,7 +322,7 @@ class ModuleSource:
         from lowbit.distributed import calibrate_block  # noqa: PLC0415
         for k in range(self.n_layers):
             self.trunk[k] = _StandIn(self, k)
-        fill_meta(self.model, reader.names(), lambda names: reader.get(names, self.dtype), str(self.model_dir))
+        reader.fill(self.model, self.dtype)
         self.samples = samples
         self.mode = "catch"
         if quantize_block(self.model, config):
@@ -358,8 +352,7 @@ class ModuleSource:
 
     def new_layer(self, i, reader):
         block = copy.deepcopy(self.blocks[i])
-        prefix = self.layer_path(i) + "."
-        fill_meta(block, reader.names(), lambda names: reader.get(names, self.dtype), str(self.model_dir), prefix)
+        reader.fill(block, self.dtype, self.layer_path(i) + ".")
         return block
 
     def run_layer(self, layer, j, h):

@@ -67,7 +67,7 @@ def block0_hessians(folder, batches):
     group, every rank's reduced) observation of the first n - 1 samples."""
     from lowbit.checkpoints import read_config
     from lowbit.models.hf_llama import DecoderLayer, LlamaForCausalLM
-    from lowbit.streaming.sources import Reader, fill, holder, quantize_block
+    from lowbit.streaming.sources import Reader, holder, quantize_block
     group = Group()
     cfg = read_config(folder)
     plan = local_samples(len(batches), group.world, group.rank)
@@ -75,8 +75,7 @@ def block0_hessians(folder, batches):
     w = reader.get(["model.embed_tokens.weight"], torch.float32)["model.embed_tokens.weight"]
     hs = [torch.nn.functional.embedding(batches[j], w) for j in plan[:-1]]
     layer = DecoderLayer(cfg, device="meta")
-    fill(layer, "model.layers.0.", reader.get(["model.layers.0." + n for n, _ in layer.named_parameters()],
-                                               torch.float32))
+    reader.fill(layer, torch.float32, "model.layers.0.")
     root = holder("model.layers.0", layer)
     c = config("INT4_GPTQ_WEIGHT_QUANT_CFG")
     c["batch_num"] = len(batches)
