@@ -57,7 +57,7 @@ std::tuple<at::Tensor, at::Tensor, double, double> awq_search(const at::Tensor& 
   }
   at::Tensor src = W * best_s;  // the weight the layer quantizes
   if (clip && spec.granularity != Granularity::kTensor) {
-    const int64_t glen = format_info(spec.format).is_mx ? 32
+    const int64_t glen = format_info(spec.format).is_mx() ? 32
                          : spec.granularity == Granularity::kGroup ? spec.group_size : K;
     const int64_t G = (K + glen - 1) / glen;
     // per (row, group) max |w| of the scaled weight

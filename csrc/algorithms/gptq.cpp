@@ -83,7 +83,7 @@ __attribute__((target_clones("avx512f", "avx2", "default"), optimize("O3"))) flo
 // reference GPTQ code offers the same search as an option).
 void shrink_scales(const at::Tensor& slice, const at::Tensor& hdiag, const QuantSpec& spec, at::Tensor& scale) {
   const int64_t n = slice.size(0), c = slice.size(1);
-  const float qmax = spec.format == Format::kInt4 ? 7.0f : 127.0f, qmin = -qmax - 1.0f;
+  const float qmax = float((1 << (format_info(spec.format).int_bits - 1)) - 1), qmin = -qmax - 1.0f;
   const float* w = slice.data_ptr<float>();
   const float* h = hdiag.data_ptr<float>();
   float* sc = scale.data_ptr<float>();
@@ -107,19 +107,19 @@ void shrink_scales(const at::Tensor& slice, const at::Tensor& hdiag, const Quant
 ColumnScales slice_scales(const at::Tensor& slice, const QuantSpec& spec, const at::Tensor& hdiag, bool clip) {
   const int64_t n = slice.size(0);
   QuantSpec s = spec;
-  if (!format_info(spec.format).is_mx) s.granularity = Granularity::kChannel, s.group_size = 0;
+  if (!format_info(spec.format).is_mx()) s.granularity = Granularity::kChannel, s.group_size = 0;
   at::Tensor src = slice.contiguous();
   ColumnScales cs;
   cs.scale = at::empty({n}, at::kFloat);
   at::Tensor off = at::zeros({n}, at::kInt);
-  if (format_info(spec.format).is_mx) {
+  if (format_info(spec.format).is_mx()) {
     cs.e8m0 = at::empty({n}, at::kByte);
     compute_scales(as_const(src), s, ScaleView{nullptr, nullptr, cs.e8m0.data_ptr<uint8_t>()});
     // 2^(b-127); 0xFF (a NaN block) cannot occur: weights are checked finite
     cs.scale = at::exp2(cs.e8m0.to(at::kFloat) - 127.0f);
   } else {
     compute_scales(as_const(src), s, ScaleView{cs.scale.data_ptr<float>(), off.data_ptr<int32_t>(), nullptr});
-    if (clip && s.symmetric && (s.format == Format::kInt4 || s.format == Format::kInt8))
+    if (clip && s.symmetric && format_info(s.format).is_int())
       shrink_scales(src, hdiag, s, cs.scale);
   }
   cs.offset = off.to(at::kFloat);
@@ -134,7 +134,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gptq_quantize(
       make_spec(fmt, strategy, strategy == "group" ? group_size : 0, symmetric, "auto", scale_dtype, scale_rule);
   TORCH_CHECK_VALUE(spec.granularity != Granularity::kToken, "gptq: granularity 'token' is for activations");
   TORCH_CHECK_VALUE(block_size > 0, "gptq: block_size must be positive");
-  const bool mx = format_info(spec.format).is_mx;
+  const bool mx = format_info(spec.format).is_mx();
   const int64_t N = W2d.size(0), K = W2d.size(1);
   TORCH_CHECK_VALUE(H_in.size(0) == K && H_in.size(1) == K, "gptq: H ", H_in.sizes(), " does not match K=", K);
   at::Tensor W0 = W2d.to(at::kFloat).clone();  // the caller's tensor is never modified
@@ -227,8 +227,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gptq_quantize(
   at::Tensor QT = at::empty_like(WT);
   // element codec of the format, applied with scale 1 to w / s (+ o)
   QuantSpec unit;
-  unit.format = spec.format == Format::kMxFp8E4M3FN ? Format::kFloat8E4M3FN
-                : spec.format == Format::kMxFp4E2M1 ? Format::kFloat4E2M1 : spec.format;
+  unit.format = format_info(spec.format).element;
   const bool asym = !(spec.symmetric || mx);
   float one = 1.0f;
   int32_t zero = 0;

@@ -225,8 +225,9 @@ std::string compute_int8_skip_reason(bool conv, const TensorQuantCfg& w, const I
                                      bool two_level) {
   if (conv) return "a Conv2d (the 8-bit compute mode is for Linear layers)";
   if (in.present) return "its activations are quantized already (" + combination_name(in, w.type) + ")";
-  if (w.type != Format::kInt8 && w.type != Format::kInt4)
-    return std::string(format_info(w.type).name) + " weights (the 8-bit compute mode takes int8 and int4)";
+  if (!format_info(w.type).is_int())
+    return std::string(format_info(w.type).name) + " weights (the 8-bit compute mode takes " +
+           format_names_where([](const FormatInfo& f) { return f.is_int(); }) + ")";
   if (!w.symmetric) return "asymmetric weights (the 8-bit compute mode takes symmetric ones)";
   if (two_level) return "a second weight scale per row";
   if (cols > kDynamicInt8MaxCols)

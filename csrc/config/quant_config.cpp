@@ -56,12 +56,18 @@ int64_t get_positive_int(const std::string& path, const ConfigValue& v) {
   return v.i;
 }
 
-const std::vector<std::string> kWeightTypes = {"int8", "int4", "hifloat8", "float8_e4m3fn", "mxfp8_e4m3fn",
-                                               "mxfp4_e2m1", "float4_e2m1", "float4_e1m2"};
-const std::vector<std::string> kInputTypes = {"int8", "hifloat8", "float8_e4m3fn", "mxfp8_e4m3fn"};
+// the weight and activation types: the format table's rows that allow them
+const std::vector<std::string> kWeightTypes = format_name_list([](const FormatInfo& f) { return f.as_weight; });
+const std::vector<std::string> kInputTypes = format_name_list([](const FormatInfo& f) { return f.as_input; });
 
-bool is_float4(Format f) { return f == Format::kFloat4E2M1 || f == Format::kFloat4E1M2; }
-bool is_mx(Format f) { return format_info(f).is_mx; }
+bool is_mx(Format f) { return format_info(f).is_mx(); }
+
+std::string allowed_granularities(unsigned mask) {
+  std::string s;
+  for (Granularity g : {Granularity::kTensor, Granularity::kChannel, Granularity::kGroup, Granularity::kToken})
+    if (mask & granularity_bit(g)) s += std::string(s.empty() ? "" : ", ") + granularity_name(g);
+  return s;
+}
 std::string name_of(Format f) { return format_info(f).name; }
 
 // weights: {type, symmetric, strategy, group_size}
@@ -72,43 +78,47 @@ TensorQuantCfg parse_weights(const std::string& path, const ConfigValue& v) {
   if (!t) value_error(path + ".type: missing; allowed: " + join(kWeightTypes));
   TensorQuantCfg c;
   c.type = parse_format(get_string(path + ".type", *t, kWeightTypes));
-  const bool group_default = is_mx(c.type) || is_float4(c.type);
+  const FormatInfo& info = format_info(c.type);
   c.symmetric = v.find("symmetric") ? get_bool(path + ".symmetric", *v.find("symmetric")) : true;
   c.strategy = v.find("strategy")
                    ? parse_granularity(get_string(path + ".strategy", *v.find("strategy"), {"tensor", "channel", "group"}))
-                   : (group_default ? Granularity::kGroup : Granularity::kChannel);
+                   : info.default_granularity;
   if (const ConfigValue* g = v.find("group_size")) {
     if (c.strategy != Granularity::kGroup)
       value_error(path + ".group_size: only allowed with strategy 'group' (strategy is '" +
                   granularity_name(c.strategy) + "')");
     c.group_size = get_positive_int(path + ".group_size", *g);
   } else if (c.strategy == Granularity::kGroup) {
-    c.group_size = group_default ? 32 : 128;
+    c.group_size = info.default_group;
   }
   if (c.strategy == Granularity::kGroup && c.group_size % 32 != 0)
     value_error(path + ".group_size: " + std::to_string(c.group_size) + " is not a multiple of 32");
   if (c.strategy == Granularity::kGroup && c.group_size > kMaxGroupSize)
     value_error(path + ".group_size: " + std::to_string(c.group_size) + " is larger than " +
                 std::to_string(kMaxGroupSize) + "; allowed: multiples of 32 up to " + std::to_string(kMaxGroupSize));
-  if (is_mx(c.type) && (c.strategy != Granularity::kGroup || c.group_size != 32))
-    value_error(path + ": " + name_of(c.type) + " weights use blocks of 32: strategy must be 'group' with group_size 32");
-  if (is_float4(c.type) && c.strategy != Granularity::kGroup)
+  if (info.is_mx() && (c.strategy != Granularity::kGroup || c.group_size != info.block))
+    value_error(path + ": " + name_of(c.type) + " weights use blocks of " + std::to_string(info.block) +
+                ": strategy must be 'group' with group_size " + std::to_string(info.block));
+  if (!(info.weight_granularities & granularity_bit(c.strategy)))
     value_error(path + ".strategy: '" + granularity_name(c.strategy) + "' is not allowed for " + name_of(c.type) +
-                "; allowed: group");
-  if ((c.type == Format::kHiFloat8 || c.type == Format::kFloat8E4M3FN) && c.strategy == Granularity::kGroup)
-    value_error(path + ".strategy: 'group' is not allowed for " + name_of(c.type) + "; allowed: tensor, channel");
-  if (!c.symmetric && !format_info(c.type).allows_asym)
-    value_error(path + ".symmetric: False is only allowed for int8 and int4 (" + name_of(c.type) + " is symmetric)");
+                "; allowed: " + allowed_granularities(info.weight_granularities));
+  if (!c.symmetric && !info.allows_asym)
+    value_error(path + ".symmetric: False is only allowed for " +
+                format_names_where([](const FormatInfo& f) { return f.allows_asym; }) + " (" + name_of(c.type) +
+                " is symmetric)");
   if (const ConfigValue* sd = v.find("scale_dtype")) {
     c.fp16_scale = get_string(path + ".scale_dtype", *sd, {"float32", "float16"}) == "float16";
-    if (c.fp16_scale && !format_info(c.type).is_int)
-      value_error(path + ".scale_dtype: 'float16' is only allowed for int8 and int4 weights (" + name_of(c.type) +
-                  " scales are not integer-grid scales); allowed for " + name_of(c.type) + ": float32");
+    if (c.fp16_scale && !info.allows_fp16_scale)
+      value_error(path + ".scale_dtype: 'float16' is only allowed for " +
+                  format_names_where([](const FormatInfo& f) { return f.allows_fp16_scale; }) + " weights (" +
+                  name_of(c.type) + " scales are not integer-grid scales); allowed for " + name_of(c.type) +
+                  ": float32");
   }
   if (const ConfigValue* sr = v.find("scale_rule")) {
     c.signed_max = get_string(path + ".scale_rule", *sr, {"absmax", "signed_max"}) == "signed_max";
-    if (c.signed_max && (c.type != Format::kInt4 || !c.symmetric))
-      value_error(path + ".scale_rule: 'signed_max' is only allowed for symmetric int4 weights (got " +
+    if (c.signed_max && (!info.allows_signed_max || !c.symmetric))
+      value_error(path + ".scale_rule: 'signed_max' is only allowed for symmetric " +
+                  format_names_where([](const FormatInfo& f) { return f.allows_signed_max; }) + " weights (got " +
                   (c.symmetric ? "" : std::string("asymmetric ")) + name_of(c.type) + "); allowed for " +
                   (c.symmetric ? "" : std::string("asymmetric ")) + name_of(c.type) + ": absmax");
   }
@@ -138,14 +148,16 @@ InputsCfg parse_inputs(const std::string& path, const ConfigValue& v) {
                                                                      : std::vector<std::string>{"tensor", "token"}))
                                   : (mx ? Granularity::kGroup : Granularity::kTensor);
   if (const ConfigValue* g = v.find("group_size")) {
-    if (!mx) value_error(path + ".group_size: only allowed for mxfp8_e4m3fn inputs");
+    if (!mx)
+      value_error(path + ".group_size: only allowed for " +
+                  format_names_where([](const FormatInfo& f) { return f.as_input && f.is_mx(); }) + " inputs");
     if (get_positive_int(path + ".group_size", *g) != 32)
       value_error(path + ".group_size: " + g->repr() + " is not allowed; MX blocks are 32");
   }
   c.group_size = mx ? 32 : 0;
   if (const ConfigValue* d = v.find("dynamic")) {  // AMCT's key: True = per-token ranges at run time
     const bool dynamic = get_bool(path + ".dynamic", *d);
-    if (mx) value_error(path + ".dynamic: not allowed for mxfp8_e4m3fn inputs (MX scales are always per block)");
+    if (mx) value_error(path + ".dynamic: not allowed for " + name_of(c.type) + " inputs (MX scales are always per block)");
     if (dynamic && v.find("strategy") && c.strategy != Granularity::kToken)
       value_error(path + ".dynamic: True needs strategy 'token' (got '" + granularity_name(c.strategy) +
                   "'); dynamic activations are quantized per token");
@@ -153,8 +165,9 @@ InputsCfg parse_inputs(const std::string& path, const ConfigValue& v) {
       value_error(path + ".dynamic: False contradicts strategy 'token' (per-token activations are dynamic)");
     if (dynamic) c.strategy = Granularity::kToken;
   }
-  if (!c.symmetric && c.type != Format::kInt8)
-    value_error(path + ".symmetric: False is only allowed for int8 inputs");
+  if (!c.symmetric && !format_info(c.type).allows_asym)
+    value_error(path + ".symmetric: False is only allowed for " +
+                format_names_where([](const FormatInfo& f) { return f.as_input && f.allows_asym; }) + " inputs");
   if (!c.symmetric && c.strategy == Granularity::kToken)
     value_error(path + ".symmetric: False is not allowed with strategy 'token' (dynamic per-token is symmetric)");
   return in;

@@ -245,27 +245,24 @@ struct Avx2FusedDot {
     // the deferred scale for granules of 128 columns or more (on groups of 32 the
     // per-group sums cost more than the multiplies they save)
     const bool deferred = w.spec.symmetric && driver::Kernels<VecAvx2>::granule_len(w.spec, w.cols) >= 128;
-    switch (w.spec.format) {
-      case Format::kInt4:  // deferred scale; |x| >= 2^64, NaN or Inf: every weight scaled first
+    switch (stored_code(w.spec.format)) {
+      case StoredCode::kIntNibble:  // deferred scale; |x| >= 2^64, NaN or Inf: every weight scaled first
         if (fused) d.dot_rows = deferred ? &dot_sym_fn<Codes::kInt4> : &dot_fn<Codes::kInt4>;
         if (fused && deferred) d.dot_rows_huge_x = &dot_fn<Codes::kInt4>;
         break;
-      case Format::kInt8:
+      case StoredCode::kInt8:
         if (fused) d.dot_rows = deferred ? &dot_sym_fn<Codes::kInt8> : &dot_fn<Codes::kInt8>;
         if (fused && deferred) d.dot_rows_huge_x = &dot_fn<Codes::kInt8>;
         break;
-      case Format::kFloat4E2M1:
-      case Format::kFloat4E1M2:
-      case Format::kMxFp4E2M1:
+      case StoredCode::kTable4:
         d.decode = &decode<Codes::kTable4>;
         if (fused) d.dot_rows = &dot_fn<Codes::kTable4>;
         break;
-      case Format::kFloat8E4M3FN:
-      case Format::kMxFp8E4M3FN:
+      case StoredCode::kE4M3:
         d.decode = &decode<Codes::kE4M3>;
         if (fused) d.dot_rows = &dot_fn<Codes::kE4M3>;
         break;
-      default:
+      case StoredCode::kHiF8:
         break;
     }
     return d;

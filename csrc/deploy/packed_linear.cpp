@@ -98,7 +98,7 @@ PackedWeight weight_rows(const PackedWeight& w, int64_t lo, int64_t hi) {
   r.codes += lo * w.row_bytes;
   r.rows = hi - lo;
   // scale entries per output row: none to skip for one tensor-wide scale
-  const int64_t per_row = w.spec.granularity == Granularity::kTensor && !format_info(w.spec.format).is_mx
+  const int64_t per_row = w.spec.granularity == Granularity::kTensor && !format_info(w.spec.format).is_mx()
                               ? 0 : groups_per_row(w.spec, w.cols);
   if (r.scales.scale) r.scales.scale += lo * per_row;
   if (r.scales.offset) r.scales.offset += lo * per_row;

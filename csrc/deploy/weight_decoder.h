@@ -39,6 +39,24 @@ static inline int64_t column_position(int64_t k, ColumnOrder order, int64_t cols
   return base + (j % 2 == 0 ? j / 2 : 16 + j / 2);
 }
 
+// The kind of stored code a decoder reads, from the format's row: a new format of a known
+// kind (an integer of another width in a nibble, another 4-bit value table) needs no
+// decoder of its own.
+enum class StoredCode : uint8_t {
+  kIntNibble,  // two's complement in 4 bits (int4, int3)
+  kInt8,       // two's complement in 8 bits
+  kTable4,     // 4-bit float codes decoded by a 16-entry table (FP4 E2M1/E1M2, MXFP4)
+  kE4M3,       // FP8 E4M3FN (and MXFP8)
+  kHiF8,       // HiFloat8
+};
+
+static inline StoredCode stored_code(Format f) {
+  const FormatInfo& info = format_info(f);
+  if (info.is_int()) return info.bits == 4 ? StoredCode::kIntNibble : StoredCode::kInt8;
+  if (info.bits == 4) return StoredCode::kTable4;
+  return info.code == Code::kHiF8 ? StoredCode::kHiF8 : StoredCode::kE4M3;
+}
+
 struct WeightDecoder {
   const PackedWeight* w = nullptr;
   ColumnOrder order = ColumnOrder::kNatural;      // of decode

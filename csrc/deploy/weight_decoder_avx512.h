@@ -144,9 +144,9 @@ struct Avx512Decoder {
     const float* e8m0;  // value of every E8M0 byte
     const uint16_t* lut16;  // HiF8 / E4M3: bf16 bits of |value| of codes 0..127
     explicit Layout(const PackedWeight& w)
-        : e8m0(e8m0_table()), lut16(magnitude_bf16_table(w.spec.format == Format::kHiFloat8)) {
+        : e8m0(e8m0_table()), lut16(magnitude_bf16_table(stored_code(w.spec.format) == StoredCode::kHiF8)) {
       const Format f = w.spec.format;
-      mx = format_info(f).is_mx;
+      mx = format_info(f).is_mx();
       tensor = w.spec.granularity == Granularity::kTensor && !mx;
       asym = !w.spec.symmetric;
       glen = driver::Kernels<VecAvx512>::granule_len(w.spec, w.cols);
@@ -395,25 +395,23 @@ struct Avx512Decoder {
   }
 
   static WeightDecoder make(const PackedWeight& w) {
-    switch (w.spec.format) {
-      case Format::kInt4:
-      case Format::kFloat4E2M1:
-      case Format::kFloat4E1M2:
-      case Format::kMxFp4E2M1: return make_kind<kNibbles>(w);
-      case Format::kInt8:
+    const StoredCode code = stored_code(w.spec.format);
+    switch (code) {
+      case StoredCode::kIntNibble:
+      case StoredCode::kTable4: return make_kind<kNibbles>(w);
+      case StoredCode::kInt8:
         // symmetric codes into bf16/fp16 weights: byte tables of the rounded weights
         if (vbmi_decoders_enabled() && w.spec.symmetric && w.value_dtype != DType::kF32 && !w.row_scale1 &&
             w.scales.scale)
           return vbmi_decoder_avx512(w);
         return make_kind<kInt8>(w);
-      case Format::kHiFloat8:
-      case Format::kFloat8E4M3FN:
-      case Format::kMxFp8E4M3FN: break;
+      case StoredCode::kHiF8:
+      case StoredCode::kE4M3: break;
     }
-    if (w.spec.format != Format::kHiFloat8 && w.value_dtype == DType::kF32) return make_kind<kE4M3Half>(w);
+    if (code != StoredCode::kHiF8 && w.value_dtype == DType::kF32) return make_kind<kE4M3Half>(w);
     // byte tables: fewer permutes (their tables hold scaled values, no per-row multiplier)
     if (vbmi_decoders_enabled() && !w.row_scale1) return vbmi_decoder_avx512(w);
-    return w.spec.format == Format::kHiFloat8 ? make_kind<kHiF8>(w) : make_kind<kE4M3>(w);
+    return code == StoredCode::kHiF8 ? make_kind<kHiF8>(w) : make_kind<kE4M3>(w);
   }
 };
 

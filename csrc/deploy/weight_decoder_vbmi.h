@@ -66,7 +66,8 @@ struct VbmiDecoder {
         for (int c = 0; c < 128; ++c) v[c] = float(c);
       }
     } q;
-    return f == Format::kInt8 ? q.v : f == Format::kHiFloat8 ? h.v : e.v;
+    const StoredCode code = stored_code(f);
+    return code == StoredCode::kInt8 ? q.v : code == StoredCode::kHiF8 ? h.v : e.v;
   }
 
   // Byte tables of round(mag[c] x sc) in vd (bf16 or fp16 bits) for c = 0..127.
@@ -233,7 +234,7 @@ struct VbmiDecoder {
 
   static WeightDecoder make(const PackedWeight& w) {
     const Base::Layout t(w);
-    if (w.spec.format == Format::kInt8)
+    if (stored_code(w.spec.format) == StoredCode::kInt8)
       return t.vd == DType::kBF16 ? Base::make_walker<Walker<kValuesBf16, false, false, true>>(w)
                                   : Base::make_walker<Walker<kValuesF16, false, false, true>>(w);
     if (t.mx)

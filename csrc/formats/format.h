@@ -1,4 +1,7 @@
-// Names and fixed properties of every numeric format lowbit knows.
+// Every numeric format lowbit knows, as one table (format.cpp): one row per format holds
+// its storage, its element code, its scale rule and what the config validator allows.
+// The codecs, the scale code, the deploy decoders and the validator read the row; Python
+// reads the same rows through _C.format_table().
 #pragma once
 #include <cstdint>
 #include <string>
@@ -27,26 +30,75 @@ enum class Granularity : int {
 
 // Which E8M0 shared-exponent rule an MX format uses.
 enum class MxRule : int {
-  kAuto,    // Ascend for MXFP4, OCP for MXFP8
+  kAuto,    // the row's mx_bump: Ascend for MXFP4, OCP for MXFP8
   kOcp,     // floor(log2 amax) - emax_elem
   kAscend,  // as OCP, plus one when amax / 2^floor(log2 amax) > 1.75
 };
 
-// Storage and numeric facts of a format.
+// What one stored code means before scaling (each has a reference codec in
+// reference.cpp, a vector codec in kernels/codecs.h and a value table in codec_luts.cpp).
+enum class Code : int {
+  kInt,     // two's complement integer of int_bits
+  kE4M3FN,  // OCP FP8 E4M3FN
+  kE2M1,    // OCP FP4 E2M1
+  kE1M2,    // FP4 E1M2
+  kHiF8,    // HiFloat8 (tapered)
+};
+
+// How a granule's scale follows from its statistics.
+enum class ScaleRule : int {
+  kIntRange,  // integer grid: absmax (or max - min) over the code range, optional zero point
+  kDivisor,   // absmax / divisor (token_divisor for dynamic per-token activations)
+  kE8M0,      // a power of two per block of `block` elements (MX)
+};
+
+// Bit mask of granularities.
+constexpr unsigned granularity_bit(Granularity g) { return 1u << int(g); }
+
+// One row of the format table.
 struct FormatInfo {
+  Format format;
   const char* name;
-  int bits;           // bits per stored element code
-  bool is_mx;         // E8M0 block scales of 32 elements
-  bool is_int;
-  bool allows_asym;   // int8/int4 only
+  // storage
+  int bits;        // stored bits per code: 8, or 4 (two codes per byte, low nibble first)
+  int block;       // elements per E8M0 scale byte (MX; rows padded to whole blocks), else 0
+  // element code
+  Code code;
+  int int_bits;    // kInt: codes span [-2^(int_bits-1), 2^(int_bits-1) - 1]; 0 otherwise
+  int nan_code;    // the code that means NaN (-1: none, NaN quantizes like 0)
+  int nan_mask;    // bits of a code compared against nan_code (the sign bit is outside it)
+  // scales
+  ScaleRule scale;
+  float divisor;        // kDivisor: static scale = absmax / divisor
+  float token_divisor;  // kDivisor: dynamic per-token scale = absmax / token_divisor
+  int mx_emax;          // kE8M0: exponent of the element's largest power of two
+  bool mx_bump;         // kE8M0: whether MxRule::kAuto means the Ascend bump
+  Format element;       // the per-element format (itself, or the scalar format of an MX one)
+  // what a config may ask for
+  bool as_weight;                   // a weight type (quant_cfg.weights.type)
+  bool as_input;                    // an activation type (quant_cfg.inputs.type)
+  unsigned weight_granularities;    // granularity_bit() mask allowed for weights
+  Granularity default_granularity;  // of weights when the config names none
+  int default_group;                // group_size of weights when strategy 'group' names none
+  bool allows_asym;                 // a zero point (symmetric: False)
+  bool allows_fp16_scale;           // scale_dtype 'float16'
+  bool allows_signed_max;           // scale_rule 'signed_max' (ggml's Q4_0 rule)
+  // derived
+  bool is_mx() const { return block > 0; }
+  bool is_int() const { return code == Code::kInt; }
 };
 
 const FormatInfo& format_info(Format f);
-// Bytes of one packed row of `cols` elements: 4-bit codes two per byte, MX rows padded
-// to whole blocks of 32 (what pack() writes, the deploy kernels read and a saved model holds).
-int64_t packed_row_bytes(Format f, int64_t cols);
-// Every format, in the table's order (what Python's lowbit.FORMATS lists).
+// Every row, in the table's order (what Python's lowbit.FORMATS lists).
+const std::vector<FormatInfo>& format_table();
 std::vector<Format> all_formats();
+// Bytes of one packed row of `cols` elements: 4-bit codes two per byte, MX rows padded
+// to whole blocks (what pack() writes, the deploy kernels read and a saved model holds).
+int64_t packed_row_bytes(Format f, int64_t cols);
+// The names of the rows that satisfy `pred`, as English ("int8 and int4", "a, b and c").
+std::string format_names_where(bool (*pred)(const FormatInfo&));
+// The names of the rows that satisfy `pred`, as a list.
+std::vector<std::string> format_name_list(bool (*pred)(const FormatInfo&));
 
 // Parsing helpers. They throw std::invalid_argument with a message that names the
 // argument, the bad value and the allowed values.
@@ -54,6 +106,8 @@ Format parse_format(const std::string& name);
 Granularity parse_granularity(const std::string& name);
 MxRule parse_mx_rule(const std::string& name);
 const char* granularity_name(Granularity g);
+const char* code_name(Code c);
+const char* scale_rule_name(ScaleRule r);
 std::string allowed_format_names();
 
 // MX blocks are always this long.

@@ -31,15 +31,14 @@ const Luts& luts() {
 }  // namespace
 
 const float* decode_lut(Format f) {
-  switch (f) {
-    case Format::kHiFloat8: return luts().hif8;
-    case Format::kFloat8E4M3FN:
-    case Format::kMxFp8E4M3FN: return luts().e4m3;
-    case Format::kFloat4E2M1:
-    case Format::kMxFp4E2M1: return luts().e2m1;
-    case Format::kFloat4E1M2: return luts().e1m2;
-    default: return nullptr;
+  switch (format_info(f).code) {
+    case Code::kHiF8: return luts().hif8;
+    case Code::kE4M3FN: return luts().e4m3;
+    case Code::kE2M1: return luts().e2m1;
+    case Code::kE1M2: return luts().e1m2;
+    case Code::kInt: return nullptr;
   }
+  return nullptr;
 }
 
 void pack_nibbles(const uint8_t* codes, uint8_t* out, int64_t bytes) {

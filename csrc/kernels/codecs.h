@@ -20,20 +20,23 @@ struct Granule {
   typename V::F scale;
   typename V::F offset;  // asymmetric INT only, as float
   const float* lut;      // decode table (value of each code before scaling)
+  typename V::F lo, hi;  // INT only: the code range [-2^(b-1), 2^(b-1) - 1] of the format
 };
 
-// ---- INT8 / INT4 ------------------------------------------------------------------
-template <class V, int kBits, bool kSym>
+// ---- Integers: int8, int4, int3 ... ------------------------------------------------------
+// kStorage is the stored width (8, or 4 for a nibble); the code range comes from the
+// format's int_bits through Granule::lo/hi, so a narrower integer (int3 in a nibble)
+// shares this codec and every decoder of its storage width.
+template <class V, int kStorage, bool kSym>
 struct IntCodec {
   using F = typename V::F;
   using I = typename V::I;
   static F levels(F x, const Granule<V>& g) {
     F v = V::div(x, g.scale);
     if (!kSym) v = V::add(v, g.offset);
-    const F lo = V::set1(-float(1 << (kBits - 1))), hi = V::set1(float((1 << (kBits - 1)) - 1));
     // + 0 turns -0 into +0: an integer code has no negative zero, so QDQ must agree
     // with decode(encode(x)).
-    return V::min(V::max(V::add(V::rint(v), V::set1(0.0f)), lo), hi);
+    return V::min(V::max(V::add(V::rint(v), V::set1(0.0f)), g.lo), g.hi);
   }
   static F qdq(F x, const Granule<V>& g) {
     F q = levels(x, g);
@@ -42,11 +45,11 @@ struct IntCodec {
   }
   static I encode(F x, const Granule<V>& g) {
     F x0 = V::select(V::isnan(x), V::set1(0.0f), x);  // no NaN code: NaN packs as 0
-    return V::iand(V::cvtfi(levels(x0, g)), V::iset1((1 << kBits) - 1));
+    return V::iand(V::cvtfi(levels(x0, g)), V::iset1((1 << kStorage) - 1));
   }
   static F decode(I code, const Granule<V>& g) {
-    // sign-extend the kBits-wide two's complement code
-    I q = V::template srai<32 - kBits>(V::template slli<32 - kBits>(code));
+    // sign-extend the kStorage-wide two's complement code
+    I q = V::template srai<32 - kStorage>(V::template slli<32 - kStorage>(code));
     F qf = V::cvtif(q);
     return kSym ? V::mul(qf, g.scale) : V::mul(V::sub(qf, g.offset), g.scale);
   }

@@ -57,24 +57,21 @@ struct CodecTag {
   using type = C;
 };
 
-// Calls fn(CodecTag<Codec>{}) with the element codec of spec.format.
+// Calls fn(CodecTag<Codec>{}) with the element codec of spec.format (its table row's code
+// and storage width).
 template <class V, class Fn>
 void with_codec(const QuantSpec& spec, Fn&& fn) {
-  switch (spec.format) {
-    case Format::kInt8:
-      return spec.symmetric || spec.granularity == Granularity::kToken
-                 ? fn(CodecTag<IntCodec<V, 8, true>>{})
-                 : fn(CodecTag<IntCodec<V, 8, false>>{});
-    case Format::kInt4:
-      return spec.symmetric || spec.granularity == Granularity::kToken
-                 ? fn(CodecTag<IntCodec<V, 4, true>>{})
-                 : fn(CodecTag<IntCodec<V, 4, false>>{});
-    case Format::kFloat8E4M3FN:
-    case Format::kMxFp8E4M3FN: return fn(CodecTag<MinifloatCodec<V, E4M3Traits>>{});
-    case Format::kFloat4E2M1:
-    case Format::kMxFp4E2M1: return fn(CodecTag<MinifloatCodec<V, E2M1Traits>>{});
-    case Format::kFloat4E1M2: return fn(CodecTag<MinifloatCodec<V, E1M2Traits>>{});
-    case Format::kHiFloat8: return fn(CodecTag<HiFloat8Codec<V>>{});
+  const FormatInfo& info = format_info(spec.format);
+  switch (info.code) {
+    case Code::kInt: {
+      const bool sym = spec.symmetric || spec.granularity == Granularity::kToken;
+      if (info.bits == 8) return sym ? fn(CodecTag<IntCodec<V, 8, true>>{}) : fn(CodecTag<IntCodec<V, 8, false>>{});
+      return sym ? fn(CodecTag<IntCodec<V, 4, true>>{}) : fn(CodecTag<IntCodec<V, 4, false>>{});
+    }
+    case Code::kE4M3FN: return fn(CodecTag<MinifloatCodec<V, E4M3Traits>>{});
+    case Code::kE2M1: return fn(CodecTag<MinifloatCodec<V, E2M1Traits>>{});
+    case Code::kE1M2: return fn(CodecTag<MinifloatCodec<V, E1M2Traits>>{});
+    case Code::kHiF8: return fn(CodecTag<HiFloat8Codec<V>>{});
   }
 }
 
@@ -219,7 +216,7 @@ struct Kernels {
 
   // ---- whole matrices ----
   static int64_t granule_len(const QuantSpec& spec, int64_t cols) {
-    if (format_info(spec.format).is_mx) return kMxBlock;
+    if (format_info(spec.format).is_mx()) return kMxBlock;
     return spec.granularity == Granularity::kGroup ? spec.group_size : cols;
   }
   static bool parallel(int64_t rows, int64_t cols) { return rows > 1 && rows * cols >= (1 << 15); }
@@ -229,14 +226,18 @@ struct Kernels {
     QuantSpec spec;
     GranuleRule rule;
     const float* lut;
+    float lo, hi;  // INT code range
     int64_t glen, groups;
     bool tensor;  // one scale for the whole tensor
     Call(const QuantSpec& s, int64_t cols)
-        : spec(s), rule(make_granule_rule(s)), lut(decode_lut(s.format)), glen(granule_len(s, cols)),
+        : spec(s), rule(make_granule_rule(s)), lut(decode_lut(s.format)),
+          lo(-float(1 << (rule.bits > 0 ? rule.bits - 1 : 0))), hi(-lo - 1.0f), glen(granule_len(s, cols)),
           groups(groups_per_row(s, cols)),
-          tensor(s.granularity == Granularity::kTensor && !format_info(s.format).is_mx) {}
+          tensor(s.granularity == Granularity::kTensor && !format_info(s.format).is_mx()) {}
     int64_t index(int64_t r, int64_t g) const { return tensor ? 0 : r * groups + g; }
-    Granule<V> granule(const GranuleParams& p) const { return {V::set1(p.scale), V::set1(float(p.offset)), lut}; }
+    Granule<V> granule(const GranuleParams& p) const {
+      return {V::set1(p.scale), V::set1(float(p.offset)), lut, V::set1(lo), V::set1(hi)};
+    }
     void store(ScaleView sv, int64_t idx, const GranuleParams& p) const {
       if (rule.is_mx) {
         if (sv.e8m0) sv.e8m0[idx] = p.e8m0;

@@ -14,10 +14,11 @@ namespace lowbit {
 void validate_spec(const QuantSpec& spec) {
   const FormatInfo& info = format_info(spec.format);
   const std::string fmt = info.name;
-  if (info.is_mx) {
-    if (spec.granularity != Granularity::kGroup || spec.group_size != kMxBlock)
-      throw std::invalid_argument("granularity: " + fmt + " uses blocks of 32; expected granularity 'group' with "
-                                  "group_size 32, got '" + granularity_name(spec.granularity) +
+  if (info.is_mx()) {
+    if (spec.granularity != Granularity::kGroup || spec.group_size != info.block)
+      throw std::invalid_argument("granularity: " + fmt + " uses blocks of " + std::to_string(info.block) +
+                                  "; expected granularity 'group' with group_size " + std::to_string(info.block) +
+                                  ", got '" + granularity_name(spec.granularity) +
                                   "' with group_size " + std::to_string(spec.group_size));
   }
   if (spec.granularity == Granularity::kGroup) {
@@ -31,25 +32,29 @@ void validate_spec(const QuantSpec& spec) {
                                 granularity_name(spec.granularity) + "'); use 0");
   }
   if (!spec.symmetric && !info.allows_asym)
-    throw std::invalid_argument("symmetric: False is only allowed for int8 and int4; " + fmt +
+    throw std::invalid_argument("symmetric: False is only allowed for " +
+                                format_names_where([](const FormatInfo& f) { return f.allows_asym; }) + "; " + fmt +
                                 " is always symmetric");
   if (!spec.symmetric && spec.granularity == Granularity::kToken)
     throw std::invalid_argument("symmetric: False is not allowed with granularity 'token' (dynamic per-token "
                                 "scales are symmetric)");
-  if (info.is_mx && spec.granularity == Granularity::kToken)
+  if (info.is_mx() && spec.granularity == Granularity::kToken)
     throw std::invalid_argument("granularity: 'token' is not allowed for " + fmt);
-  if (spec.fp16_scale && (!info.is_int || spec.granularity == Granularity::kToken))
-    throw std::invalid_argument("scale_dtype: 'float16' is only allowed for int8 and int4 weight scales (tensor, "
-                                "channel, group); got " + fmt + " with granularity '" +
+  if (spec.fp16_scale && (!info.allows_fp16_scale || spec.granularity == Granularity::kToken))
+    throw std::invalid_argument("scale_dtype: 'float16' is only allowed for " +
+                                format_names_where([](const FormatInfo& f) { return f.allows_fp16_scale; }) +
+                                " weight scales (tensor, channel, group); got " + fmt + " with granularity '" +
                                 granularity_name(spec.granularity) + "'");
-  if (spec.signed_max && (spec.format != Format::kInt4 || !spec.symmetric || spec.granularity == Granularity::kToken))
-    throw std::invalid_argument("scale_rule: 'signed_max' is only allowed for symmetric int4 weight scales (tensor, "
-                                "channel, group); got " + fmt + (spec.symmetric ? "" : " asymmetric") +
+  if (spec.signed_max && (!info.allows_signed_max || !spec.symmetric || spec.granularity == Granularity::kToken))
+    throw std::invalid_argument("scale_rule: 'signed_max' is only allowed for symmetric " +
+                                format_names_where([](const FormatInfo& f) { return f.allows_signed_max; }) +
+                                " weight scales (tensor, channel, group); got " + fmt +
+                                (spec.symmetric ? "" : " asymmetric") +
                                 " with granularity '" + granularity_name(spec.granularity) + "'");
 }
 
 int64_t groups_per_row(const QuantSpec& spec, int64_t cols) {
-  if (format_info(spec.format).is_mx) return (cols + kMxBlock - 1) / kMxBlock;
+  if (format_info(spec.format).is_mx()) return (cols + kMxBlock - 1) / kMxBlock;
   if (spec.granularity == Granularity::kGroup) return (cols + spec.group_size - 1) / spec.group_size;
   return 1;
 }

@@ -134,7 +134,7 @@ ActQuant act_args(bool enabled, const QuantSpec& spec, const c10::optional<at::T
   if (!enabled) return a;
   a.enabled = true;
   a.spec = spec;
-  a.dynamic = a.spec.granularity != Granularity::kTensor || format_info(a.spec.format).is_mx;
+  a.dynamic = a.spec.granularity != Granularity::kTensor || format_info(a.spec.format).is_mx();
   if (!a.dynamic) {
     TORCH_CHECK_VALUE(act_scale.has_value() && act_scale->numel() == 1, "act_scale: a static per-tensor "
                       "activation needs one scale");
@@ -335,7 +335,7 @@ at::Tensor linear_deploy_op(const at::Tensor& x, const at::Tensor& packed, const
                             const c10::optional<at::Tensor>& smooth) {
   const DeployPlan d = decode_plan(plan);
   const PlannedOperands o = planned_operands(d, x, w_scale, bias, act_scale, act_offset);
-  const int64_t bits = d.spec.w.format == Format::kInt8 ? 8 : 4;
+  const int64_t bits = format_info(d.spec.w.format).bits;
   switch (d.kernel) {
     case DeployKernel::kDynamicInt8:
       return linear_dynamic_int8_op(x, packed, w_scale, bits, d.spec.w.group_size, d.spec.cols, o.bias, smooth);
@@ -432,7 +432,7 @@ at::Tensor conv2d_deploy_op(const at::Tensor& x, const at::Tensor& packed, const
   if (d.kernel == DeployKernel::kInt8) {
     TORCH_CHECK_VALUE(o.act_scale.has_value(), "act_scale: the integer Conv2d kernel needs the static activation "
                       "scale");
-    return conv2d_int8_op(x, packed, int_weight_scale(w_scale, w_scale1), d.spec.w.format == Format::kInt8 ? 8 : 4,
+    return conv2d_int8_op(x, packed, int_weight_scale(w_scale, w_scale1), format_info(d.spec.w.format).bits,
                           d.spec.cols, *o.act_scale, int_act_offset(o.act_offset), o.bias, kernel, stride, padding,
                           dilation, g[8]);
   }

@@ -49,9 +49,14 @@ inline at::Tensor encode_spec(const ProductSpec& p) {
 }
 inline ProductSpec decode_spec_values(const int64_t* v) {
   const auto in = [](int64_t x, int64_t hi) { return x >= 0 && x <= hi; };
-  const int64_t last_format = int64_t(Format::kMxFp4E2M1), last_gran = int64_t(Granularity::kToken);
-  TORCH_CHECK_VALUE(in(v[0], last_format) && in(v[1], last_gran) && in(v[3], 1) && v[4] > 0 &&
-                        (v[6] == -1 || (in(v[6], last_format) && in(v[7], last_gran) && in(v[9], 1))),
+  const auto format = [](int64_t x) {  // a value of a row of the format table
+    for (const FormatInfo& row : format_table())
+      if (int64_t(row.format) == x) return true;
+    return false;
+  };
+  const int64_t last_gran = int64_t(Granularity::kToken);
+  TORCH_CHECK_VALUE(format(v[0]) && in(v[1], last_gran) && in(v[3], 1) && v[4] > 0 &&
+                        (v[6] == -1 || (format(v[6]) && in(v[7], last_gran) && in(v[9], 1))),
                     "spec: not a tensor that linear_packed_spec returned");
   ProductSpec p;
   const auto spec = [](int64_t f, int64_t g, int64_t gs, int64_t sym) {

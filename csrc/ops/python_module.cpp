@@ -304,21 +304,40 @@ PYBIND11_MODULE(_C, m) {
       "format_table",
       [] {
         py::list rows;
-        for (Format f : all_formats()) {
-          const FormatInfo& info = format_info(f);
+        for (const FormatInfo& info : format_table()) {
           py::dict r;
           r["name"] = info.name;
           r["bits"] = info.bits;
-          r["is_mx"] = info.is_mx;
-          r["is_int"] = info.is_int;
+          r["block"] = info.block;
+          r["is_mx"] = info.is_mx();
+          r["is_int"] = info.is_int();
+          r["code"] = code_name(info.code);
+          r["int_bits"] = info.int_bits;
+          r["nan_code"] = info.nan_code;
+          r["scale_rule"] = scale_rule_name(info.scale);
+          r["divisor"] = info.divisor;
+          r["token_divisor"] = info.token_divisor;
+          r["mx_emax"] = info.mx_emax;
+          r["mx_bump"] = info.mx_bump;
+          r["element"] = format_info(info.element).name;
+          r["as_weight"] = info.as_weight;
+          r["as_input"] = info.as_input;
+          py::list grans;
+          for (Granularity g : {Granularity::kTensor, Granularity::kChannel, Granularity::kGroup})
+            if (info.weight_granularities & granularity_bit(g)) grans.append(granularity_name(g));
+          r["weight_granularities"] = grans;
+          r["default_granularity"] = granularity_name(info.default_granularity);
+          r["default_group"] = info.default_group;
           r["allows_asym"] = info.allows_asym;
-          r["block"] = info.is_mx ? kMxBlock : 0;
+          r["allows_fp16_scale"] = info.allows_fp16_scale;
+          r["allows_signed_max"] = info.allows_signed_max;
           rows.append(r);
         }
         return rows;
       },
-      "The format table (formats/format.cpp): name, bits per code, MX (E8M0 scales per block of 32), integer, "
-      "whether asymmetric (zero point) quantization exists.");
+      "The format table (formats/format.cpp), one dict per format: storage (bits per code, MX block), element "
+      "code (kind, integer range, NaN code), scale rule (divisors, E8M0 exponent rule), and what a config may ask "
+      "for (weight/input type, granularities and defaults, zero point, fp16 scales, signed_max).");
   m.def("packed_row_bytes", [](const std::string& fmt, int64_t cols) {
     return raising_python_errors([&] { return packed_row_bytes(parse_format(fmt), cols); });
   }, py::arg("fmt"), py::arg("cols"), "Bytes one packed row of `cols` elements takes.");

@@ -34,7 +34,7 @@ std::tuple<at::Tensor, at::Tensor> quant_scales(const at::Tensor& x, const std::
   QuantSpec spec = make_spec(format, granularity, group_size, symmetric, mx_rule, scale_dtype, scale_rule);
   at::Tensor src = matrix_source(x);
   auto shape = scale_shape(spec, x.sizes());
-  const bool mx = format_info(spec.format).is_mx;
+  const bool mx = format_info(spec.format).is_mx();
   at::Tensor scale = at::empty(shape, x.options().dtype(mx ? at::kByte : at::kFloat));
   at::Tensor offset = at::zeros(shape, x.options().dtype(at::kInt));
   ScaleView sv;
@@ -129,7 +129,7 @@ at::Tensor unpack_op(const at::Tensor& packed, const at::Tensor& scale, const at
 // Element codes with scale 1 (one code per byte): the raw codec, for tests and tools.
 QuantSpec element_spec(const std::string& format) {
   QuantSpec spec = make_spec(format, "tensor", 0, true, "auto");
-  TORCH_CHECK_VALUE(!format_info(spec.format).is_mx, "format: '", format,
+  TORCH_CHECK_VALUE(!format_info(spec.format).is_mx(), "format: '", format,
                     "' is a block format; use pack/unpack with its E8M0 scales");
   return spec;
 }

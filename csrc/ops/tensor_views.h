@@ -98,7 +98,7 @@ inline ScaleArgs scale_args(const QuantSpec& spec, const at::Tensor& scale, cons
                      int64_t cols) {
   const int64_t n = scale_count(spec, rows, cols);
   ScaleArgs a;
-  const bool mx = format_info(spec.format).is_mx;
+  const bool mx = format_info(spec.format).is_mx();
   TORCH_CHECK_TYPE(scale.scalar_type() == (mx ? at::kByte : at::kFloat), "scale: dtype ", scale.scalar_type(),
                    " is not allowed for ", format_info(spec.format).name, "; expected ",
                    mx ? "uint8 (E8M0 bytes)" : "float32");

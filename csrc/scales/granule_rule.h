@@ -19,7 +19,7 @@ enum class StatKind { kAbsMax, kMinMax, kAbsMaxNanInf };
 struct GranuleRule {
   enum class Kind { kIntSym, kIntAsym, kIntToken, kDivisor, kMx } kind;
   StatKind stat;
-  int bits;
+  int bits;  // integer code range (FormatInfo::int_bits)
   float divisor;
   int emax;
   bool bump;
@@ -32,25 +32,20 @@ static inline GranuleRule make_granule_rule(const QuantSpec& s) {
   using K = GranuleRule::Kind;
   const bool token = s.granularity == Granularity::kToken;
   const FormatInfo& info = format_info(s.format);
-  GranuleRule r{K::kDivisor, StatKind::kAbsMax, info.bits, 1.0f, 0, false, info.is_mx, false, false};
-  switch (s.format) {
-    case Format::kInt8:
-    case Format::kInt4:
+  GranuleRule r{K::kDivisor, StatKind::kAbsMax, info.int_bits, 1.0f, 0, false, info.is_mx(), false, false};
+  switch (info.scale) {
+    case ScaleRule::kIntRange:
       r.kind = token ? K::kIntToken : (s.symmetric ? K::kIntSym : K::kIntAsym);
       r.stat = token ? StatKind::kAbsMax : StatKind::kMinMax;
       r.fp16 = s.fp16_scale && !token;
       r.signed_max = s.signed_max && s.symmetric && !token;
       break;
-    case Format::kFloat8E4M3FN: r.divisor = 448.0f; break;
-    case Format::kHiFloat8: r.divisor = token ? 15.0f : 16.0f; break;
-    case Format::kFloat4E2M1: r.divisor = 6.0f; break;
-    case Format::kFloat4E1M2: r.divisor = 1.75f; break;
-    case Format::kMxFp8E4M3FN:
-    case Format::kMxFp4E2M1:
+    case ScaleRule::kDivisor: r.divisor = token ? info.token_divisor : info.divisor; break;
+    case ScaleRule::kE8M0:
       r.kind = K::kMx;
       r.stat = StatKind::kAbsMaxNanInf;
-      r.emax = s.format == Format::kMxFp8E4M3FN ? 8 : 2;
-      r.bump = s.mx_rule == MxRule::kAuto ? s.format == Format::kMxFp4E2M1 : s.mx_rule == MxRule::kAscend;
+      r.emax = info.mx_emax;
+      r.bump = s.mx_rule == MxRule::kAuto ? info.mx_bump : s.mx_rule == MxRule::kAscend;
       break;
   }
   return r;

@@ -17,7 +17,7 @@ float guarded(float absmax, float divisor) {
 }
 
 bool use_ascend_bump(const QuantSpec& spec) {
-  if (spec.mx_rule == MxRule::kAuto) return spec.format == Format::kMxFp4E2M1;
+  if (spec.mx_rule == MxRule::kAuto) return format_info(spec.format).mx_bump;
   return spec.mx_rule == MxRule::kAscend;
 }
 }  // namespace
@@ -36,10 +36,10 @@ GranuleParams granule_params(const QuantSpec& spec, const GranuleStats& st) {
   const bool empty = st.max_value < st.min_value;
   const float mx = empty ? 0.0f : st.max_value, mn = empty ? 0.0f : st.min_value;
   const float amax = empty ? 0.0f : absmax;
-  switch (spec.format) {
-    case Format::kInt8:
-    case Format::kInt4: {
-      const int bits = format_info(spec.format).bits;
+  const FormatInfo& info = format_info(spec.format);
+  switch (info.scale) {
+    case ScaleRule::kIntRange: {
+      const int bits = info.int_bits;
       ref::IntScale s = token              ? ref::int_scale_token(amax, bits)
                         : spec.signed_max  ? ref::int_scale_signed_max(mx, mn, bits)
                         : spec.symmetric   ? ref::int_scale_symmetric(mx, mn, bits)
@@ -53,15 +53,10 @@ GranuleParams granule_params(const QuantSpec& spec, const GranuleStats& st) {
       }
       return {s.scale, s.offset, 0};
     }
-    case Format::kFloat8E4M3FN: return {guarded(amax, 448.0f), 0, 0};
-    case Format::kHiFloat8: return {guarded(amax, token ? 15.0f : 16.0f), 0, 0};
-    case Format::kFloat4E2M1: return {guarded(amax, 6.0f), 0, 0};
-    case Format::kFloat4E1M2: return {guarded(amax, 1.75f), 0, 0};
-    case Format::kMxFp8E4M3FN:
-    case Format::kMxFp4E2M1: {
-      const int emax = spec.format == Format::kMxFp8E4M3FN ? 8 : 2;
+    case ScaleRule::kDivisor: return {guarded(amax, token ? info.token_divisor : info.divisor), 0, 0};
+    case ScaleRule::kE8M0: {
       const float a = st.has_nan ? std::numeric_limits<float>::quiet_NaN() : amax;
-      const uint8_t b = ref::mx_scale_e8m0(a, emax, use_ascend_bump(spec));
+      const uint8_t b = ref::mx_scale_e8m0(a, info.mx_emax, use_ascend_bump(spec));
       return {ref::e8m0_decode(b), 0, b};
     }
   }

@@ -181,8 +181,8 @@ void check_layer_tensors(const LayerTensors& lt, const QuantConfig& cfg, bool co
   const TensorRef* packed = lt.get("weight_packed");
   if (!packed) bad(lt.field("weight_packed"), "missing");
   need_tensor(lt.field("weight_packed"), *packed, "U8", n * packed_row_bytes(w.type, k));
-  if (wf.bits == 8 && !wf.is_int) {  // 8-bit float codes: quantization never writes a NaN code
-    const uint8_t mask = w.type == Format::kHiFloat8 ? 0xFF : 0x7F, nan = w.type == Format::kHiFloat8 ? 0x80 : 0x7F;
+  if (wf.nan_code >= 0) {  // codes with a NaN code (8-bit floats): quantization never writes it
+    const uint8_t mask = uint8_t(wf.nan_mask), nan = uint8_t(wf.nan_code);
     for (size_t i = 0; i < packed->bytes; ++i)
       if ((packed->data[i] & mask) == nan)
         bad(lt.field("weight_packed"), "code " + std::to_string(i) + " is a NaN code of " + wf.name +
@@ -191,7 +191,7 @@ void check_layer_tensors(const LayerTensors& lt, const QuantConfig& cfg, bool co
   const TensorRef* scale = lt.get("w_scale");
   if (!scale) bad(lt.field("w_scale"), "missing");
   const int64_t scales = scale_count(w, n, k);
-  if (wf.is_mx) {  // E8M0 exponents; 0xFF is NaN
+  if (wf.is_mx()) {  // E8M0 exponents; 0xFF is NaN
     need_tensor(lt.field("w_scale"), *scale, "U8", scales);
     for (size_t i = 0; i < scale->bytes; ++i)
       if (scale->data[i] == 0xFF) bad(lt.field("w_scale"), "element " + std::to_string(i) + " is the E8M0 NaN code");

@@ -40,14 +40,41 @@ struct Case {
   bool sym;
 };
 
-const Case kCases[] = {
-    {Format::kInt4, Granularity::kGroup, 32, true},      {Format::kInt4, Granularity::kGroup, 64, false},
-    {Format::kInt4, Granularity::kChannel, 0, true},     {Format::kInt4, Granularity::kTensor, 0, false},
-    {Format::kInt8, Granularity::kChannel, 0, false},    {Format::kInt8, Granularity::kGroup, 96, true},
-    {Format::kFloat8E4M3FN, Granularity::kChannel, 0, true}, {Format::kHiFloat8, Granularity::kTensor, 0, true},
-    {Format::kFloat8E4M3FN, Granularity::kTensor, 0, true}, {Format::kHiFloat8, Granularity::kChannel, 0, true},
-    {Format::kFloat4E2M1, Granularity::kGroup, 32, true}, {Format::kFloat4E1M2, Granularity::kGroup, 64, true},
-    {Format::kMxFp4E2M1, Granularity::kGroup, 32, true},  {Format::kMxFp8E4M3FN, Granularity::kGroup, 32, true}};
+// Every weight row of the format table: integers in groups of 32, 64 and 96 and per channel
+// and tensor, with and without a zero point; floats in each granularity they allow.
+std::vector<Case> weight_cases() {
+  std::vector<Case> c;
+  for (const FormatInfo& f : format_table()) {
+    if (!f.as_weight) continue;
+    if (f.is_mx()) {
+      c.push_back({f.format, Granularity::kGroup, f.block, true});
+    } else if (f.is_int()) {
+      const bool zp = !f.allows_asym;  // "symmetric" of the zero-point cases: false where the row allows one
+      c.push_back({f.format, Granularity::kGroup, 32, true});
+      c.push_back({f.format, Granularity::kGroup, 64, zp});
+      c.push_back({f.format, Granularity::kGroup, 96, true});
+      c.push_back({f.format, Granularity::kChannel, 0, true});
+      c.push_back({f.format, Granularity::kChannel, 0, zp});
+      c.push_back({f.format, Granularity::kTensor, 0, zp});
+    } else {
+      if (f.weight_granularities & granularity_bit(Granularity::kTensor))
+        c.push_back({f.format, Granularity::kTensor, 0, true});
+      if (f.weight_granularities & granularity_bit(Granularity::kChannel))
+        c.push_back({f.format, Granularity::kChannel, 0, true});
+      if (f.weight_granularities & granularity_bit(Granularity::kGroup)) {
+        c.push_back({f.format, Granularity::kGroup, 32, true});
+        c.push_back({f.format, Granularity::kGroup, 64, true});
+      }
+    }
+  }
+  return c;
+}
+const std::vector<Case> kCases = weight_cases();
+
+// A group larger than the row (MX blocks are always 32 long).
+bool group_too_long(const Case& c, int64_t k) {
+  return c.g == Granularity::kGroup && c.gs > k && !format_info(c.f).is_mx();
+}
 
 struct Packed {
   QuantSpec spec;
@@ -155,7 +182,7 @@ void write_every_code(Packed& p, int64_t n, int64_t k, int64_t step) {
 TEST(DeployKernels, DequantRowsEqualUnpackOnEveryIsa) {
   for (const Case& c : kCases) {
     for (int64_t k : {33, 172, 256}) {
-      if (c.g == Granularity::kGroup && c.gs > k && c.f != Format::kMxFp4E2M1 && c.f != Format::kMxFp8E4M3FN) continue;
+      if (group_too_long(c, k)) continue;
       const int64_t n = 5;
       Packed p = make(c, n, k, uint32_t(k));
       for (DType vd : {DType::kF32, DType::kBF16, DType::kF16}) {
@@ -211,7 +238,7 @@ TEST(DeployKernels, EveryCodeDecodesLikeUnpackOnEveryIsa) {
 TEST(DeployKernels, RowMultiplierScalesEveryFormatOnEveryIsa) {
   for (const Case& c : kCases) {
     const int64_t n = 7, k = 172;
-    if (c.g == Granularity::kGroup && c.gs > k && c.f != Format::kMxFp4E2M1 && c.f != Format::kMxFp8E4M3FN) continue;
+    if (group_too_long(c, k)) continue;
     Packed p = make(c, n, k, 5);
     const float s1[n] = {0.75f, -1.3f, 2.0f, 0.0f, 1e-3f, -0.1f, 3.7f};
     for (DType vd : {DType::kF32, DType::kBF16, DType::kF16}) {
@@ -250,9 +277,11 @@ TEST(DeployKernels, RowMultiplierScalesEveryFormatOnEveryIsa) {
 
 TEST(DeployKernels, MxExtremeScalesDecodeLikeUnpack) {
   const uint8_t scales[] = {0, 1, 2, 64, 127, 200, 253, 254};
-  for (Format f : {Format::kMxFp4E2M1, Format::kMxFp8E4M3FN}) {
+  for (const FormatInfo& info : format_table()) {
+    if (!info.is_mx()) continue;
+    const Format f = info.format;
     const int64_t n = 8, k = 96;
-    Packed p = make(Case{f, Granularity::kGroup, 32, true}, n, k, 5);
+    Packed p = make(Case{f, Granularity::kGroup, info.block, true}, n, k, 5);
     for (size_t i = 0; i < p.e8m0.size(); ++i) p.e8m0[i] = scales[i % 8];  // block (row, b): i = row * 3 + b
     write_every_code(p, n, k, 5);
     for (DType vd : {DType::kF32, DType::kBF16, DType::kF16}) {
@@ -270,7 +299,7 @@ TEST(DeployKernels, LinearPackedWithinFp32SummationError) {
   for (const Case& c : kCases) {
     for (int64_t m : {1, 3, 9, 20, 40, 96, 120}) {  // GEMV; AVX-512 tiles 8x1, 8x2, 6x4 (40, 120), 12x2 (96)
       const int64_t n = 13, k = 172;
-      if (c.g == Granularity::kGroup && c.gs > k && c.f != Format::kMxFp4E2M1 && c.f != Format::kMxFp8E4M3FN) continue;
+      if (group_too_long(c, k)) continue;
       Packed p = make(c, n, k, uint32_t(m));
       PackedWeight w = p.view(n, k, DType::kF32);
       std::vector<float> wd(size_t(n * k)), x(size_t(m * k)), bias(static_cast<size_t>(n));
@@ -298,9 +327,13 @@ TEST(DeployKernels, LinearPackedWithinFp32SummationError) {
 }
 
 TEST(DeployKernels, DynamicInt8EqualsScalarReferenceAndDoubleProduct) {
-  const Case cases[] = {{Format::kInt4, Granularity::kGroup, 32, true}, {Format::kInt4, Granularity::kGroup, 128, true},
-                        {Format::kInt4, Granularity::kChannel, 0, true}, {Format::kInt8, Granularity::kGroup, 64, true},
-                        {Format::kInt8, Granularity::kTensor, 0, true}};
+  std::vector<Case> cases;  // every integer row, symmetric, in groups of 32, 64, 128, per channel and tensor
+  for (const FormatInfo& f : format_table())
+    if (f.is_int())
+      for (const Case& c : {Case{f.format, Granularity::kGroup, 32, true}, Case{f.format, Granularity::kGroup, 64, true},
+                            Case{f.format, Granularity::kGroup, 128, true}, Case{f.format, Granularity::kChannel, 0, true},
+                            Case{f.format, Granularity::kTensor, 0, true}})
+        cases.push_back(c);
   for (const Case& c : cases)
     for (int64_t k : {33, 100, 128, 300})
       for (int64_t m : {1, 2, 5, 9}) {
@@ -314,7 +347,7 @@ TEST(DeployKernels, DynamicInt8EqualsScalarReferenceAndDoubleProduct) {
         w.rows = n;
         w.cols = k;
         w.row_bytes = p.row_bytes;
-        w.bits = c.f == Format::kInt8 ? 8 : 4;
+        w.bits = format_info(c.f).bits;
         w.scale = p.scale.data();
         w.group = c.g == Granularity::kGroup ? c.gs : 0;
         w.per_tensor = c.g == Granularity::kTensor;

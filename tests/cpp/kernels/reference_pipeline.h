@@ -28,28 +28,29 @@ struct RefElement {
 
 inline RefElement reference_element(const QuantSpec& spec, const GranuleParams& p, float x) {
   const bool sym = spec.symmetric || spec.granularity == Granularity::kToken;
-  switch (spec.format) {
-    case Format::kInt8:
-    case Format::kInt4: {
-      const int bits = format_info(spec.format).bits;
+  const FormatInfo& info = format_info(spec.format);
+  switch (info.code) {
+    case Code::kInt: {
       ref::IntScale s{p.scale, p.offset};
-      int32_t q = ref::int_quantize(x, s, bits, sym);
+      int32_t q = ref::int_quantize(x, s, info.int_bits, sym);
       float v = std::isnan(x) ? NAN : ref::int_dequantize(q, s, sym);
-      return {uint8_t(q & ((1 << bits) - 1)), v};
+      return {uint8_t(q & ((1 << info.bits) - 1)), v};  // two's complement in the stored width
     }
-    case Format::kHiFloat8: {
+    case Code::kHiF8: {
       uint8_t c = ref::hifloat8_encode(x / p.scale);
       return {c, ref::hifloat8_decode(c) * p.scale};
     }
-    default: {
-      const ref::MinifloatSpec& f = (spec.format == Format::kFloat8E4M3FN || spec.format == Format::kMxFp8E4M3FN)
-                                        ? ref::kE4M3FN
-                                        : (spec.format == Format::kFloat4E1M2 ? ref::kE1M2 : ref::kE2M1);
+    case Code::kE4M3FN:
+    case Code::kE2M1:
+    case Code::kE1M2: {
+      const ref::MinifloatSpec& f = info.code == Code::kE4M3FN ? ref::kE4M3FN
+                                    : info.code == Code::kE1M2 ? ref::kE1M2 : ref::kE2M1;
       float v = x / p.scale;
       uint8_t c = ref::minifloat_encode(v, f);
       return {c, std::isnan(v) ? NAN : ref::minifloat_decode(c, f) * p.scale};
     }
   }
+  return {0, NAN};
 }
 
 struct RefMatrix {
@@ -59,7 +60,7 @@ struct RefMatrix {
 };
 
 inline int64_t ref_granule_len(const QuantSpec& spec, int64_t cols) {
-  if (format_info(spec.format).is_mx) return kMxBlock;
+  if (format_info(spec.format).is_mx()) return kMxBlock;
   return spec.granularity == Granularity::kGroup ? spec.group_size : cols;
 }
 
@@ -79,7 +80,7 @@ inline GranuleStats ref_stats(const float* x, int64_t n) {
 inline RefMatrix reference_matrix(const QuantSpec& spec, const std::vector<float>& x, int64_t rows, int64_t cols) {
   RefMatrix m;
   const int64_t glen = ref_granule_len(spec, cols), groups = (cols + glen - 1) / glen;
-  const bool tensor = spec.granularity == Granularity::kTensor && !format_info(spec.format).is_mx;
+  const bool tensor = spec.granularity == Granularity::kTensor && !format_info(spec.format).is_mx();
   if (tensor) m.params.push_back(granule_params(spec, ref_stats(x.data(), rows * cols)));
   for (int64_t r = 0; !tensor && r < rows; ++r)
     for (int64_t g = 0; g < groups; ++g) {

@@ -44,32 +44,55 @@ struct Case {
   bool fp16 = false;        // scales rounded to fp16
 };
 
+// Every row of the format table: each weight granularity (groups of 32 and 128 for
+// integers, 64 for floats), asymmetric where the row allows it, per token where it is an
+// activation type or a float, ggml's signed_max rule (fp32 and fp16 scales) where allowed.
 std::vector<Case> all_cases() {
   std::vector<Case> c;
-  const Format fl[] = {Format::kFloat8E4M3FN, Format::kHiFloat8, Format::kFloat4E2M1, Format::kFloat4E1M2};
-  for (Format f : {Format::kInt8, Format::kInt4})
-    for (bool sym : {true, false}) {
-      c.push_back({f, Granularity::kTensor, 0, sym});
-      c.push_back({f, Granularity::kChannel, 0, sym});
-      c.push_back({f, Granularity::kGroup, 32, sym});
-      c.push_back({f, Granularity::kGroup, 128, sym});
+  for (const FormatInfo& f : format_table()) {
+    if (f.is_mx()) {
+      c.push_back({f.format, Granularity::kGroup, f.block, true});
+      continue;
     }
-  for (Format f : fl) {
-    c.push_back({f, Granularity::kTensor, 0, true});
-    c.push_back({f, Granularity::kChannel, 0, true});
-    c.push_back({f, Granularity::kGroup, 64, true});
-    c.push_back({f, Granularity::kToken, 0, true});
+    if (f.is_int()) {
+      for (bool sym : {true, false}) {
+        if (!sym && !f.allows_asym) continue;
+        c.push_back({f.format, Granularity::kTensor, 0, sym});
+        c.push_back({f.format, Granularity::kChannel, 0, sym});
+        c.push_back({f.format, Granularity::kGroup, 32, sym});
+        c.push_back({f.format, Granularity::kGroup, 128, sym});
+      }
+      if (f.as_input) c.push_back({f.format, Granularity::kToken, 0, true});
+      for (bool fp16 : {false, true}) {
+        if (!f.allows_signed_max) continue;
+        c.push_back({f.format, Granularity::kTensor, 0, true, true, fp16});
+        c.push_back({f.format, Granularity::kChannel, 0, true, true, fp16});
+        c.push_back({f.format, Granularity::kGroup, 32, true, true, fp16});
+        c.push_back({f.format, Granularity::kGroup, 128, true, true, fp16});
+      }
+      continue;
+    }
+    c.push_back({f.format, Granularity::kTensor, 0, true});
+    c.push_back({f.format, Granularity::kChannel, 0, true});
+    c.push_back({f.format, Granularity::kGroup, 64, true});
+    c.push_back({f.format, Granularity::kToken, 0, true});
   }
-  c.push_back({Format::kInt8, Granularity::kToken, 0, true});
-  for (bool fp16 : {false, true}) {
-    c.push_back({Format::kInt4, Granularity::kTensor, 0, true, true, fp16});
-    c.push_back({Format::kInt4, Granularity::kChannel, 0, true, true, fp16});
-    c.push_back({Format::kInt4, Granularity::kGroup, 32, true, true, fp16});
-    c.push_back({Format::kInt4, Granularity::kGroup, 128, true, true, fp16});
-  }
-  c.push_back({Format::kMxFp8E4M3FN, Granularity::kGroup, 32, true});
-  c.push_back({Format::kMxFp4E2M1, Granularity::kGroup, 32, true});
   return c;
+}
+
+// The rows without block scales (every element code once).
+std::vector<Format> scalar_formats() {
+  std::vector<Format> v;
+  for (const FormatInfo& f : format_table())
+    if (!f.is_mx()) v.push_back(f.format);
+  return v;
+}
+
+std::vector<Format> mx_formats() {
+  std::vector<Format> v;
+  for (const FormatInfo& f : format_table())
+    if (f.is_mx()) v.push_back(f.format);
+  return v;
 }
 
 QuantSpec spec_of(const Case& c, MxRule rule = MxRule::kAuto) {
@@ -112,7 +135,7 @@ TEST(Kernels, EveryPathMatchesReferenceOnRaggedShapes) {
         ConstMatrix cx{x.data(), DType::kF32, rows, cols, cols};
         compute_scales(cx, spec, sv);
         for (int64_t i = 0; i < ns; ++i) {
-          if (format_info(spec.format).is_mx) {
+          if (format_info(spec.format).is_mx()) {
             ASSERT_EQ(e8m0[size_t(i)], want.params[size_t(i)].e8m0) << what << " block " << i;
           } else {
             ASSERT_TRUE(same_bits(scale[size_t(i)], want.params[size_t(i)].scale)) << what << " scale " << i;
@@ -159,8 +182,7 @@ void exhaustive_16bit(DType dtype) {
   std::vector<float> as_float(65536);
   for (uint32_t i = 0; i < 65536; ++i)
     as_float[i] = dtype == DType::kF16 ? fp16_to_float(in[i]) : bf16_to_float(in[i]);
-  const Format formats[] = {Format::kInt8, Format::kInt4, Format::kFloat8E4M3FN, Format::kHiFloat8,
-                            Format::kFloat4E2M1, Format::kFloat4E1M2};
+  const std::vector<Format> formats = scalar_formats();
   for (const std::string& isa : available_isas()) {
     IsaGuard guard(isa);
     for (Format f : formats)
@@ -305,11 +327,11 @@ TEST(Kernels, MxBlocksOfTinyAndHugeValues) {
   // Subnormal block maxima take the slow exact path of the E8M0 rule; huge ones clamp.
   for (const std::string& isa : available_isas()) {
     IsaGuard guard(isa);
-    for (Format f : {Format::kMxFp8E4M3FN, Format::kMxFp4E2M1}) {
+    for (Format f : mx_formats()) {
       QuantSpec spec;
       spec.format = f;
       spec.granularity = Granularity::kGroup;
-      spec.group_size = 32;
+      spec.group_size = format_info(f).block;
       std::vector<float> x(32 * 20);
       for (size_t i = 0; i < x.size(); ++i) {
         const size_t block = i / 32;

@@ -11,7 +11,8 @@ from torch import nn
 
 import lowbit
 from conftest import A, W, assert_deploy_layers_match
-from lowbit import capabilities
+from lowbit import _C, capabilities
+from lowbit.formats import FORMAT_INFO
 
 ROOT = pathlib.Path(__file__).resolve().parents[3]
 
@@ -325,9 +326,14 @@ def test_the_validator_and_the_table_agree_on_every_combination():
     does not list is refused: the validator reads nothing else."""
     rows = capabilities.rows()
     listed = {(r["inputs"], r["weights"]): r for r in rows}
-    acts = [None, "int8", "hifloat8", "float8_e4m3fn", "mxfp8_e4m3fn"]
-    weights = ["int8", "int4", "hifloat8", "float8_e4m3fn", "mxfp8_e4m3fn", "mxfp4_e2m1", "float4_e2m1", "float4_e1m2"]
-    algorithms = ["minmax", "gptq", "awq", "smoothquant", "ofmr", "mxquant", "cast", "quantile"]
+    # every activation and weight type of the format table, every built-in algorithm
+    acts = [None] + [f for f, row in FORMAT_INFO.items() if row["as_input"]]
+    weights = [f for f, row in FORMAT_INFO.items() if row["as_weight"]]
+    algorithms = [a["name"] for a in _C.algorithm_table()]
+    assert acts == [None, "int8", "hifloat8", "float8_e4m3fn", "mxfp8_e4m3fn"]
+    assert weights[:8] == ["int8", "int4", "hifloat8", "float8_e4m3fn", "mxfp8_e4m3fn", "mxfp4_e2m1", "float4_e2m1",
+                           "float4_e1m2"]
+    assert set(algorithms) >= {"minmax", "gptq", "awq", "smoothquant", "ofmr", "mxquant", "cast", "quantile"}
     checked = 0
     for a in acts:
         for w in weights:
@@ -344,7 +350,8 @@ def test_the_validator_and_the_table_agree_on_every_combination():
                     ok = False
                 assert ok == legal, (a, w, alg)
                 checked += 1
-    assert checked == 5 * 8 * 8 and len(rows) == 15
+    assert checked == len(acts) * len(weights) * len(algorithms)
+    assert all(r["inputs"] in acts and r["weights"] in weights for r in rows)  # every row was checked
 
 
 def test_readme_capability_table_is_generated_from_the_table():

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 import lowbit
 from conftest import assert_close_to_reference
+from format_cases import weight_cases
 from lowbit import formats
 from lowbit.modules.deploy import DeployLinear
 
@@ -17,12 +18,7 @@ OPS = torch.ops.lowbit
 
 
 ISAS = formats.available_isas()  # every instruction set this CPU runs
-WEIGHTS = [  # (format, granularity, group_size, symmetric)
-    ("int4", "group", 32, True), ("int4", "group", 64, False), ("int4", "channel", 0, True),
-    ("int4", "channel", 0, False), ("int4", "tensor", 0, True), ("int8", "channel", 0, True),
-    ("int8", "group", 96, False), ("float8_e4m3fn", "channel", 0, True), ("float8_e4m3fn", "tensor", 0, True),
-    ("hifloat8", "channel", 0, True), ("float4_e2m1", "group", 32, True), ("float4_e1m2", "group", 64, True),
-    ("mxfp4_e2m1", "group", 32, True), ("mxfp8_e4m3fn", "group", 32, True)]
+WEIGHTS = weight_cases()  # every weight row of the format table (format, granularity, group_size, symmetric)
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 EMPTY = torch.empty(0, dtype=torch.int32)
 

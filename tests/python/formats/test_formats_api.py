@@ -6,14 +6,10 @@ import pytest
 import torch
 
 import lowbit
+from format_cases import case_id, quant_cases
 
 FLOAT_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-CASES = [  # (format, granularity, group_size, symmetric)
-    ("int8", "tensor", None, True), ("int8", "channel", None, False), ("int8", "token", None, True),
-    ("int4", "group", 32, True), ("int4", "group", 64, False), ("float8_e4m3fn", "channel", None, True),
-    ("hifloat8", "tensor", None, True), ("hifloat8", "token", None, True), ("float4_e2m1", "group", 32, True),
-    ("float4_e1m2", "group", 64, True), ("mxfp8_e4m3fn", "group", 32, True), ("mxfp4_e2m1", "group", 32, True),
-]
+CASES = quant_cases()  # every row of the format table (format, granularity, group_size, symmetric)
 
 
 def torch_int_qdq(x, bits, sym, group):
@@ -50,7 +46,7 @@ def test_int_matches_composed_torch(bits, sym, k, group):
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
-@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{c[1]}{c[2] or ''}-{'s' if c[3] else 'a'}")
+@pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_dtype_in_dtype_out_equals_fp32_math(case, dtype):
     fmt, gran, gs, sym = case
     torch.manual_seed(0)
@@ -61,7 +57,7 @@ def test_dtype_in_dtype_out_equals_fp32_math(case, dtype):
     assert torch.equal(y, lowbit.fake_quant(x.float(), fmt, gran, gs, sym).to(dtype))
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{c[1]}")
+@pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_pack_unpack_roundtrip_and_sizes(case):
     fmt, gran, gs, sym = case
     if gran == "token":
