@@ -48,3 +48,10 @@ def weight_cases():
 def case_id(case):
     fmt, gran, gs, sym = case
     return f"{fmt}-{gran}{gs or ''}-{'s' if sym else 'a'}"
+
+
+def names_where(key):
+    """The names of the rows whose column ``key`` is true, as the validator's messages list
+    them ("int8 and int4", "a, b and c")."""
+    names = [name for name, row in FORMAT_INFO.items() if row[key]]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]

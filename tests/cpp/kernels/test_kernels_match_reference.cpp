@@ -308,7 +308,10 @@ TEST(Kernels, ValidationMessages) {
     validate_spec(spec);
     FAIL() << "no error";
   } catch (const std::invalid_argument& e) {
-    EXPECT_NE(std::string(e.what()).find("only allowed for int8 and int4"), std::string::npos);
+    for (const FormatInfo& f : format_table())  // every format with a zero point is named
+      EXPECT_EQ(std::string(e.what()).find(f.name) != std::string::npos, f.allows_asym || f.format == spec.format)
+          << f.name << ": " << e.what();
+    EXPECT_NE(std::string(e.what()).find("symmetric: False is only allowed for int8"), std::string::npos);
   }
   spec.format = Format::kMxFp4E2M1;
   spec.symmetric = true;

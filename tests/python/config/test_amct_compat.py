@@ -223,7 +223,7 @@ def test_wrong_value_types_are_both_value_and_type_errors(cfg, pattern):
 
 def test_bad_values_are_config_errors_but_not_type_errors():
     with pytest.raises(lowbit.ConfigError) as info:
-        lowbit.validate_config({"quant_cfg": {"weights": {"type": "int3"}}})
+        lowbit.validate_config({"quant_cfg": {"weights": {"type": "int5"}}})
     assert not isinstance(info.value, TypeError)
 
 

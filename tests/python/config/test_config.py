@@ -2,6 +2,7 @@
 import pytest
 
 import lowbit
+from format_cases import names_where
 
 
 def base(**quant_cfg):
@@ -60,8 +61,8 @@ def test_overrides_are_validated_and_kept_in_order():
     ({"batch_num": True, **base()}, TypeError, r"batch_num: expected an int, got bool True"),
     ({"batch_num": 2.0, **base()}, TypeError, r"batch_num: expected an int, got float 2"),
     ({}, ValueError, r"quant_cfg: missing"),
-    ({"quant_cfg": {"weights": {"type": "int3"}}}, ValueError,
-     r"quant_cfg.weights.type: 'int3' is not allowed \(did you mean 'int8'\?\); allowed: int8, int4, hifloat8"),
+    ({"quant_cfg": {"weights": {"type": "int5"}}}, ValueError,
+     r"quant_cfg.weights.type: 'int5' is not allowed \(did you mean 'int8'\?\); allowed: int8, int4, hifloat8"),
     ({"quant_cfg": {"weights": {"type": "int8", "symetric": True}}}, ValueError,
      r"quant_cfg.weights.symetric: unknown key \(did you mean 'symmetric'\?\)"),
     ({"quant_cfg": {"weights": {"type": "int8", "symmetric": "yes"}}}, TypeError,
@@ -73,7 +74,7 @@ def test_overrides_are_validated_and_kept_in_order():
     ({"quant_cfg": {"weights": {"type": "mxfp4_e2m1", "strategy": "group", "group_size": 64}}}, ValueError,
      r"mxfp4_e2m1 weights use blocks of 32"),
     ({"quant_cfg": {"weights": {"type": "hifloat8", "symmetric": False}}}, ValueError,
-     r"quant_cfg.weights.symmetric: False is only allowed for int8 and int4"),
+     r"quant_cfg.weights.symmetric: False is only allowed for " + names_where("allows_asym")),
     ({"quant_cfg": {"weights": {"type": "float8_e4m3fn", "strategy": "group"}}}, ValueError,
      r"quant_cfg.weights.strategy: 'group' is not allowed for float8_e4m3fn; allowed: tensor, channel"),
     ({"quant_cfg": {"weights": {"type": "float4_e2m1", "strategy": "channel"}}}, ValueError,
@@ -120,8 +121,8 @@ def test_scale_dtype_float16_weights_option():
         lowbit.validate_config({"quant_cfg": {"weights": {**g32, "scale_dtype": "bfloat16"}}})
     with pytest.raises(lowbit.ConfigTypeError, match=r"quant_cfg.weights.scale_dtype: expected a str, got int 16"):
         lowbit.validate_config({"quant_cfg": {"weights": {**g32, "scale_dtype": 16}}})
-    with pytest.raises(lowbit.ConfigError, match=r"scale_dtype: 'float16' is only allowed for int8 and int4 weights "
-                                                 r"\(hifloat8"):
+    with pytest.raises(lowbit.ConfigError, match=r"scale_dtype: 'float16' is only allowed for " +
+                       names_where("allows_fp16_scale") + r" weights \(hifloat8"):
         lowbit.validate_config({"quant_cfg": {"weights": {"type": "hifloat8", "scale_dtype": "float16"}}})
     with pytest.raises(lowbit.ConfigError, match=r"quant_cfg.inputs.scale_dtype: unknown key"):
         lowbit.validate_config({"quant_cfg": {"weights": g32, "inputs": {"type": "int8", "scale_dtype": "float16"}}})
@@ -245,7 +246,7 @@ def test_compute_scales_float16_rounds_then_derives_offsets():
         if not sym:  # the zero point of the rounded scale, by the same rule
             lo = w.reshape(16, 3, 32).amin(-1).clamp(max=0)
             assert torch.equal(o16, torch.round(-8 - lo / s16).int())
-    with pytest.raises(ValueError, match=r"scale_dtype: 'float16' is only allowed for int8 and int4"):
+    with pytest.raises(ValueError, match=r"scale_dtype: 'float16' is only allowed for " + names_where("allows_fp16_scale")):
         lowbit.compute_scales(w, "hifloat8", "channel", scale_dtype="float16")
     with pytest.raises(ValueError, match=r"scale_dtype: 'half' is not allowed; allowed: float32, float16"):
         lowbit.compute_scales(w, "int8", "channel", scale_dtype="half")

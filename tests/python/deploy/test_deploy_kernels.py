@@ -569,7 +569,7 @@ def test_linear_packed_spec_errors_name_the_argument():
     for bad in (spec.int(), spec[:9], spec.reshape(2, 5)):
         with pytest.raises(ValueError, match="spec: expected the int64 tensor of 10 values"):
             OPS.linear_packed_by_spec(x, packed, scale, EMPTY, None, None, bad)
-    for pos, value in ((0, 8), (1, -1), (4, 0), (6, 99)):
+    for pos, value in ((0, len(formats.FORMATS)), (1, -1), (4, 0), (6, 99)):  # (0: one past the last format)
         bad = spec.clone()
         bad[pos] = value
         with pytest.raises(ValueError, match="spec: not a tensor that linear_packed_spec returned"):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import lowbit
-from format_cases import case_id, quant_cases
+from format_cases import case_id, names_where, quant_cases
 
 FLOAT_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 CASES = quant_cases()  # every row of the format table (format, granularity, group_size, symmetric)
@@ -177,7 +177,7 @@ def test_errors_name_the_argument_and_allowed_values():
         lowbit.fake_quant(x, "int4", "group", -32)
     with pytest.raises(ValueError, match=r"granularity: 'row' is not allowed; allowed: tensor, channel, group, token"):
         lowbit.fake_quant(x, "int8", "row")
-    with pytest.raises(ValueError, match=r"symmetric: False is only allowed for int8 and int4"):
+    with pytest.raises(ValueError, match=r"symmetric: False is only allowed for " + names_where("allows_asym")):
         lowbit.fake_quant(x, "hifloat8", "channel", symmetric=False)
     with pytest.raises(ValueError, match=r"mxfp4_e2m1 uses blocks of 32"):
         lowbit.fake_quant(x, "mxfp4_e2m1", "group", 64)
