@@ -83,6 +83,7 @@ std::vector<FormatInfo> build_table() {
       mx(Format::kMxFp4E2M1, "mxfp4_e2m1", e2m1, 2, true, false),
       e2m1,
       scaled_float(Format::kFloat4E1M2, "float4_e1m2", 4, Code::kE1M2, 1.75f, 1.75f, -1, 0, false, kGroupBit),
+      integer(Format::kInt3, "int3", 3, false, false),  // codes -4..3, stored in nibbles
   };
 }
 

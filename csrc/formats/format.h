@@ -18,6 +18,7 @@ enum class Format : int {
   kFloat4E1M2,
   kMxFp8E4M3FN,
   kMxFp4E2M1,
+  kInt3,
 };
 
 // How scales are shared across a tensor viewed as [rows, K] (K = last axis).

@@ -188,6 +188,18 @@ void check_layer_tensors(const LayerTensors& lt, const QuantConfig& cfg, bool co
         bad(lt.field("weight_packed"), "code " + std::to_string(i) + " is a NaN code of " + wf.name +
                                            ", which quantization never writes");
   }
+  if (wf.is_int() && wf.int_bits < wf.bits) {  // a narrower integer in wider storage (int3 in nibbles)
+    const int lo = -(1 << (wf.int_bits - 1)), hi = (1 << (wf.int_bits - 1)) - 1, per_byte = 8 / wf.bits;
+    for (size_t i = 0; i < packed->bytes; ++i)
+      for (int j = 0; j < per_byte; ++j) {
+        const int c = (packed->data[i] >> (j * wf.bits)) & ((1 << wf.bits) - 1);
+        const int v = c >= (1 << (wf.bits - 1)) ? c - (1 << wf.bits) : c;
+        if (v < lo || v > hi)
+          bad(lt.field("weight_packed"), "byte " + std::to_string(i) + " holds code " + std::to_string(v) +
+                                             ", outside " + wf.name + "'s " + std::to_string(lo) + ".." +
+                                             std::to_string(hi));
+      }
+  }
   const TensorRef* scale = lt.get("w_scale");
   if (!scale) bad(lt.field("w_scale"), "missing");
   const int64_t scales = scale_count(w, n, k);

@@ -40,6 +40,29 @@ TEST(IntReference, RoundingAndClampVectors) {
   for (int i = 0; i < 5; ++i) EXPECT_EQ(int_quantize(in8[i], one, 8, true), want8[i]) << in8[i];
 }
 
+// INT3 (the integer rules at 3 bits; codes -4..3, stored in a nibble): worked by hand.
+TEST(IntReference, Int3Vectors) {
+  EXPECT_FLOAT_EQ(int_scale_symmetric(3, -2, 3).scale, 1.0f);    // 3 / 3
+  EXPECT_FLOAT_EQ(int_scale_symmetric(1, -4, 3).scale, 1.0f);    // |min| wins: 4 / 4
+  EXPECT_FLOAT_EQ(int_scale_symmetric(6, -1, 3).scale, 2.0f);    // 6 / 3
+  IntScale a = int_scale_asymmetric(5, -2, 3);                   // (5 + 2) / 7, zero point -4 + 2
+  EXPECT_FLOAT_EQ(a.scale, 1.0f);
+  EXPECT_EQ(a.offset, -2);
+  EXPECT_EQ(int_quantize(5.0f, a, 3, false), 3);
+  EXPECT_EQ(int_quantize(-2.0f, a, 3, false), -4);
+  IntScale one{1.0f, 0};
+  const float in[] = {-9, -4.4f, -3.5f, -0.5f, 0.5f, 2.5f, 2.6f, 3.7f, 100};
+  const int32_t want[] = {-4, -4, -4, 0, 0, 2, 3, 3, 3};  // ties to even, clamped to [-4, 3]
+  for (int i = 0; i < 9; ++i) EXPECT_EQ(int_quantize(in[i], one, 3, true), want[i]) << in[i];
+  QuantSpec s;
+  s.format = Format::kInt3;
+  s.granularity = Granularity::kChannel;
+  const GranuleParams p = granule_params(s, {6.0f, -1.0f, false});
+  EXPECT_FLOAT_EQ(p.scale, 2.0f);
+  EXPECT_EQ(format_info(Format::kInt3).bits, 4);  // two codes a byte
+  EXPECT_EQ(packed_row_bytes(Format::kInt3, 33), 17);
+}
+
 TEST(IntReference, ScaleGuard) {
   EXPECT_FLOAT_EQ(int_scale_symmetric(0, 0, 8).scale, 1.0f);
   EXPECT_FLOAT_EQ(int_scale_symmetric(1e-6f, 0, 8).scale, 1.0f);  // 1e-6/127 < 1.19e-7

@@ -34,7 +34,7 @@ def torch_int_qdq(x, bits, sym, group):
     return y.view(r, -1)[:, :k]
 
 
-@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("bits", [8, 4, 3])
 @pytest.mark.parametrize("sym", [True, False])
 @pytest.mark.parametrize("k,group", [(172, 32), (33, 32), (4096, 128), (64, 64)])
 def test_int_matches_composed_torch(bits, sym, k, group):
@@ -83,6 +83,9 @@ def test_packed_sizes_are_what_formats_promise():
     one = torch.ones(1, 1)
     p = lowbit.pack(x, "int4", one, granularity="tensor")
     assert p.tolist() == [[0xF1, 0x87, 0x03]]  # low nibble first, two's complement
+    assert lowbit.packed_row_bytes("int3", 33) == 17  # int3 codes -4..3 in nibbles, read by the int4 decoders
+    p3 = lowbit.pack(torch.tensor([[1.0, -1.0, 3.0, -4.0, 2.0, 9.0]]), "int3", one, granularity="tensor")
+    assert p3.tolist() == [[0xF1, 0xC3, 0x32]]  # 9 clamps to 3
 
 
 @pytest.mark.parametrize("rank", [1, 2, 3, 4, 5, 6])
