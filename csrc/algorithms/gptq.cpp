@@ -22,25 +22,11 @@
 
 #include <vector>
 
+#include "algorithms/gptq_kernels.h"
 #include "ops/tensor_views.h"
 
 namespace lowbit {
 namespace {
-
-// w[j][n] -= sum_t u[t * ldu + j] * e[t * N + n] for j < rows, t < k, n < N (rows of w
-// N floats apart): each row of w stays in L1 while the k error rows are applied. One clone
-// per instruction set, picked at load time, each vectorised.
-__attribute__((target_clones("avx512f", "avx2", "default"), optimize("O3"))) void rank_k_update(
-    float* w, int64_t N, int64_t rows, const float* u, int64_t ldu, const float* e, int64_t k) {
-  for (int64_t j = 0; j < rows; ++j) {
-    float* __restrict wj = w + j * N;
-    for (int64_t t = 0; t < k; ++t) {
-      const float* __restrict et = e + t * N;
-      const float ut = u[t * ldu + j];
-      for (int64_t n = 0; n < N; ++n) wj[n] -= et[n] * ut;
-    }
-  }
-}
 
 // Columns per inner sub-block: rank-1 updates within it, one rank-16 pass beyond it
 // (two-level lazy updates: the outer level is block_size, with GEMMs).
@@ -52,31 +38,6 @@ struct ColumnScales {
   at::Tensor e8m0;    // uint8 [N] for MX
 };
 
-// Rounding error sum_k h_k (q_k s - w_k)^2 of c values on the symmetric integer grid [qmin, qmax] * s
-// (round half to even by the 1.5 * 2^23 trick: |w / s| stays far below 2^22 here).
-__attribute__((target_clones("avx512f", "avx2", "default"), optimize("O3"))) float grid_error(
-    const float* w, const float* h, int64_t c, float s, float qmin, float qmax) {
-  const float inv = 1.0f / s, magic = 12582912.0f;
-  float part[16] = {};  // 16 running sums: a vectorisable loop without reassociating floats
-  int64_t k = 0;
-  for (; k + 16 <= c; k += 16)
-    for (int j = 0; j < 16; ++j) {
-      float q = (w[k + j] * inv + magic) - magic;
-      q = q < qmin ? qmin : (q > qmax ? qmax : q);
-      const float d = q * s - w[k + j];
-      part[j] += h[k + j] * d * d;
-    }
-  float err = 0.0f;
-  for (; k < c; ++k) {
-    float q = (w[k] * inv + magic) - magic;
-    q = q < qmin ? qmin : (q > qmax ? qmax : q);
-    const float d = q * s - w[k];
-    err += h[k] * d * d;
-  }
-  for (int j = 0; j < 16; ++j) err += part[j];
-  return err;
-}
-
 // Clipping search for symmetric integer scales: each row's scale is shrunk by the factor
 // in 1.00, 0.99, ..., 0.80 that gives the smallest rounding error of that row's values,
 // each squared error weighted by its input's energy h (a max-abs scale leaves most values on a coarse grid to fit one outlier; the
@@ -87,14 +48,15 @@ void shrink_scales(const at::Tensor& slice, const at::Tensor& hdiag, const Quant
   const float* w = slice.data_ptr<float>();
   const float* h = hdiag.data_ptr<float>();
   float* sc = scale.data_ptr<float>();
+  const GptqKernels kern = gptq_kernels();
   for (int64_t r = 0; r < n; ++r) {
     const float s0 = sc[r];
     if (!(s0 != 0.0f)) continue;  // (signed_max scales are negative where the max is positive)
-    float best = s0, best_err = grid_error(w + r * c, h, c, s0, qmin, qmax);
+    float best = s0, best_err = kern.grid_error(w + r * c, h, c, s0, qmin, qmax);
     for (int step = 1; step <= 20; ++step) {
       float st = s0 * (1.0f - 0.01f * float(step));
       if (spec.fp16_scale) st = fp16_scale_value(st);  // search the grid that will be stored (sign kept)
-      const float e = grid_error(w + r * c, h, c, st, qmin, qmax);
+      const float e = kern.grid_error(w + r * c, h, c, st, qmin, qmax);
       if (e < best_err) best_err = e, best = st;
     }
     sc[r] = best;
@@ -136,6 +98,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gptq_quantize(
   TORCH_CHECK_VALUE(block_size > 0, "gptq: block_size must be positive");
   const bool mx = format_info(spec.format).is_mx();
   const int64_t N = W2d.size(0), K = W2d.size(1);
+  const GptqKernels kern = gptq_kernels();
   TORCH_CHECK_VALUE(H_in.size(0) == K && H_in.size(1) == K, "gptq: H ", H_in.sizes(), " does not match K=", K);
   at::Tensor W0 = W2d.to(at::kFloat).clone();  // the caller's tensor is never modified
   // dead inputs: no signal ever reached them
@@ -279,10 +242,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gptq_quantize(
       // both thread pools spin against each other on few cores; small GEMMs here cost
       // more in thread wake-ups than they save)
       const int64_t sub_end = std::min(count, (i / kSubBlock + 1) * kSubBlock);
-      rank_k_update(w1 + (i + 1) * N, N, sub_end - i - 1, urow + i + 1, 0, ei, 1);
+      kern.rank_k_update(w1 + (i + 1) * N, N, sub_end - i - 1, urow + i + 1, 0, ei, 1);
       if (i + 1 == sub_end && sub_end < count) {  // the sub-block's errors on the block's later columns
         const int64_t s0 = sub_end - ((sub_end - 1) % kSubBlock + 1);
-        rank_k_update(w1 + sub_end * N, N, count - sub_end, u1 + s0 * count + sub_end, count, e1 + s0 * N,
+        kern.rank_k_update(w1 + sub_end * N, N, count - sub_end, u1 + s0 * count + sub_end, count, e1 + s0 * N,
                       sub_end - s0);
       }
     }

@@ -52,11 +52,13 @@ void dynamic_rows_scalar(const DynamicRows& a) {
   }
 }
 
-DynamicInt8Kernels dynamic_int8_kernels() {
-  const std::string isa = current_isa();  // follows set_isa / LOWBIT_ISA like every kernel
-  if (isa == "avx512" || isa == "avx2") return {"avx2", &dynamic_rows_avx2};
-  return {"scalar", &dynamic_rows_scalar};
-}
+namespace {
+DynamicInt8Kernels dynamic_int8_avx2() { return {"avx2", &dynamic_rows_avx2}; }
+DynamicInt8Kernels dynamic_int8_scalar() { return {"scalar", &dynamic_rows_scalar}; }
+const IsaImpl<DynamicInt8Kernels> kDynamicImpls[] = {{"avx2", &dynamic_int8_avx2}, {"scalar", &dynamic_int8_scalar}};
+}  // namespace
+
+DynamicInt8Kernels dynamic_int8_kernels() { return isa_pick(kDynamicImpls); }
 
 void linear_dynamic_int8(const ConstMatrix& x, const GroupedIntWeight& w, const float* bias, const MutMatrix& y) {
   if (w.bits != 8 && w.bits != 4) throw std::invalid_argument("weight: bits " + std::to_string(w.bits) + "; allowed: 8, 4");

@@ -62,7 +62,7 @@ struct DynamicInt8Kernels {
   const char* name;
   DynamicRowsFn rows;
 };
-// What current_isa() selects: "avx2" on AVX2 and AVX-512 CPUs, else "scalar".
+// The selected instruction set's entry (isa_pick): "avx2" on AVX2 and AVX-512 CPUs, else "scalar".
 DynamicInt8Kernels dynamic_int8_kernels();
 
 }  // namespace lowbit

@@ -3,7 +3,6 @@
 // Internal to csrc/deploy; compiled without instruction-set flags (the VNNI code is in
 // int8_tile_vnni.cpp).
 #pragma once
-#include <cpuid.h>
 #include <emmintrin.h>
 #include <omp.h>
 
@@ -20,29 +19,20 @@
 namespace lowbit {
 namespace int8_detail {
 
-// Asked once: every product op picks its kernels per call, and CPUID exits to the
-// hypervisor in a virtual machine (it was a tenth of a batch-1 INT8 convolution).
-inline bool cpu_has_vnni() {
-  static const bool has = [] {
-    unsigned a, b, c, d;
-    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
-    return (c & (1u << 11)) != 0;  // AVX512_VNNI
-  }();
-  return has;
-}
-
 struct Int8Kernels {
   const char* name;
   Int8TileFn tile;
   Int8RowsFn rows;
   Int8RowSumFn row_sum;
 };
+inline Int8Kernels int8_kernels_vnni() { return {"avx512_vnni", &int8_tile_vnni, &int8_rows_vnni, &int8_row_sum_vnni}; }
+inline Int8Kernels int8_kernels_avx2() { return {"avx2", &int8_tile_avx2, &int8_rows_avx2, &int8_row_sum_avx2}; }
+inline Int8Kernels int8_kernels_scalar() { return {"scalar", &int8_tile_scalar, &int8_rows_scalar, &int8_row_sum_scalar}; }
+// This family's code per instruction set (avx512 uses the AVX2 tiles: its base).
 inline Int8Kernels int8_kernels() {
-  const std::string isa = current_isa();  // follows set_isa / LOWBIT_ISA like every kernel
-  if (isa == "avx512" && cpu_has_vnni())
-    return {"avx512_vnni", &int8_tile_vnni, &int8_rows_vnni, &int8_row_sum_vnni};
-  if (isa == "avx512" || isa == "avx2") return {"avx2", &int8_tile_avx2, &int8_rows_avx2, &int8_row_sum_avx2};
-  return {"scalar", &int8_tile_scalar, &int8_rows_scalar, &int8_row_sum_scalar};
+  static const IsaImpl<Int8Kernels> impls[] = {
+      {"avx512_vnni", &int8_kernels_vnni}, {"avx2", &int8_kernels_avx2}, {"scalar", &int8_kernels_scalar}};
+  return isa_pick(impls);
 }
 
 // The int8 value of column k of a row of codes (int4: two per byte, low nibble first,

@@ -29,12 +29,9 @@ namespace {
 
 bool g_float8_vbmi_allowed = true;
 
-LinearIsaTable linear_table() {
-  const std::string isa = current_isa();  // follows set_isa / LOWBIT_ISA like every kernel
-  if (isa == "avx512") return linear_table_avx512();
-  if (isa == "avx2") return linear_table_avx2();
-  return linear_table_scalar();
-}
+const IsaImpl<LinearIsaTable> kLinearImpls[] = {
+    {"avx512", &linear_table_avx512}, {"avx2", &linear_table_avx2}, {"scalar", &linear_table_scalar}};
+LinearIsaTable linear_table() { return isa_pick(kLinearImpls); }
 
 void check_weight(const PackedWeight& w) {
   validate_spec(w.spec);

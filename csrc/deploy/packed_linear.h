@@ -105,7 +105,7 @@ IntWeight weight_rows(const IntWeight& w, int64_t lo, int64_t hi);
 // INT8 x INT8 convolution (static per-tensor activations; weights as for linear_int8).
 void conv2d_int8(const Conv2dArgs& a, const Int8Activation& act, const IntWeight& w, const float* bias);
 
-// Which integer kernel linear_int8 uses on this CPU: "avx512_vnni", "avx512", "avx2" or "scalar".
+// Which integer kernels linear_int8 uses for the selected instruction set: "avx512_vnni", "avx2" or "scalar".
 std::string int8_kernel_name();
 
 }  // namespace lowbit

@@ -1,4 +1,5 @@
-// The kernel entry points one instruction set provides; dispatch.cpp picks a table.
+// The quantization kernels one instruction set provides; quant_kernels.cpp lists them per
+// instruction set and isa_pick() (isa/isa_registry.h) chooses.
 #pragma once
 #include "kernels/quant_kernels.h"
 

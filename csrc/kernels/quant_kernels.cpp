@@ -1,8 +1,6 @@
 // Argument validation, sizes and run-time choice of the instruction set.
 #include "kernels/quant_kernels.h"
 
-#include <cpuid.h>
-
 #include <atomic>
 #include <cstdlib>
 #include <stdexcept>
@@ -67,48 +65,11 @@ int64_t scale_count(const QuantSpec& spec, int64_t rows, int64_t cols) {
 int64_t packed_row_bytes(const QuantSpec& spec, int64_t cols) { return packed_row_bytes(spec.format, cols); }
 
 namespace {
-bool cpu_has_avx2() {
-  unsigned a, b, c, d;
-  if (!__get_cpuid(1, &a, &b, &c, &d)) return false;
-  const bool f16c = c & (1u << 29), fma = c & (1u << 12);
-  return f16c && fma && __builtin_cpu_supports("avx2");
-}
-bool cpu_has_avx512() {
-  return cpu_has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-}
-
-IsaTable table_for(const std::string& name) {
-  if (name == "avx512") {
-    if (!cpu_has_avx512()) throw std::invalid_argument("isa: 'avx512' is not supported by this CPU");
-    return isa_table_avx512();
-  }
-  if (name == "avx2") {
-    if (!cpu_has_avx2()) throw std::invalid_argument("isa: 'avx2' is not supported by this CPU");
-    return isa_table_avx2();
-  }
-  if (name == "scalar") return isa_table_scalar();
-  throw std::invalid_argument("isa: '" + name + "' is not allowed; allowed: auto, avx512, avx2, scalar");
-}
-
-IsaTable& active() {
-  static IsaTable t = [] {
-    const char* env = std::getenv("LOWBIT_ISA");
-    return table_for(env && *env && std::string(env) != "auto" ? std::string(env) : best_isa());
-  }();
-  return t;
-}
+// This family's code per instruction set (isa/isa_registry.h picks one per call).
+const IsaImpl<IsaTable> kQuantImpls[] = {
+    {"avx512", &isa_table_avx512}, {"avx2", &isa_table_avx2}, {"scalar", &isa_table_scalar}};
+IsaTable active() { return isa_pick(kQuantImpls); }
 }  // namespace
-
-std::vector<std::string> available_isas() {
-  std::vector<std::string> v{"scalar"};
-  if (cpu_has_avx2()) v.push_back("avx2");
-  if (cpu_has_avx512()) v.push_back("avx512");
-  return v;
-}
-std::string best_isa() { return available_isas().back(); }
-std::string current_isa() { return active().name; }
-void set_isa(const std::string& name) { active() = table_for(name == "auto" ? best_isa() : name); }
 
 void compute_scales(const ConstMatrix& x, const QuantSpec& spec, ScaleView scales) {
   validate_spec(spec);

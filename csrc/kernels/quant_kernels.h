@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "isa/isa_registry.h"
 #include "scales/granule_scale.h"
 
 namespace lowbit {
@@ -55,13 +56,5 @@ void pack(const ConstMatrix& x, const QuantSpec& spec, ScaleView scales, uint8_t
 void unpack(const uint8_t* codes, int64_t codes_ld, const QuantSpec& spec, ScaleView scales,
             const MutMatrix& out, bool nibbles = true);
 
-// Instruction set selection: "avx512", "avx2" or "scalar". set_isa throws when the CPU
-// lacks the requested one; "auto" restores the best available.
-std::string current_isa();
-std::string best_isa();
-// Every instruction set this CPU runs, "scalar" first: what set_isa accepts and what the
-// test suites loop over.
-std::vector<std::string> available_isas();
-void set_isa(const std::string& name);
 
 }  // namespace lowbit

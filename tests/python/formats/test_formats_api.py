@@ -200,7 +200,7 @@ def test_errors_name_the_argument_and_allowed_values():
         lowbit.fake_quant(x, "mxfp8_e4m3fn", scale=torch.ones(4, 2))
     with pytest.raises(ValueError, match=r"isa: 'sse9' is not allowed"):
         lowbit.set_isa("sse9")
-    assert lowbit.isa() in ("avx512", "avx2", "scalar")
+    assert lowbit.isa() == lowbit.available_isas()[-1]  # the best row of the ISA registry this CPU runs
 
 
 def test_static_out_argument_matches_and_checks_shape():
