@@ -1,8 +1,8 @@
 // The built-in algorithms, one row each: the layer types it handles and the parameters a
 // config may give it (kind, default, range). The config validator, the normalized config
 // and Python (lowbit.ALGORITHM_TABLE, the module registry) read this table; an algorithm's
-// numerical work lives in csrc/algorithms/ and its calibration module in
-// python/lowbit/algorithms/.
+// numerical work lives in csrc/algorithms/ and its calibration rule in
+// python/lowbit/algorithms/<name>.py (one class, for every layer type of its row).
 #pragma once
 #include <string>
 #include <vector>
@@ -26,6 +26,9 @@ struct AlgorithmRow {
   std::vector<std::string> layer_types;  // "Linear", "Conv2d"
   std::vector<AlgorithmParam> params;
   std::string summary;
+  // Whether python/lowbit/algorithms/<name>.py holds its calibration rule (statistics,
+  // solve) as one layer-type-neutral class; otherwise the base calibration modules run it.
+  bool python_module = false;
 };
 
 // A parameter's value in a parsed config: `automatic` for 'auto'.

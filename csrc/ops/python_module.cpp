@@ -356,6 +356,7 @@ PYBIND11_MODULE(_C, m) {
           r["name"] = a.name;
           r["layer_types"] = a.layer_types;
           r["summary"] = a.summary;
+          r["python_module"] = a.python_module;
           py::list params;
           for (const auto& decl : a.params) {
             py::dict d;

@@ -338,16 +338,16 @@ def _replay_running_max(group, m, own):
 def _split_gptq_solves(group, layers):
     """Makes the GPTQ layers whose rows are independent (channel or group scales, one
     convolution group, not two-level) solve only this rank's rows at finalization."""
-    from lowbit.algorithms.gptq import GPTQMixin
+    from lowbit.algorithms.gptq import GPTQ
     for m in layers:
-        if (isinstance(m, GPTQMixin) and m.groups == 1 and m.wspec.strategy in ("channel", "group")
+        if (isinstance(m, GPTQ) and m.groups == 1 and m.wspec.strategy in ("channel", "group")
                 and not m.two_level and m.weight_shape[0] >= group.world):
             m.finalize_algorithm = types.MethodType(_make_split_finalize(group), m)
 
 
 def _make_split_finalize(group):
     def finalize(self):
-        """GPTQMixin.finalize_algorithm on this rank's rows; the slices are gathered."""
+        """GPTQ.finalize_algorithm on this rank's rows; the slices are gathered."""
         self.finish_hessian()
         (_, w, h), = self.group_weights()
         n = w.shape[0]

@@ -3,10 +3,9 @@
 import torch
 
 from lowbit.algorithms.hessian import HessianMixin
-from lowbit.modules.calibration import CalibLinear
 
 
-class AWQLinear(HessianMixin, CalibLinear):
+class AWQ(HessianMixin):
     uses_data = True
 
     def init_algorithm(self):
@@ -38,3 +37,6 @@ class AWQLinear(HessianMixin, CalibLinear):
         if not self.calibrated:
             return super().weight_source()
         return self.weight_src
+
+
+CALIBRATION = AWQ

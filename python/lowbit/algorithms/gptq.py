@@ -2,14 +2,16 @@
 import torch
 
 from lowbit.algorithms.hessian import HessianMixin
-from lowbit.modules.calibration import CalibConv2d, CalibLinear
 
 # Measured on stories260K (see the closing notes of issue 4): act-order on, group
 # scales taken when a group is reached (not upfront), damping 1% of mean diag(H).
 DEFAULTS = {"act_order": True, "static_groups": False, "damp": 0.01, "block_size": 128}
 
 
-class GPTQMixin(HessianMixin):
+class GPTQ(HessianMixin):
+    """GPTQ for every layer type of its table row (lowbit.algorithms builds GPTQLinear and
+    GPTQConv2d from it)."""
+
     uses_data = True
 
     def init_algorithm(self):
@@ -32,7 +34,7 @@ class GPTQMixin(HessianMixin):
         return torch.ops.lowbit.gptq_quantize(
             w, h, self.wspec.fmt, self.wspec.strategy, self.wspec.group_size, self.wspec.symmetric,
             float(opts["damp"]), bool(opts["act_order"]), bool(opts["static_groups"]), int(opts["block_size"]),
-            not isinstance(self, CalibConv2d),  # the clipping search: Linear layers only (see gptq.cpp)
+            self.layer_type == "Linear",  # the clipping search: Linear layers only (see gptq.cpp)
             self.wspec.scale_dtype, self.wspec.scale_rule)
 
     def finalize_algorithm(self):
@@ -64,9 +66,4 @@ class GPTQMixin(HessianMixin):
         return self.wspec.weight_unpack(self.weight_q_packed, self.w_scale, self.w_offset, k, torch.float32)
 
 
-class GPTQLinear(GPTQMixin, CalibLinear):
-    pass
-
-
-class GPTQConv2d(GPTQMixin, CalibConv2d):
-    pass
+CALIBRATION = GPTQ

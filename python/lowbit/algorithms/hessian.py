@@ -19,7 +19,6 @@ rejected with H untouched, and a later batch can still be taken.
 """
 import torch
 
-from lowbit.modules.calibration import CalibConv2d
 
 MAX_ROWS = 32768
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
@@ -39,7 +38,7 @@ class HessianMixin:
 
     def hessian_row_count(self, x):
         """How many rows of x enter H: what input_rows(x, MAX_ROWS) gives, without building them."""
-        if isinstance(self, CalibConv2d):
+        if self.layer_type == "Conv2d":
             h_out, w_out = self.output_hw(*x.shape[-2:])
             if self.spread_rows:
                 return min(x.shape[0] * h_out * w_out, MAX_ROWS)

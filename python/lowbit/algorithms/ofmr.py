@@ -31,7 +31,6 @@ on a tie. That is the error recon_error reports, so OFMR's can never exceed MIN-
 import torch
 
 from lowbit.algorithms.hessian import HessianMixin
-from lowbit.modules.calibration import CalibConv2d, CalibLinear
 
 # Octaves (lo, hi) around the MIN-MAX scale. FP8 E4M3 has a constant relative precision
 # over its normal range, so a larger scale only pushes small values into the subnormals
@@ -96,7 +95,7 @@ def act_row_weights(pairs, total_rows):
     return [stands_for * mean / (e + mean) for e in energy]
 
 
-class OFMRMixin(HessianMixin):
+class OFMR(HessianMixin):
     uses_data = True
     spread_rows = True
 
@@ -178,9 +177,4 @@ class OFMRMixin(HessianMixin):
         self.ofmr_fallback = tuple(name for name, k in (("weight", i), ("activation", j)) if k)
 
 
-class OFMRLinear(OFMRMixin, CalibLinear):
-    pass
-
-
-class OFMRConv2d(OFMRMixin, CalibConv2d):
-    pass
+CALIBRATION = OFMR

@@ -2,14 +2,12 @@
 computes QDQ(x / s) @ QDQ(W * s)^T."""
 import torch
 
-from lowbit.modules.calibration import CalibLinear
-
 
 AUTO_STRENGTHS = (0.5, 0.3, 0.4, 0.6, 0.7, 0.75, 0.8, 0.9)  # smooth_strength "auto": 0.5 first (ties)
 AUTO_SCORE_ROWS = 4096  # rows (sampled evenly from every calibration call) the strengths are scored on
 
 
-class SmoothQuantLinear(CalibLinear):
+class SmoothQuant:
     uses_data = True
 
     def init_algorithm(self):
@@ -67,3 +65,6 @@ class SmoothQuantLinear(CalibLinear):
         if not self.calibrated:
             return w
         return w.float() * self.smooth
+
+
+CALIBRATION = SmoothQuant

@@ -234,6 +234,8 @@ class CalibLayer(QuantLayerBase):
 
 
 class CalibLinear(LinearMath, CalibLayer):
+    layer_type = "Linear"  # the algorithm table's name of the layer type (what algorithms may ask)
+
     def __init__(self, ori, layer_name, layer_cfg):
         CalibLayer.__init__(self, ori, layer_name, layer_cfg)
         self.in_features, self.out_features = ori.in_features, ori.out_features
@@ -248,6 +250,8 @@ class CalibLinear(LinearMath, CalibLayer):
 
 
 class CalibConv2d(Conv2dMath, CalibLayer):
+    layer_type = "Conv2d"
+
     def __init__(self, ori, layer_name, layer_cfg):
         CalibLayer.__init__(self, ori, layer_name, layer_cfg)
         self._copy_conv_attrs(ori)
