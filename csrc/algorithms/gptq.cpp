@@ -88,6 +88,20 @@ ColumnScales slice_scales(const at::Tensor& slice, const QuantSpec& spec, const 
   return cs;
 }
 
+// Scales of the groups of one Q4_K super-block, slice [N, up to 256 columns]: group scales
+// of the slice's current values, then the super-block grid (no clipping search: it would
+// leave the grid).
+std::vector<ColumnScales> superblock_slice_scales(const at::Tensor& slice, const QuantSpec& spec) {
+  const int64_t n = slice.size(0), c = slice.size(1), groups = (c + 31) / 32;
+  at::Tensor src = slice.contiguous();
+  at::Tensor scale = at::empty({n, groups}, at::kFloat);
+  at::Tensor off = at::zeros({n, groups}, at::kInt);
+  compute_scales(as_const(src), spec, ScaleView{scale.data_ptr<float>(), off.data_ptr<int32_t>(), nullptr});
+  std::vector<ColumnScales> out;
+  for (int64_t j = 0; j < groups; ++j) out.push_back({scale.select(1, j).contiguous(), at::zeros({n}, at::kFloat), {}});
+  return out;
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gptq_quantize(
     const at::Tensor& W2d, const at::Tensor& H_in, const std::string& fmt, const std::string& strategy,
     int64_t group_size, bool symmetric, double damp_ratio, bool act_order, bool static_groups, int64_t block_size,
@@ -135,6 +149,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gptq_quantize(
     at::Tensor src = W0.contiguous();
     compute_scales(as_const(src), t, ScaleView{&s, &o, nullptr});
     store(0, {at::full({N}, s, at::kFloat), at::full({N}, float(o), at::kFloat), {}});
+  } else if (spec.superblock_scales && static_groups) {
+    for (int64_t g0 = 0; g0 < groups; g0 += kSuperBlockGroups) {
+      const int64_t c0 = g0 * glen, cols = std::min(K, c0 + kSuperBlockGroups * glen) - c0;
+      const std::vector<ColumnScales> cs = superblock_slice_scales(W0.narrow(1, c0, cols), spec);
+      for (size_t j = 0; j < cs.size(); ++j) store(g0 + int64_t(j), cs[j]);
+    }
   } else if (spec.granularity == Granularity::kChannel || static_groups) {
     for (int64_t g = 0; g < groups; ++g)
       store(g, slice_scales(W0.narrow(1, g * glen, granule_cols(g)), spec, hdiag.narrow(0, g * glen, granule_cols(g)),
@@ -209,6 +229,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gptq_quantize(
     for (int64_t i = 0; i < count; ++i) {
       const int64_t col = p[i1 + i];
       const int64_t g = spec.granularity == Granularity::kTensor ? 0 : col / glen;
+      if (!have[size_t(g)] && spec.superblock_scales) {  // first column of a super-block: all its groups
+        const int64_t g0 = g / kSuperBlockGroups * kSuperBlockGroups, c0 = g0 * glen;
+        std::vector<at::Tensor> cols;
+        for (int64_t c = c0; c < std::min(K, c0 + kSuperBlockGroups * glen); ++c)
+          cols.push_back(WT.select(0, invperm[c].item<int64_t>()));
+        const std::vector<ColumnScales> cs = superblock_slice_scales(at::stack(cols, 1), spec);
+        for (size_t j = 0; j < cs.size(); ++j) store(g0 + int64_t(j), cs[j]);
+      }
       if (!have[size_t(g)]) {  // first column of this group: scale from its current values
         std::vector<at::Tensor> cols;
         for (int64_t c = g * glen; c < g * glen + granule_cols(g); ++c) {

@@ -26,6 +26,7 @@ FormatInfo integer(Format f, const char* name, int int_bits, bool as_input, bool
   r.default_group = 128;
   r.allows_asym = r.allows_fp16_scale = true;
   r.allows_signed_max = signed_max;
+  r.allows_superblock_scale = r.bits == 4;
   return r;
 }
 

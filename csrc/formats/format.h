@@ -84,6 +84,7 @@ struct FormatInfo {
   bool allows_asym;                 // a zero point (symmetric: False)
   bool allows_fp16_scale;           // scale_dtype 'float16'
   bool allows_signed_max;           // scale_rule 'signed_max' (ggml's Q4_0 rule)
+  bool allows_superblock_scale;     // scale_dtype 'q4_k' (nibble integers: llama.cpp's Q4_K grid)
   // derived
   bool is_mx() const { return block > 0; }
   bool is_int() const { return code == Code::kInt; }

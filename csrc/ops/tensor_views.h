@@ -25,12 +25,13 @@ inline QuantSpec make_spec(const std::string& format, const std::string& granula
                     bool symmetric, const std::string& mx_rule, const std::string& scale_dtype = "float32",
                     const std::string& scale_rule = "absmax") {
   return value_errors([&] {
-    if (scale_dtype != "float32" && scale_dtype != "float16")
-      throw std::invalid_argument("scale_dtype: '" + scale_dtype + "' is not allowed; allowed: float32, float16");
+    if (scale_dtype != "float32" && scale_dtype != "float16" && scale_dtype != "q4_k")
+      throw std::invalid_argument("scale_dtype: '" + scale_dtype + "' is not allowed; allowed: float32, float16, q4_k");
     if (scale_rule != "absmax" && scale_rule != "signed_max")
       throw std::invalid_argument("scale_rule: '" + scale_rule + "' is not allowed; allowed: absmax, signed_max");
     QuantSpec s;
     s.fp16_scale = scale_dtype == "float16";
+    s.superblock_scales = scale_dtype == "q4_k";
     s.signed_max = scale_rule == "signed_max";
     s.format = parse_format(format);
     s.granularity = parse_granularity(granularity);

@@ -1,5 +1,6 @@
 #include "scales/granule_scale.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -27,6 +28,43 @@ float fp16_scale_value(float s) {
   if (!(r <= 65504.0f)) r = 65504.0f;
   if (!(r > 0.0f)) r = 1.0f / 16777216.0f;  // 2^-24, the smallest fp16
   return std::copysign(r, s);
+}
+
+void superblock_scales(GranuleParams* p, int64_t n) {
+  for (int64_t b = 0; b < n; b += kSuperBlockGroups) {
+    const int64_t e = std::min(n, b + kSuperBlockGroups);
+    float m = 0.0f;
+    for (int64_t j = b; j < e; ++j) m = std::fmax(m, p[j].scale);
+    const float d = fp16_scale_value(m / 63.0f);
+    for (int64_t j = b; j < e; ++j) {
+      const float sc = std::fmin(std::fmax(std::nearbyint(p[j].scale / d), 1.0f), 63.0f);
+      p[j].scale = d * sc;
+    }
+  }
+}
+
+bool split_superblock_scales(const float* s, int64_t n, float* d, uint8_t* sc) {
+  float m = 0.0f;
+  for (int64_t j = 0; j < n; ++j) {
+    if (!(s[j] > 0.0f) || !(s[j] <= 65504.0f * 63.0f)) return false;
+    m = std::fmax(m, s[j]);
+  }
+  // the largest scale is d x 63 unless d is an fp16 subnormal: try every multiplier
+  for (int top = 63; top >= 1; --top) {
+    const float dd = m / float(top);
+    if (fp16_to_float(float_to_fp16(dd)) != dd || dd * float(top) != m) continue;
+    bool ok = true;
+    for (int64_t j = 0; j < n && ok; ++j) {
+      const float q = std::nearbyint(s[j] / dd);
+      ok = q >= 1.0f && q <= 63.0f && dd * q == s[j];
+      if (ok) sc[j] = uint8_t(q);
+    }
+    if (ok) {
+      *d = dd;
+      return true;
+    }
+  }
+  return false;
 }
 
 GranuleParams granule_params(const QuantSpec& spec, const GranuleStats& st) {

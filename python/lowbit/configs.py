@@ -32,6 +32,9 @@ def _w(type_, strategy, group_size=None, scale_dtype=None):
 # ggml's scale rule d = max / -8 (the 16th level on the side of the largest magnitude)
 _GGUF_Q8 = _w("int8", "group", 32, "float16")
 _GGUF_Q4 = {**_w("int4", "group", 32, "float16"), "scale_rule": "signed_max"}
+# llama.cpp's Q4_K grid: groups of 32 in super-blocks of 256 columns, each group's scale
+# an fp16 d (one per super-block) times a 6-bit integer (layers need K % 256 == 0 to export)
+_GGUF_Q4_K = _w("int4", "group", 32, "q4_k")
 
 
 def _a(type_, strategy):
@@ -55,6 +58,7 @@ _BUILTIN = {
     "GGUF_Q8_0_CFG": _cfg(_GGUF_Q8, None, {"minmax"}),
     "GGUF_Q4_0_CFG": _cfg(_GGUF_Q4, None, {"minmax"}),
     "GGUF_Q4_0_GPTQ_CFG": _cfg(_GGUF_Q4, None, {"gptq"}),
+    "GGUF_Q4_K_GPTQ_CFG": _cfg(_GGUF_Q4_K, None, {"gptq"}),
 }
 
 BUILTIN_CONFIG_NAMES = tuple(_BUILTIN)

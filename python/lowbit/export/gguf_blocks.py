@@ -6,6 +6,11 @@
   become 0..15), byte j holds element j (low nibble) and element j + 16 (high nibble);
 - Q4_1 (fp16 d and m, 16 bytes; x = d * q + m): int4 asymmetric, q = code + 8 and
   m = -d * (8 + zero point), exact only where that product is an fp16 value.
+- Q4_K (256-weight super-blocks: fp16 d and dmin, 12 bytes of 6-bit scales and mins for
+  its 8 groups of 32, 128 bytes of nibbles; x = d * sc * q - dmin * m): symmetric int4
+  (or int3) with weights "scale_dtype": "q4_k", whose group scales are d * sc already;
+  written with dmin = 8 d and m = sc, so that x = d * sc * (q - 8), q = code + 8. Within
+  each 64 weights, byte l holds weight l (low nibble) and weight l + 32 (high nibble).
 A layer fits when every block of 32 weights along K has one scale (strategy tensor,
 channel, or group with group_size a multiple of 32) and K is a multiple of 32. The
 scales must be fp16 values (quantize with weights "scale_dtype": "float16"). ggml
@@ -15,9 +20,11 @@ the weights llama.cpp multiplies with are lowbit's deploy weights bit for bit.
 import numpy as np
 import torch
 
-from lowbit.export.gguf_writer import F16, F32, Q4_0, Q4_1, Q8_0
+from lowbit.formats import FORMAT_INFO
+from lowbit.export.gguf_writer import F16, F32, Q4_0, Q4_1, Q4_K, Q8_0
 
 QK = 32
+QK_K = 256  # weights per K-quant super-block
 
 
 class ExportRefused(ValueError):
@@ -39,7 +46,7 @@ def _codes(layer):
     """Signed integer codes [N, K] of an int8/int4 deploy layer."""
     n, k = layer.weight_shape[0], layer.cols
     packed = layer.weight_packed.reshape(n, -1).numpy()
-    if layer.wspec.fmt == "int8":
+    if FORMAT_INFO[layer.wspec.fmt]["bits"] == 8:
         return packed.view(np.int8)[:, :k].astype(np.int16)
     lo = (packed & 0x0F).astype(np.int16)
     hi = (packed >> 4).astype(np.int16)
@@ -55,6 +62,11 @@ def _per_block(values, n, k, spec):
     v = v.reshape(n, -1)
     gs = spec.group_size if spec.strategy == "group" else k
     return v[:, (np.arange(k // QK) * QK) // gs]
+
+
+def block_length(layer):
+    """Weights along K per block of the type the layer is written as (Q4_K: 256, else 32)."""
+    return QK_K if layer.wspec.scale_dtype == "q4_k" else QK
 
 
 def _fp16_exact(x):
@@ -75,9 +87,11 @@ def layer_blocks(layer, name):
                             f"'smooth'), which GGUF's llama graph has no place for")
     if layer._buffers.get("w_scale1") is not None:
         raise ExportRefused(f"layer '{name}': it has per-row weight multipliers (w_scale1), which Q8_0/Q4_0 cannot hold")
-    if w.fmt not in ("int8", "int4"):
+    if w.fmt not in ("int8", "int4", "int3"):
         raise ExportRefused(f"layer '{name}': format {w.fmt} has no exact GGUF type; allowed: int8 (Q8_0, symmetric), "
-                            f"int4 (Q4_0 symmetric, Q4_1 asymmetric)")
+                            f"int4 and int3 (Q4_0 symmetric, Q4_1 asymmetric, Q4_K with scale_dtype q4_k)")
+    if w.scale_dtype == "q4_k":
+        return _q4_k(layer, name, n, k)
     if w.fmt == "int8" and not w.symmetric:
         raise ExportRefused(f"layer '{name}': asymmetric int8 has no GGUF type (Q8_0 is symmetric); use symmetric int8")
     if w.strategy == "group" and w.group_size % QK:
@@ -107,6 +121,52 @@ def layer_blocks(layer, name):
     return Q4_1, np.concatenate([d, mm, qs], axis=2).reshape(n, -1)
 
 
+def _q4_k_scale_bytes(sc, m):
+    """The 12 bytes of 8 six-bit scales and mins (sc, m: [..., 8] uint8), as llama.cpp
+    unpacks them: bytes 0-3 scales 0-3, bytes 4-7 mins 0-3, each with two high bits of
+    scale / min j + 4 on top; bytes 8-11 the low four bits of scale (low nibble) and min
+    (high nibble) j + 4."""
+    out = np.zeros(sc.shape[:-1] + (12,), dtype=np.uint8)
+    out[..., 0:4] = (sc[..., 0:4] & 63) | ((sc[..., 4:8] >> 4) << 6)
+    out[..., 4:8] = (m[..., 0:4] & 63) | ((m[..., 4:8] >> 4) << 6)
+    out[..., 8:12] = (sc[..., 4:8] & 0x0F) | ((m[..., 4:8] & 0x0F) << 4)
+    return out
+
+
+def _q4_k(layer, name, n, k):
+    if k % QK_K:
+        raise ExportRefused(f"layer '{name}': K = {k} is not a multiple of {QK_K}, which Q4_K's super-blocks need")
+    scale = layer.w_scale.float().reshape(n, k // QK)
+    try:
+        d, sc = torch.ops.lowbit.split_q4k_scales(scale)
+    except ValueError as e:
+        raise ExportRefused(f"layer '{name}': {e}") from None
+    d16 = d.numpy().astype(np.float16)
+    sc = sc.numpy().reshape(n, k // QK_K, 8)
+    dmin16 = (d.numpy() * 8.0).astype(np.float16)
+    if not np.array_equal(dmin16.astype(np.float32), d.numpy() * 8.0):
+        raise ExportRefused(f"layer '{name}': 8 * d overflows float16, so Q4_K's minimum cannot be written")
+    head = np.concatenate([d16.reshape(n, -1, 1).view(np.uint8), dmin16.reshape(n, -1, 1).view(np.uint8),
+                           _q4_k_scale_bytes(sc, sc)], axis=2)
+    q = (_codes(layer) + 8).astype(np.uint8).reshape(n, k // QK_K, 4, 2, 32)  # [.., 64-chunk, half, 32]
+    qs = (q[:, :, :, 0, :] | (q[:, :, :, 1, :] << 4)).reshape(n, k // QK_K, 128)
+    return Q4_K, np.concatenate([head, qs], axis=2).reshape(n, -1)
+
+
+def _q4_k_dequantize(b, n, k):
+    blk = b.reshape(n, k // QK_K, 144)
+    d = blk[:, :, 0:2].copy().view(np.float16).astype(np.float32)
+    dmin = blk[:, :, 2:4].copy().view(np.float16).astype(np.float32)
+    s = blk[:, :, 4:16].astype(np.int32)
+    sc = np.concatenate([s[:, :, 0:4] & 63, (s[:, :, 8:12] & 0x0F) | ((s[:, :, 0:4] >> 6) << 4)], axis=2)
+    m = np.concatenate([s[:, :, 4:8] & 63, (s[:, :, 8:12] >> 4) | ((s[:, :, 4:8] >> 6) << 4)], axis=2)
+    qs = blk[:, :, 16:].reshape(n, k // QK_K, 4, 32)
+    q = np.stack([qs & 0x0F, qs >> 4], axis=3).reshape(n, k // QK_K, 8, 32).astype(np.float32)
+    d1 = d * sc.astype(np.float32)
+    m1 = dmin * m.astype(np.float32)
+    return (d1[..., None] * q - m1[..., None]).reshape(n, k)
+
+
 def dequantize(ggml_type, raw, shape):
     """fp32 weights of ggml blocks (the ggml rules, for tests and checks)."""
     n, k = shape
@@ -115,6 +175,8 @@ def dequantize(ggml_type, raw, shape):
         return b.view(np.float32).reshape(n, k).copy()
     if ggml_type == F16:
         return b.view(np.float16).astype(np.float32).reshape(n, k)
+    if ggml_type == Q4_K:
+        return _q4_k_dequantize(b, n, k)
     size = {Q8_0: 34, Q4_0: 18, Q4_1: 20}[ggml_type]
     blk = b.reshape(n, k // QK, size)
     d = blk[:, :, :2].copy().view(np.float16).astype(np.float32)

@@ -26,7 +26,7 @@ from lowbit.export import gguf_tokenizer as toks
 from lowbit.export.gguf_writer import F32, FLOAT32, STRING, TYPE_NAMES, UINT32, GGUFWriter
 
 log = logging.getLogger("lowbit.export")
-_FILE_TYPE = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7}
+_FILE_TYPE = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q4_K": 14}  # (14: llama.cpp's Q4_K_S)
 
 
 def _unpermute_rows(heads):
@@ -127,15 +127,16 @@ def _entry(name, src, perm, model):
     layer = src
     lname = _module_name(model, layer)
     n, k = layer.weight_shape[0], layer.cols
-    if k % blocks.QK:
-        # the codes cannot form 32-weight blocks: the deploy weights, exactly, in F32
+    qk = blocks.block_length(layer)
+    if k % qk:
+        # the codes cannot form whole blocks: the deploy weights, exactly, in F32
         if layer._buffers.get("smooth") is not None or layer.aspec is not None:
             blocks.layer_blocks(layer, lname)  # raises the same refusal as any layer
         w = layer.weight_dequant().float().reshape(n, k)
         if perm is not None:
             w = w[torch.from_numpy(perm(n))]
         return F32, (n, k), w.contiguous().numpy().tobytes(), \
-            f"F32: K = {k} is not a multiple of 32 ({lname}, {layer.wspec.label()}, deploy weights written exactly)"
+            f"F32: K = {k} is not a multiple of {qk} ({lname}, {layer.wspec.label()}, deploy weights written exactly)"
     gtype, rows = blocks.layer_blocks(layer, lname)
     if perm is not None:
         rows = rows[perm(n)]

@@ -13,7 +13,7 @@ class QSpec:
     symmetric: bool
     strategy: str      # tensor | channel | group | token
     group_size: int
-    scale_dtype: str = "float32"  # "float16": int scales rounded to fp16 (GGUF's block scales)
+    scale_dtype: str = "float32"  # "float16": int scales rounded to fp16 (GGUF's block scales); "q4_k": Q4_K's grid
     scale_rule: str = "absmax"    # "signed_max": symmetric int4 s = m / -8 (ggml's Q4_0 grid)
 
     @staticmethod
@@ -43,6 +43,7 @@ class QSpec:
     def label(self):
         s = self.fmt + "/" + self.strategy + (str(self.group_size) if self.strategy == "group" else "")
         return (s + ("" if self.symmetric else "/asym") + ("/fp16-scale" if self.scale_dtype == "float16" else "")
+                + ("/q4k-scale" if self.scale_dtype == "q4_k" else "")
                 + ("/signed-max" if self.scale_rule == "signed_max" else ""))
 
     # weights are viewed as [out_channels, -1]

@@ -277,3 +277,34 @@ TEST(GranuleParams, TokenAndStaticDivisors) {
   float inf = std::numeric_limits<float>::infinity();
   EXPECT_FLOAT_EQ(granule_params(s, {-inf, inf, true}).scale, 1.0f);
 }
+
+// The Q4_K scale grid: d = fp16(max / 63), scales d x round(s / d) in [1, 63], worked by hand.
+TEST(GranuleParams, SuperblockScalesAreFp16TimesSixBitIntegers) {
+  GranuleParams p[10];
+  const float s[10] = {0.63f, 0.315f, 0.01f, 1e-9f, 0.2f, 0.63f, 0.05f, 0.4f, /* next run: */ 3.0f, 1.5f};
+  for (int j = 0; j < 10; ++j) p[j] = {s[j], 0, 0};
+  superblock_scales(p, 10);
+  const float d = fp16_to_float(float_to_fp16(0.63f / 63.0f));
+  EXPECT_EQ(d, 0.01000213623046875f);  // the fp16 nearest 0.01
+  const int want[8] = {63, 31, 1, 1, 20, 63, 5, 40};  // 0.315 / d = 31.49; 1e-9 -> at least 1
+  for (int j = 0; j < 8; ++j) EXPECT_EQ(p[j].scale, d * float(want[j])) << j;
+  const float d2 = fp16_to_float(float_to_fp16(3.0f / 63.0f));  // the second run has its own d
+  EXPECT_EQ(p[8].scale, d2 * 63.0f);
+  EXPECT_EQ(p[9].scale, d2 * std::nearbyint(1.5f / d2));
+  float got_d;
+  uint8_t sc[8];
+  float run[8];
+  for (int j = 0; j < 8; ++j) run[j] = p[j].scale;
+  ASSERT_TRUE(split_superblock_scales(run, 8, &got_d, sc));
+  EXPECT_EQ(got_d, d);
+  for (int j = 0; j < 8; ++j) EXPECT_EQ(sc[j], want[j]) << j;
+  run[2] = 0.0105f;  // not a multiple of d
+  EXPECT_FALSE(split_superblock_scales(run, 8, &got_d, sc));
+  const float tiny[2] = {1e-6f * 3.0f, 1e-6f};  // d below fp16's normal range is still found
+  GranuleParams t[2] = {{tiny[0], 0, 0}, {tiny[1], 0, 0}};
+  superblock_scales(t, 2);
+  float tt[2] = {t[0].scale, t[1].scale};
+  ASSERT_TRUE(split_superblock_scales(tt, 2, &got_d, sc));
+  EXPECT_EQ(got_d * float(sc[0]), t[0].scale);
+  EXPECT_EQ(got_d * float(sc[1]), t[1].scale);
+}

@@ -42,6 +42,7 @@ struct Case {
   bool sym;
   bool signed_max = false;  // symmetric INT4: ggml's Q4_0 scale rule (negative scales)
   bool fp16 = false;        // scales rounded to fp16
+  bool superblock = false;  // the Q4_K scale grid (scale_dtype q4_k)
 };
 
 // Every row of the format table: each weight granularity (groups of 32 and 128 for
@@ -63,6 +64,7 @@ std::vector<Case> all_cases() {
         c.push_back({f.format, Granularity::kGroup, 128, sym});
       }
       if (f.as_input) c.push_back({f.format, Granularity::kToken, 0, true});
+      if (f.allows_superblock_scale) c.push_back({f.format, Granularity::kGroup, 32, true, false, false, true});
       for (bool fp16 : {false, true}) {
         if (!f.allows_signed_max) continue;
         c.push_back({f.format, Granularity::kTensor, 0, true, true, fp16});
@@ -104,13 +106,14 @@ QuantSpec spec_of(const Case& c, MxRule rule = MxRule::kAuto) {
   s.mx_rule = rule;
   s.signed_max = c.signed_max;
   s.fp16_scale = c.fp16;
+  s.superblock_scales = c.superblock;
   return s;
 }
 
 std::string describe(const Case& c, int64_t rows, int64_t cols, const std::string& isa) {
   return std::string(format_info(c.format).name) + " " + granularity_name(c.gran) + " g" +
          std::to_string(c.group) + (c.sym ? " sym " : " asym ") + (c.signed_max ? "signed_max " : "") +
-         (c.fp16 ? "fp16 " : "") + std::to_string(rows) + "x" +
+         (c.fp16 ? "fp16 " : "") + (c.superblock ? "q4_k " : "") + std::to_string(rows) + "x" +
          std::to_string(cols) + " " + isa;
 }
 

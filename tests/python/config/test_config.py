@@ -1,5 +1,6 @@
 """Config validation (C++ rules through lowbit._C) and the built-in configs."""
 import pytest
+import torch
 
 import lowbit
 from format_cases import names_where
@@ -10,7 +11,7 @@ def base(**quant_cfg):
 
 
 def test_builtin_configs_parse_and_are_fresh_copies():
-    assert len(lowbit.BUILTIN_CONFIG_NAMES) == 14
+    assert len(lowbit.BUILTIN_CONFIG_NAMES) == 15
     for name in lowbit.BUILTIN_CONFIG_NAMES:
         lowbit.validate_config(getattr(lowbit, name))
     a = lowbit.INT8_MINMAX_WEIGHT_QUANT_CFG
@@ -250,3 +251,29 @@ def test_compute_scales_float16_rounds_then_derives_offsets():
         lowbit.compute_scales(w, "hifloat8", "channel", scale_dtype="float16")
     with pytest.raises(ValueError, match=r"scale_dtype: 'half' is not allowed; allowed: float32, float16"):
         lowbit.compute_scales(w, "int8", "channel", scale_dtype="half")
+
+
+def test_q4_k_scale_dtype_is_the_gguf_q4_k_grid_and_checked():
+    w = lowbit.validate_config(lowbit.GGUF_Q4_K_GPTQ_CFG)["weights"]
+    assert w == {"type": "int4", "symmetric": True, "strategy": "group", "group_size": 32, "scale_dtype": "q4_k"}
+    assert lowbit.validate_config({"quant_cfg": {"weights": {**w, "type": "int3"}}})["weights"]["scale_dtype"] == "q4_k"
+    for bad, got in (({"type": "int8"}, "int8, strategy 'group', group_size 32"),
+                     ({"group_size": 64}, "int4, strategy 'group', group_size 64"),
+                     ({"symmetric": False}, "asymmetric int4, strategy 'group', group_size 32"),
+                     ({"strategy": "channel", "group_size": None}, "int4, strategy 'channel'")):
+        weights = {k: v for k, v in {**w, **bad}.items() if v is not None}
+        with pytest.raises(lowbit.ConfigError, match=r"quant_cfg.weights.scale_dtype: 'q4_k' is only allowed for "
+                           r"symmetric " + names_where("allows_superblock_scale") + r" weights with strategy 'group' "
+                           r"and group_size 32 \(got " + got):
+            lowbit.validate_config({"quant_cfg": {"weights": weights}})
+    with pytest.raises(lowbit.ConfigError, match=r"scale_dtype: 'q8' is not allowed; allowed: float32, float16, q4_k"):
+        lowbit.validate_config({"quant_cfg": {"weights": {**w, "scale_dtype": "q8"}}})
+    x = torch.randn(6, 300)  # a ragged last super-block (10 groups: 8 + 2) and a ragged last group
+    s, _ = lowbit.compute_scales(x, "int4", "group", 32, scale_dtype="q4_k")
+    d, sc = torch.ops.lowbit.split_q4k_scales(s)
+    assert d.shape == (6, 2) and sc.shape == (6, 10) and bool((sc >= 1).all()) and bool((sc <= 63).all())
+    assert torch.equal(d.repeat_interleave(8, 1)[:, :10] * sc.float(), s)  # exactly d x sc
+    assert torch.equal(d.half().float(), d)
+    plain, _ = lowbit.compute_scales(x, "int4", "group", 32)
+    assert float(((s - plain).abs() / plain).max()) < 0.2  # a 6-bit grid under each super-block's largest scale
+

@@ -68,7 +68,7 @@ def read_gguf(path):
     align = kv.get("general.alignment", 32)
     data_start = pos + (-pos) % align
     tensors = {}
-    sizes = {0: (1, 4), 1: (1, 2), 2: (32, 18), 3: (32, 20), 8: (32, 34)}
+    sizes = {0: (1, 4), 1: (1, 2), 2: (32, 18), 3: (32, 20), 8: (32, 34), 12: (256, 144)}
     for name, shape, gtype, offset in infos:
         blk, size = sizes[gtype]
         nbytes = int(np.prod(shape)) // blk * size
@@ -487,3 +487,112 @@ def test_an_hf_model_needs_a_tokenizer_object_lowbit_knows(tmp_path):
                                         r"or a lowbit\.models\.llama2c\.Tokenizer, got dict"):
         lowbit.export_gguf(LlamaForCausalLM(cfg), tmp_path / "x.gguf", tokenizer={}, progress=False)
     assert not (tmp_path / "x.gguf").exists()
+
+
+def _random_mistral(width, ffn, seed, std):
+    from lowbit.models.hf_llama import HFLlamaConfig, LlamaForCausalLM
+    cfg = HFLlamaConfig.from_dict({"architectures": ["MistralForCausalLM"], "model_type": "mistral",
+                                   "hidden_size": width, "intermediate_size": ffn, "num_hidden_layers": 2,
+                                   "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 512,
+                                   "rms_norm_eps": 1e-5, "rope_theta": 1000000.0, "sliding_window": 4096,
+                                   "max_position_embeddings": 4096, "tie_word_embeddings": False})
+    model = LlamaForCausalLM(cfg).eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * (1.0 if "embed" in name else std) + ("norm" in name))
+    return model
+
+
+def test_q4_k_blocks_from_gptq_equal_deploy_weights_and_run_in_llamacpp(shared_data, tmp_path):
+    """GPTQ on llama.cpp's Q4_K grid (GGUF_Q4_K_GPTQ_CFG) on a random Mistral-shaped model
+    whose K are 256 and 512: every quantized projection is written as Q4_K, its blocks
+    decode (by ggml's rules) to lowbit's deploy weights bit for bit, and llama.cpp's
+    perplexity of the file is lowbit's within 0.5%, with the same greedy tokens."""
+    from lowbit.eval import lm
+    _, tok = _stories(shared_data)
+    model = _random_mistral(256, 512, seed=2, std=0.06)
+    texts = lm.paragraphs()[:6]
+    ids = [tok.encode(t)[:lm.MAX_TOKENS] for t in texts]
+    cfg = lowbit.GGUF_Q4_K_GPTQ_CFG
+    cfg["batch_num"] = 4
+    lowbit.quantize(model, cfg)
+    lowbit.calibrate(model, [torch.tensor([t]) for t in ids[:4]])
+    lowbit.convert(model)
+    layer = model.model.layers[0].mlp.down_proj
+    d, sc = torch.ops.lowbit.split_q4k_scales(layer.w_scale.reshape(256, -1))
+    assert d.shape == (256, 2) and int(sc.min()) >= 1 and int(sc.max()) == 63
+    path = tmp_path / "q4k.gguf"
+    rep = lowbit.export_gguf(model, path, tokenizer=tok, progress=False)
+    r = read_gguf(path)
+    assert r["kv"]["general.file_type"] == 14
+    types = {n: gw.TYPE_NAMES[t] for n, (shape, t, _) in r["tensors"].items() if n.startswith("blk.") and len(shape) == 2}
+    assert sorted(set(types.values())) == ["Q4_K"], types
+    assert len(types) == 14  # 7 projections x 2 blocks (norms are 1-D)
+    names = {"v_proj": "attn_v", "o_proj": "attn_output", "gate_proj": "ffn_gate", "up_proj": "ffn_up",
+             "down_proj": "ffn_down"}  # (q and k rows are permuted for llama.cpp's rope)
+    for i, block in enumerate(model.model.layers):
+        for leaf, gname in names.items():
+            m = getattr(block.self_attn if hasattr(block.self_attn, leaf) else block.mlp, leaf)
+            shape, gtype, raw = r["tensors"][f"blk.{i}.{gname}.weight"]
+            got = gguf_blocks.dequantize(gtype, raw, shape)
+            want = m.weight_dequant().float().numpy()
+            assert got.view(np.uint32).tobytes() == want.view(np.uint32).tobytes(), (i, leaf)
+    why = {n: w for n, _, _, w in rep["tensors"]}
+    assert "gptq" in why["blk.0.ffn_down.weight"] and "q4k-scale" in why["blk.0.ffn_down.weight"]
+    res = run_llamacpp(path, texts)
+    assert res["tokens"] == ids
+    with torch.no_grad():
+        nll = 0.0
+        for t in ids:
+            logp = torch.log_softmax(model(torch.tensor([t]))[0, :-1].double(), -1)
+            nll -= float(logp.gather(1, torch.tensor(t[1:])[:, None]).sum())
+    ppl_ours = math.exp(nll / sum(len(t) - 1 for t in ids))
+    assert abs(llamacpp_perplexity(res) / ppl_ours - 1) < 0.005, (llamacpp_perplexity(res), ppl_ours)
+    assert res["greedy"][:4] == lowbit_greedy(model, res["prompt"], 4)[len(res["prompt"]):][:4]
+
+
+def test_q4_k_layers_of_stories260k_are_written_in_f32_and_off_grid_scales_refused(shared_data, tmp_path):
+    """stories260K's K (64, 172) hold no 256-weight super-block: its Q4_K-grid layers are
+    written as their deploy weights in F32, each saying why; scales off the grid are
+    refused naming the layer, row and super-block."""
+    model, tok = quantized(shared_data, "GGUF_Q4_K_GPTQ_CFG")
+    rep = lowbit.export_gguf(model, tmp_path / "s.gguf", tokenizer=tok, progress=False)
+    why = {n: (t, w) for n, t, _, w in rep["tensors"]}
+    assert why["blk.0.attn_q.weight"][1].startswith("F32: K = 64 is not a multiple of 256")
+    assert why["blk.0.ffn_down.weight"][1].startswith("F32: K = 172 is not a multiple of 256")
+    r, seen = _check_exact(model, tmp_path / "s.gguf")
+    assert seen == {"F32": 35}
+    from lowbit.modules.deploy import DeployLayer
+    for name, m in model.named_modules():  # GPTQ kept every group scale on the grid
+        if isinstance(m, DeployLayer):
+            d, sc = torch.ops.lowbit.split_q4k_scales(m.w_scale.reshape(m.weight_shape[0], -1))
+            assert bool((sc >= 1).all()) and int(sc.max()) == 63, name
+    lin = torch.nn.Sequential(torch.nn.Linear(256, 4, bias=False))
+    lowbit.quantize(lin, {"quant_cfg": {"weights": {"type": "int4", "strategy": "group", "group_size": 32,
+                                                     "scale_dtype": "q4_k"}}})
+    lowbit.convert(lin)
+    with torch.no_grad():
+        lin[0].w_scale[2, 3] *= 1.001  # no longer d x an integer
+    with pytest.raises(ExportRefused, match=r"layer '0': scales of row 2, super-block 0 are not an fp16 d times "
+                                            r"integers 1\.\.63"):
+        gguf_blocks.layer_blocks(lin[0], "0")
+
+
+@pytest.mark.parametrize("scale_dtype, symmetric, qtype", [("float16", True, "Q4_0"), ("float16", False, "Q4_1"),
+                                                          ("q4_k", True, "Q4_K")])
+def test_int3_layers_are_written_as_4_bit_blocks_exactly(scale_dtype, symmetric, qtype):
+    torch.manual_seed(3)
+    lin = torch.nn.Sequential(torch.nn.Linear(512, 8, bias=False))
+    lowbit.quantize(lin, {"quant_cfg": {"weights": {"type": "int3", "symmetric": symmetric, "strategy": "group",
+                                                     "group_size": 32, "scale_dtype": scale_dtype}}})
+    lowbit.convert(lin)
+    try:
+        gtype, rows = gguf_blocks.layer_blocks(lin[0], "0")
+    except ExportRefused as e:  # Q4_1: only where the minimum is an fp16 value
+        assert qtype == "Q4_1" and "is not a float16 value" in str(e)
+        return
+    assert gw.TYPE_NAMES[gtype] == qtype
+    got = gguf_blocks.dequantize(gtype, np.ascontiguousarray(rows).tobytes(), (8, 512))
+    want = lin[0].weight_dequant().float().numpy()
+    assert got.view(np.uint32).tobytes() == want.view(np.uint32).tobytes()

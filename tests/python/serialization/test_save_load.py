@@ -173,6 +173,26 @@ def test_float16_scales_round_trip_and_load_checks_them(tmp_path):
         lowbit.load(make_mlp(), tmp_path)
 
 
+def test_q4_k_scales_round_trip_and_load_checks_them(tmp_path):
+    import json
+    cfg = {"quant_cfg": {"weights": {"type": "int4", "strategy": "group", "group_size": 32, "scale_dtype": "q4_k"}}}
+    model = lowbit.convert(lowbit.quantize(make_mlp(), cfg))
+    lowbit.save(model, tmp_path)
+    meta = json.loads((tmp_path / "lowbit.json").read_text())
+    assert meta["layers"]["0"]["config"]["weights"]["scale_dtype"] == "q4_k"
+    fresh = lowbit.load(make_mlp(), tmp_path)
+    assert fresh[0].wspec.scale_dtype == "q4_k" and torch.equal(fresh[0].w_scale, model[0].w_scale)
+
+    def off_grid(stored):
+        stored["0.w_scale"] = stored["0.w_scale"].clone()
+        stored["0.w_scale"].view(-1)[4] *= 1.001
+    _rewrite(tmp_path, off_grid)
+    groups = model[0].w_scale.shape[1]
+    with pytest.raises(ValueError, match=rf"tensor '0.w_scale': row 1, groups 0..{min(groups, 8) - 1} are not an "
+                                         r"fp16 d times integers 1\.\.63 \(the layer's scale_dtype is q4_k\)"):
+        lowbit.load(make_mlp(), tmp_path)
+
+
 def test_signed_max_scales_round_trip_and_load_checks_them(tmp_path):
     import json
     cfg = {"quant_cfg": {"weights": {"type": "int4", "strategy": "group", "group_size": 32, "scale_dtype": "float16",
