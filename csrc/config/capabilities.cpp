@@ -56,6 +56,7 @@ std::vector<Capability> build_table() {
   t.push_back(weight_only(Format::kInt8, {"minmax", "gptq", "awq"}, weight_only_ascend(kHalf, 32)));
   t.push_back(weight_only(Format::kInt4, {"minmax", "gptq", "awq"}, weight_only_ascend(kAnyFloat, 64)));
   t.push_back(weight_only(Format::kInt3, {"minmax", "gptq", "awq"}, not_on_ascend()));
+  t.push_back(weight_only(Format::kInt6, {"minmax", "gptq", "awq"}, not_on_ascend()));
   t.push_back(weight_only(Format::kHiFloat8, {"minmax", "gptq", "ofmr", "cast", "quantile"}, weight_only_ascend(kHalf)));
   t.push_back(weight_only(Format::kFloat8E4M3FN, {"minmax", "gptq", "ofmr"}, weight_only_ascend(kHalf)));
   t.push_back(weight_only(Format::kMxFp8E4M3FN, {"minmax", "gptq", "mxquant"}, not_on_ascend()));

@@ -107,17 +107,19 @@ TensorQuantCfg parse_weights(const std::string& path, const ConfigValue& v) {
                 format_names_where([](const FormatInfo& f) { return f.allows_asym; }) + " (" + name_of(c.type) +
                 " is symmetric)");
   if (const ConfigValue* sd = v.find("scale_dtype")) {
-    const std::string dt = get_string(path + ".scale_dtype", *sd, {"float32", "float16", "q4_k"});
+    std::vector<std::string> dtypes = {"float32", "float16"};
+    for (const std::string& n : superblock_scale_names()) dtypes.push_back(n);
+    const std::string dt = get_string(path + ".scale_dtype", *sd, dtypes);
     c.fp16_scale = dt == "float16";
-    c.superblock_scales = dt == "q4_k";
-    if (c.superblock_scales && (!info.allows_superblock_scale || !c.symmetric || c.strategy != Granularity::kGroup ||
-                                c.group_size != 32))
-      value_error(path + ".scale_dtype: 'q4_k' is only allowed for symmetric " +
-                  format_names_where([](const FormatInfo& f) { return f.allows_superblock_scale; }) +
+    c.superblock_scales = dt != "float32" && dt != "float16";
+    const bool own_grid = info.superblock_scale && dt == info.superblock_scale;
+    if (c.superblock_scales && (!own_grid || !c.symmetric || c.strategy != Granularity::kGroup || c.group_size != 32))
+      value_error(path + ".scale_dtype: '" + dt + "' is only allowed for symmetric " + superblock_format_names(dt) +
                   " weights with strategy 'group' and group_size 32 (got " + (c.symmetric ? "" : "asymmetric ") +
                   name_of(c.type) + ", strategy '" + granularity_name(c.strategy) + "'" +
                   (c.strategy == Granularity::kGroup ? ", group_size " + std::to_string(c.group_size) : "") +
-                  "); allowed for it: float32" + (info.allows_fp16_scale ? ", float16" : ""));
+                  "); allowed for it: float32" + (info.allows_fp16_scale ? ", float16" : "") +
+                  (info.superblock_scale ? ", " + std::string(info.superblock_scale) : ""));
     if (c.fp16_scale && !info.allows_fp16_scale)
       value_error(path + ".scale_dtype: 'float16' is only allowed for " +
                   format_names_where([](const FormatInfo& f) { return f.allows_fp16_scale; }) + " weights (" +

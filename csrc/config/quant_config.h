@@ -23,8 +23,9 @@ struct TensorQuantCfg {
   // s = m / -8 with m the granule's value of largest magnitude, sign included (negative
   // scales where m > 0); "absmax" (default): absmax / 7, or / 8 when the minimum dominates
   bool signed_max = false;
-  // weights key "scale_dtype": "q4_k" (symmetric int4/int3 in groups of 32): llama.cpp's
-  // Q4_K grid, each group's scale d x sc with one fp16 d per 256 columns and sc in [1, 63]
+  // weights key "scale_dtype": "q4_k" (symmetric int4/int3) or "q6_k" (int6), groups of 32:
+  // llama.cpp's K-quant grid, each group's scale d x sc with one fp16 d per 256 columns and
+  // sc in [1, 63] (q4_k) or [1, 127] (q6_k)
   bool superblock_scales = false;
 };
 

@@ -1,5 +1,6 @@
 #include "formats/format.h"
 
+#include <algorithm>
 #include <stdexcept>
 
 namespace lowbit {
@@ -26,7 +27,9 @@ FormatInfo integer(Format f, const char* name, int int_bits, bool as_input, bool
   r.default_group = 128;
   r.allows_asym = r.allows_fp16_scale = true;
   r.allows_signed_max = signed_max;
-  r.allows_superblock_scale = r.bits == 4;
+  // llama.cpp's K-quant grids: 6-bit scales for 4-bit codes (Q4_K), 8-bit ones for 6-bit codes (Q6_K)
+  r.superblock_scale = r.bits == 4 ? "q4_k" : int_bits == 6 ? "q6_k" : nullptr;
+  r.superblock_sc_max = r.bits == 4 ? 63 : int_bits == 6 ? 127 : 0;
   return r;
 }
 
@@ -85,6 +88,7 @@ std::vector<FormatInfo> build_table() {
       e2m1,
       scaled_float(Format::kFloat4E1M2, "float4_e1m2", 4, Code::kE1M2, 1.75f, 1.75f, -1, 0, false, kGroupBit),
       integer(Format::kInt3, "int3", 3, false, false),  // codes -4..3, stored in nibbles
+      integer(Format::kInt6, "int6", 6, false, false),  // codes -32..31, stored in bytes
   };
 }
 
@@ -129,6 +133,21 @@ std::vector<std::string> format_name_list(bool (*pred)(const FormatInfo&)) {
 }
 
 std::string format_names_where(bool (*pred)(const FormatInfo&)) { return english_list(format_name_list(pred)); }
+
+std::string superblock_format_names(const std::string& name) {
+  std::vector<std::string> v;
+  for (const auto& row : format_table())
+    if (row.superblock_scale && name == row.superblock_scale) v.push_back(row.name);
+  return english_list(v);
+}
+
+std::vector<std::string> superblock_scale_names() {
+  std::vector<std::string> v;
+  for (const auto& row : format_table())
+    if (row.superblock_scale && std::find(v.begin(), v.end(), std::string(row.superblock_scale)) == v.end())
+      v.push_back(row.superblock_scale);
+  return v;
+}
 
 std::string allowed_format_names() {
   std::string s;

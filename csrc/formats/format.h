@@ -19,6 +19,7 @@ enum class Format : int {
   kMxFp8E4M3FN,
   kMxFp4E2M1,
   kInt3,
+  kInt6,
 };
 
 // How scales are shared across a tensor viewed as [rows, K] (K = last axis).
@@ -84,7 +85,10 @@ struct FormatInfo {
   bool allows_asym;                 // a zero point (symmetric: False)
   bool allows_fp16_scale;           // scale_dtype 'float16'
   bool allows_signed_max;           // scale_rule 'signed_max' (ggml's Q4_0 rule)
-  bool allows_superblock_scale;     // scale_dtype 'q4_k' (nibble integers: llama.cpp's Q4_K grid)
+  // scale_dtype naming llama.cpp's K-quant scale grid for this format ("q4_k": nibble
+  // integers, "q6_k": int6; nullptr: none): group scales d x sc, sc in [1, superblock_sc_max]
+  const char* superblock_scale;
+  int superblock_sc_max;
   // derived
   bool is_mx() const { return block > 0; }
   bool is_int() const { return code == Code::kInt; }
@@ -99,6 +103,10 @@ std::vector<Format> all_formats();
 int64_t packed_row_bytes(Format f, int64_t cols);
 // The names of the rows that satisfy `pred`, as English ("int8 and int4", "a, b and c").
 std::string format_names_where(bool (*pred)(const FormatInfo&));
+// The same for the rows whose superblock_scale is `name`.
+std::string superblock_format_names(const std::string& name);
+// The superblock scale names of the table ("q4_k", "q6_k"), each once.
+std::vector<std::string> superblock_scale_names();
 // The names of the rows that satisfy `pred`, as a list.
 std::vector<std::string> format_name_list(bool (*pred)(const FormatInfo&));
 

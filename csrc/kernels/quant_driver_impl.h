@@ -272,7 +272,7 @@ struct Kernels {
       const int64_t k0 = g * c.glen, k1 = min64(cols, k0 + c.glen);
       params[g] = rule_params(c.rule, stats_span<D>(row, k0, k1, c.rule.stat));
     }
-    if (c.spec.superblock_scales) superblock_scales(params, c.groups);
+    if (c.spec.superblock_scales) superblock_scales(params, c.groups, format_info(c.spec.format).superblock_sc_max);
   }
 
   static GranuleParams tensor_params(const ConstMatrix& x, const Call& c) {

@@ -44,11 +44,12 @@ void validate_spec(const QuantSpec& spec) {
                                 " weight scales (tensor, channel, group); got " + fmt + " with granularity '" +
                                 granularity_name(spec.granularity) + "'");
   if (spec.superblock_scales &&
-      (!info.allows_superblock_scale || !spec.symmetric || spec.granularity != Granularity::kGroup ||
+      (!info.superblock_scale || !spec.symmetric || spec.granularity != Granularity::kGroup ||
        spec.group_size != 32 || spec.fp16_scale || spec.signed_max))
-    throw std::invalid_argument("scale_dtype: 'q4_k' is only allowed for symmetric " +
-                                format_names_where([](const FormatInfo& f) { return f.allows_superblock_scale; }) +
-                                " weights in groups of 32 (granularity 'group', group_size 32, scale_rule absmax); got " +
+    throw std::invalid_argument("scale_dtype: a K-quant grid (" + std::string("q4_k: ") + superblock_format_names("q4_k") +
+                                "; q6_k: " + superblock_format_names("q6_k") +
+                                ") is only allowed for symmetric weights in groups of 32 (granularity 'group', "
+                                "group_size 32, scale_rule absmax); got " +
                                 fmt + (spec.symmetric ? "" : " asymmetric") + " with granularity '" +
                                 granularity_name(spec.granularity) + "' and group_size " +
                                 std::to_string(spec.group_size));

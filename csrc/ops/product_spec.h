@@ -124,8 +124,9 @@ inline DeployPlan decode_plan(const at::Tensor& t) {
   d.spec = decode_spec_values(t.data_ptr<int64_t>());
   d.kernel = DeployKernel(v[0]), d.act = ActScaleSource(v[1]), d.int32_bias = v[2] != 0;
   const Format f = d.spec.w.format;
-  TORCH_CHECK_VALUE(d.kernel == DeployKernel::kPacked || f == Format::kInt8 || f == Format::kInt4,
-                    "plan: the integer kernels take int8/int4 weights, not ", format_info(f).name);
+  TORCH_CHECK_VALUE(d.kernel == DeployKernel::kPacked || format_info(f).is_int(), "plan: the integer kernels take ",
+                    format_names_where([](const FormatInfo& r) { return r.is_int(); }), " weights, not ",
+                    format_info(f).name);
   return d;
 }
 

@@ -105,7 +105,7 @@ py::dict tensor_dict(const TensorQuantCfg& c) {
   d["strategy"] = granularity_name(c.strategy);
   d["group_size"] = c.group_size;
   if (c.fp16_scale) d["scale_dtype"] = "float16";  // absent: float32 (files saved before it existed match)
-  if (c.superblock_scales) d["scale_dtype"] = "q4_k";
+  if (c.superblock_scales) d["scale_dtype"] = format_info(c.type).superblock_scale;
   if (c.signed_max) d["scale_rule"] = "signed_max";  // absent: absmax (likewise)
   return d;
 }
@@ -332,7 +332,9 @@ PYBIND11_MODULE(_C, m) {
           r["allows_asym"] = info.allows_asym;
           r["allows_fp16_scale"] = info.allows_fp16_scale;
           r["allows_signed_max"] = info.allows_signed_max;
-          r["allows_superblock_scale"] = info.allows_superblock_scale;
+          r["allows_superblock_scale"] = info.superblock_scale != nullptr;
+          r["superblock_scale"] = info.superblock_scale ? py::object(py::str(info.superblock_scale)) : py::none();
+          r["superblock_sc_max"] = info.superblock_sc_max;
           rows.append(r);
         }
         return rows;

@@ -159,9 +159,11 @@ at::Tensor decode_op(const at::Tensor& codes, const std::string& format) {
   return out;
 }
 
-// Q4_K scales [rows, groups] (groups of 32) -> (d float32 [rows, super-blocks], sc uint8
-// [rows, groups]) with scale == d * sc; ValueError naming the first run that is not.
-std::tuple<at::Tensor, at::Tensor> split_q4k_scales(const at::Tensor& scale) {
+// K-quant scales [rows, groups] (groups of 32) -> (d float32 [rows, super-blocks], sc uint8
+// [rows, groups]) with scale == d * sc, sc in [1, sc_max] (63: Q4_K, 127: Q6_K); ValueError
+// naming the first run that is not.
+std::tuple<at::Tensor, at::Tensor> split_superblock_scales_op(const at::Tensor& scale, int64_t sc_max) {
+  TORCH_CHECK_VALUE(sc_max == 63 || sc_max == 127, "sc_max: ", sc_max, " is not allowed; allowed: 63, 127");
   TORCH_CHECK_VALUE(scale.dim() == 2 && scale.scalar_type() == at::kFloat, "scale: expected a float32 tensor "
                     "[rows, groups], got ", scale.scalar_type(), " ", scale.sizes());
   const at::Tensor s = scale.contiguous();
@@ -172,10 +174,12 @@ std::tuple<at::Tensor, at::Tensor> split_q4k_scales(const at::Tensor& scale) {
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t b = 0; b < runs; ++b) {
       const int64_t g0 = b * kSuperBlockGroups, len = std::min(kSuperBlockGroups, groups - g0);
-      TORCH_CHECK_VALUE(split_superblock_scales(sp + r * groups + g0, len, d.data_ptr<float>() + r * runs + b,
+      TORCH_CHECK_VALUE(split_superblock_scales(sp + r * groups + g0, len, int(sc_max),
+                                                d.data_ptr<float>() + r * runs + b,
                                                 sc.data_ptr<uint8_t>() + r * groups + g0),
-                        "scales of row ", r, ", super-block ", b, " are not an fp16 d times integers 1..63 (Q4_K's "
-                        "grid); quantize with weights 'scale_dtype': 'q4_k'");
+                        "scales of row ", r, ", super-block ", b, " are not an fp16 d times integers 1..", sc_max,
+                        " (the K-quant grid); quantize with weights 'scale_dtype': '", sc_max == 63 ? "q4_k" : "q6_k",
+                        "'");
     }
   return {d, sc};
 }
@@ -210,7 +214,7 @@ TORCH_LIBRARY(lowbit, m) {
         "bool symmetric, int cols, ScalarType dtype) -> Tensor");
   m.def("encode(Tensor x, str format) -> Tensor");
   m.def("decode(Tensor codes, str format) -> Tensor");
-  m.def("split_q4k_scales(Tensor scale) -> (Tensor, Tensor)");
+  m.def("split_superblock_scales(Tensor scale, int sc_max) -> (Tensor, Tensor)");
   m.def("isa() -> str");
   m.def("set_isa(str name) -> ()");
   m.def("available_isas() -> str[]");
@@ -223,7 +227,7 @@ TORCH_LIBRARY(lowbit, m) {
   m.impl("unpack", c10::DispatchKey::CPU, TORCH_FN(unpack_op));
   m.impl("encode", c10::DispatchKey::CPU, TORCH_FN(encode_op));
   m.impl("decode", c10::DispatchKey::CPU, TORCH_FN(decode_op));
-  m.impl("split_q4k_scales", c10::DispatchKey::CPU, TORCH_FN(split_q4k_scales));
+  m.impl("split_superblock_scales", c10::DispatchKey::CPU, TORCH_FN(split_superblock_scales_op));
   m.impl("isa", TORCH_FN(isa_op));
   m.impl("set_isa", TORCH_FN(set_isa_op));
   m.impl("available_isas", TORCH_FN(available_isas_op));

@@ -25,19 +25,29 @@ inline QuantSpec make_spec(const std::string& format, const std::string& granula
                     bool symmetric, const std::string& mx_rule, const std::string& scale_dtype = "float32",
                     const std::string& scale_rule = "absmax") {
   return value_errors([&] {
-    if (scale_dtype != "float32" && scale_dtype != "float16" && scale_dtype != "q4_k")
-      throw std::invalid_argument("scale_dtype: '" + scale_dtype + "' is not allowed; allowed: float32, float16, q4_k");
+    std::vector<std::string> allowed = {"float32", "float16"};
+    for (const std::string& n : superblock_scale_names()) allowed.push_back(n);
+    if (std::find(allowed.begin(), allowed.end(), scale_dtype) == allowed.end()) {
+      std::string list;
+      for (const std::string& n : allowed) list += (list.empty() ? "" : ", ") + n;
+      throw std::invalid_argument("scale_dtype: '" + scale_dtype + "' is not allowed; allowed: " + list);
+    }
     if (scale_rule != "absmax" && scale_rule != "signed_max")
       throw std::invalid_argument("scale_rule: '" + scale_rule + "' is not allowed; allowed: absmax, signed_max");
     QuantSpec s;
     s.fp16_scale = scale_dtype == "float16";
-    s.superblock_scales = scale_dtype == "q4_k";
+    s.superblock_scales = scale_dtype != "float32" && scale_dtype != "float16";
     s.signed_max = scale_rule == "signed_max";
     s.format = parse_format(format);
     s.granularity = parse_granularity(granularity);
     s.group_size = group_size;
     s.symmetric = symmetric;
     s.mx_rule = parse_mx_rule(mx_rule);
+    const char* grid = format_info(s.format).superblock_scale;
+    if (s.superblock_scales && (!grid || scale_dtype != grid))
+      throw std::invalid_argument("scale_dtype: '" + scale_dtype + "' is the K-quant grid of " +
+                                  superblock_format_names(scale_dtype) + "; " + format + "'s is " +
+                                  (grid ? "'" + std::string(grid) + "'" : std::string("none")));
     validate_spec(s);
     return s;
   });

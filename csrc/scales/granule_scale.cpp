@@ -30,33 +30,34 @@ float fp16_scale_value(float s) {
   return std::copysign(r, s);
 }
 
-void superblock_scales(GranuleParams* p, int64_t n) {
+void superblock_scales(GranuleParams* p, int64_t n, int sc_max) {
+  const float top = float(sc_max);
   for (int64_t b = 0; b < n; b += kSuperBlockGroups) {
     const int64_t e = std::min(n, b + kSuperBlockGroups);
     float m = 0.0f;
     for (int64_t j = b; j < e; ++j) m = std::fmax(m, p[j].scale);
-    const float d = fp16_scale_value(m / 63.0f);
+    const float d = fp16_scale_value(m / top);
     for (int64_t j = b; j < e; ++j) {
-      const float sc = std::fmin(std::fmax(std::nearbyint(p[j].scale / d), 1.0f), 63.0f);
+      const float sc = std::fmin(std::fmax(std::nearbyint(p[j].scale / d), 1.0f), top);
       p[j].scale = d * sc;
     }
   }
 }
 
-bool split_superblock_scales(const float* s, int64_t n, float* d, uint8_t* sc) {
+bool split_superblock_scales(const float* s, int64_t n, int sc_max, float* d, uint8_t* sc) {
   float m = 0.0f;
   for (int64_t j = 0; j < n; ++j) {
-    if (!(s[j] > 0.0f) || !(s[j] <= 65504.0f * 63.0f)) return false;
+    if (!(s[j] > 0.0f) || !(s[j] <= 65504.0f * float(sc_max))) return false;
     m = std::fmax(m, s[j]);
   }
-  // the largest scale is d x 63 unless d is an fp16 subnormal: try every multiplier
-  for (int top = 63; top >= 1; --top) {
+  // the largest scale is d x sc_max unless d is an fp16 subnormal: try every multiplier
+  for (int top = sc_max; top >= 1; --top) {
     const float dd = m / float(top);
     if (fp16_to_float(float_to_fp16(dd)) != dd || dd * float(top) != m) continue;
     bool ok = true;
     for (int64_t j = 0; j < n && ok; ++j) {
       const float q = std::nearbyint(s[j] / dd);
-      ok = q >= 1.0f && q <= 63.0f && dd * q == s[j];
+      ok = q >= 1.0f && q <= float(sc_max) && dd * q == s[j];
       if (ok) sc[j] = uint8_t(q);
     }
     if (ok) {

@@ -29,9 +29,10 @@ struct QuantSpec {
   // value of largest magnitude with its sign (on a tie, the negative one), so code -8
   // lands on m's side; the scale is negative when m is positive
   bool signed_max = false;
-  // llama.cpp's Q4_K scale grid (scale_dtype "q4_k"): symmetric nibble integers in groups
-  // of 32, each run of kSuperBlockGroups groups of a row sharing an fp16 d, every group's
-  // scale d x sc with sc an integer in [1, 63] (superblock_scales())
+  // llama.cpp's K-quant scale grid (scale_dtype "q4_k" / "q6_k", the format row's
+  // superblock_scale): symmetric integers in groups of 32, each run of kSuperBlockGroups
+  // groups of a row sharing an fp16 d, every group's scale d x sc with sc an integer in
+  // [1, superblock_sc_max] (superblock_scales())
   bool superblock_scales = false;
 };
 
@@ -54,14 +55,14 @@ GranuleParams granule_params(const QuantSpec& spec, const GranuleStats& st);
 // never triggers; signed_max scales are negative where the granule's max is positive).
 float fp16_scale_value(float s);
 
-// The Q4_K scale grid applied to one row's `n` group parameters (absmax scales), in runs
-// of kSuperBlockGroups (the last may be shorter): d = fp16(max scale / 63), each scale
-// becomes d x clamp(round(scale / d), 1, 63) (exact in fp32: 11 x 6 significant bits).
-void superblock_scales(GranuleParams* params, int64_t n);
+// The K-quant scale grid applied to one row's `n` group parameters (absmax scales), in
+// runs of kSuperBlockGroups (the last may be shorter): d = fp16(max scale / sc_max), each
+// scale becomes d x clamp(round(scale / d), 1, sc_max) (exact in fp32: 11 x 7 bits).
+void superblock_scales(GranuleParams* params, int64_t n, int sc_max);
 
 // Splits one run of at most kSuperBlockGroups such scales back into d (an fp16 value) and
-// the integers sc in [1, 63] with scale == d x sc exactly; false when they are not of that
-// form (what a Q4_K block can hold exactly).
-bool split_superblock_scales(const float* scales, int64_t n, float* d, uint8_t* sc);
+// the integers sc in [1, sc_max] with scale == d x sc exactly; false when they are not of
+// that form (what a Q4_K / Q6_K block can hold exactly).
+bool split_superblock_scales(const float* scales, int64_t n, int sc_max, float* d, uint8_t* sc);
 
 }  // namespace lowbit

@@ -224,7 +224,7 @@ void check_layer_tensors(const LayerTensors& lt, const QuantConfig& cfg, bool co
           bad(lt.field("w_scale"), "element " + std::to_string(i) + " is " + std::to_string(v) +
                                        ", not a float16 value (the layer's scale_dtype is float16)");
       }
-    if (w.superblock_scales) {  // scale_dtype q4_k: each row's runs of 8 group scales are d x [1, 63]
+    if (w.superblock_scales) {  // scale_dtype q4_k / q6_k: each row's runs of 8 group scales are d x [1, sc_max]
       const int64_t groups = scales / n;
       for (int64_t r = 0; r < n; ++r)
         for (int64_t b = 0; b < groups; b += kSuperBlockGroups) {
@@ -232,10 +232,11 @@ void check_layer_tensors(const LayerTensors& lt, const QuantConfig& cfg, bool co
           float s[kSuperBlockGroups], d;
           uint8_t sc[kSuperBlockGroups];
           for (int64_t j = 0; j < len; ++j) s[j] = element(*scale, r * groups + b + j);
-          if (!split_superblock_scales(s, len, &d, sc))
+          if (!split_superblock_scales(s, len, wf.superblock_sc_max, &d, sc))
             bad(lt.field("w_scale"), "row " + std::to_string(r) + ", groups " + std::to_string(b) + ".." +
-                                         std::to_string(b + len - 1) + " are not an fp16 d times integers 1..63 "
-                                         "(the layer's scale_dtype is q4_k)");
+                                         std::to_string(b + len - 1) + " are not an fp16 d times integers 1.." +
+                                         std::to_string(wf.superblock_sc_max) + " (the layer's scale_dtype is " +
+                                         wf.superblock_scale + ")");
         }
     }
   }

@@ -35,6 +35,8 @@ _GGUF_Q4 = {**_w("int4", "group", 32, "float16"), "scale_rule": "signed_max"}
 # llama.cpp's Q4_K grid: groups of 32 in super-blocks of 256 columns, each group's scale
 # an fp16 d (one per super-block) times a 6-bit integer (layers need K % 256 == 0 to export)
 _GGUF_Q4_K = _w("int4", "group", 32, "q4_k")
+# Q6_K's: int6 codes, each group's scale an fp16 d per 256 columns times an 8-bit integer
+_GGUF_Q6_K = _w("int6", "group", 32, "q6_k")
 
 
 def _a(type_, strategy):
@@ -59,6 +61,7 @@ _BUILTIN = {
     "GGUF_Q4_0_CFG": _cfg(_GGUF_Q4, None, {"minmax"}),
     "GGUF_Q4_0_GPTQ_CFG": _cfg(_GGUF_Q4, None, {"gptq"}),
     "GGUF_Q4_K_GPTQ_CFG": _cfg(_GGUF_Q4_K, None, {"gptq"}),
+    "GGUF_Q6_K_CFG": _cfg(_GGUF_Q6_K, None, {"minmax"}),
 }
 
 BUILTIN_CONFIG_NAMES = tuple(_BUILTIN)

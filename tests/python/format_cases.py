@@ -53,5 +53,13 @@ def case_id(case):
 def names_where(key):
     """The names of the rows whose column ``key`` is true, as the validator's messages list
     them ("int8 and int4", "a, b and c")."""
-    names = [name for name, row in FORMAT_INFO.items() if row[key]]
+    return _english([name for name, row in FORMAT_INFO.items() if row[key]])
+
+
+def names_with(key, value):
+    """The same for the rows whose column ``key`` equals ``value``."""
+    return _english([name for name, row in FORMAT_INFO.items() if row[key] == value])
+
+
+def _english(names):
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]

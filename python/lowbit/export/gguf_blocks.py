@@ -11,6 +11,12 @@
   (or int3) with weights "scale_dtype": "q4_k", whose group scales are d * sc already;
   written with dmin = 8 d and m = sc, so that x = d * sc * (q - 8), q = code + 8. Within
   each 64 weights, byte l holds weight l (low nibble) and weight l + 32 (high nibble).
+- Q6_K (256-weight super-blocks: 128 bytes of low 4 bits, 64 of high 2 bits, 16 int8
+  scales of 16 weights each, fp16 d; x = d * sc * (q - 32)): symmetric int6 with weights
+  "scale_dtype": "q6_k" (group scales d * sc, sc in 1..127; each group of 32 gives two
+  sub-blocks the same sc), q = code + 32. In each 128 weights, weight l, l + 32, l + 64 and
+  l + 96 (l < 32) share qh byte l (bits 0-1, 2-3, 4-5, 6-7); their low bits are the low
+  nibble of ql[l], of ql[l + 32], the high nibble of ql[l] and of ql[l + 32].
 A layer fits when every block of 32 weights along K has one scale (strategy tensor,
 channel, or group with group_size a multiple of 32) and K is a multiple of 32. The
 scales must be fp16 values (quantize with weights "scale_dtype": "float16"). ggml
@@ -21,7 +27,7 @@ import numpy as np
 import torch
 
 from lowbit.formats import FORMAT_INFO
-from lowbit.export.gguf_writer import F16, F32, Q4_0, Q4_1, Q4_K, Q8_0
+from lowbit.export.gguf_writer import F16, F32, Q4_0, Q4_1, Q4_K, Q6_K, Q8_0
 
 QK = 32
 QK_K = 256  # weights per K-quant super-block
@@ -65,8 +71,8 @@ def _per_block(values, n, k, spec):
 
 
 def block_length(layer):
-    """Weights along K per block of the type the layer is written as (Q4_K: 256, else 32)."""
-    return QK_K if layer.wspec.scale_dtype == "q4_k" else QK
+    """Weights along K per block of the type the layer is written as (Q4_K, Q6_K: 256, else 32)."""
+    return QK_K if layer.wspec.scale_dtype in ("q4_k", "q6_k") else QK
 
 
 def _fp16_exact(x):
@@ -87,11 +93,12 @@ def layer_blocks(layer, name):
                             f"'smooth'), which GGUF's llama graph has no place for")
     if layer._buffers.get("w_scale1") is not None:
         raise ExportRefused(f"layer '{name}': it has per-row weight multipliers (w_scale1), which Q8_0/Q4_0 cannot hold")
+    if w.scale_dtype in ("q4_k", "q6_k"):  # (the validator ties each to its formats)
+        return (_q4_k if w.scale_dtype == "q4_k" else _q6_k)(layer, name, n, k)
     if w.fmt not in ("int8", "int4", "int3"):
         raise ExportRefused(f"layer '{name}': format {w.fmt} has no exact GGUF type; allowed: int8 (Q8_0, symmetric), "
-                            f"int4 and int3 (Q4_0 symmetric, Q4_1 asymmetric, Q4_K with scale_dtype q4_k)")
-    if w.scale_dtype == "q4_k":
-        return _q4_k(layer, name, n, k)
+                            f"int4 and int3 (Q4_0 symmetric, Q4_1 asymmetric, Q4_K with scale_dtype q4_k), int6 "
+                            f"(Q6_K with scale_dtype q6_k)")
     if w.fmt == "int8" and not w.symmetric:
         raise ExportRefused(f"layer '{name}': asymmetric int8 has no GGUF type (Q8_0 is symmetric); use symmetric int8")
     if w.strategy == "group" and w.group_size % QK:
@@ -133,14 +140,43 @@ def _q4_k_scale_bytes(sc, m):
     return out
 
 
-def _q4_k(layer, name, n, k):
+def _split(layer, name, n, k, sc_max, qtype):
     if k % QK_K:
-        raise ExportRefused(f"layer '{name}': K = {k} is not a multiple of {QK_K}, which Q4_K's super-blocks need")
-    scale = layer.w_scale.float().reshape(n, k // QK)
+        raise ExportRefused(f"layer '{name}': K = {k} is not a multiple of {QK_K}, which {qtype}'s super-blocks need")
     try:
-        d, sc = torch.ops.lowbit.split_q4k_scales(scale)
+        return torch.ops.lowbit.split_superblock_scales(layer.w_scale.float().reshape(n, k // QK), sc_max)
     except ValueError as e:
         raise ExportRefused(f"layer '{name}': {e}") from None
+
+
+def _q6_k(layer, name, n, k):
+    d, sc = _split(layer, name, n, k, 127, "Q6_K")
+    nb = k // QK_K
+    q = (_codes(layer) + 32).astype(np.uint8).reshape(n, nb, 2, 4, 32)  # [.., 128-half, quarter, l]
+    ql = np.concatenate([(q[:, :, :, 0] & 0x0F) | ((q[:, :, :, 2] & 0x0F) << 4),
+                         (q[:, :, :, 1] & 0x0F) | ((q[:, :, :, 3] & 0x0F) << 4)], axis=3)  # [.., half, 64]
+    qh = ((q[:, :, :, 0] >> 4) | ((q[:, :, :, 1] >> 4) << 2) | ((q[:, :, :, 2] >> 4) << 4)
+          | ((q[:, :, :, 3] >> 4) << 6))  # [.., half, 32]
+    scales = np.repeat(sc.numpy().reshape(n, nb, 8), 2, axis=2).astype(np.int8).view(np.uint8)  # 16 per block
+    d16 = d.numpy().astype(np.float16).reshape(n, nb, 1).view(np.uint8)
+    return Q6_K, np.concatenate([ql.reshape(n, nb, 128), qh.reshape(n, nb, 64), scales, d16], axis=2).reshape(n, -1)
+
+
+def _q6_k_dequantize(b, n, k):
+    blk = b.reshape(n, k // QK_K, 210)
+    ql = blk[:, :, :128].reshape(n, -1, 2, 64).astype(np.int32)
+    qh = blk[:, :, 128:192].reshape(n, -1, 2, 32).astype(np.int32)
+    sc = blk[:, :, 192:208].copy().view(np.int8).astype(np.float32)
+    d = blk[:, :, 208:210].copy().view(np.float16).astype(np.float32)
+    q = np.stack([(ql[..., :32] & 0x0F) | ((qh & 3) << 4), (ql[..., 32:] & 0x0F) | (((qh >> 2) & 3) << 4),
+                  (ql[..., :32] >> 4) | (((qh >> 4) & 3) << 4), (ql[..., 32:] >> 4) | (((qh >> 6) & 3) << 4)],
+                 axis=3).reshape(n, -1, 256).astype(np.float32) - 32.0
+    ds = d * sc  # [n, blocks, 16]: one per 16 weights
+    return (np.repeat(ds, 16, axis=2) * q).reshape(n, k)
+
+
+def _q4_k(layer, name, n, k):
+    d, sc = _split(layer, name, n, k, 63, "Q4_K")
     d16 = d.numpy().astype(np.float16)
     sc = sc.numpy().reshape(n, k // QK_K, 8)
     dmin16 = (d.numpy() * 8.0).astype(np.float16)
@@ -177,6 +213,8 @@ def dequantize(ggml_type, raw, shape):
         return b.view(np.float16).astype(np.float32).reshape(n, k)
     if ggml_type == Q4_K:
         return _q4_k_dequantize(b, n, k)
+    if ggml_type == Q6_K:
+        return _q6_k_dequantize(b, n, k)
     size = {Q8_0: 34, Q4_0: 18, Q4_1: 20}[ggml_type]
     blk = b.reshape(n, k // QK, size)
     d = blk[:, :, :2].copy().view(np.float16).astype(np.float32)

@@ -26,7 +26,7 @@ from lowbit.export import gguf_tokenizer as toks
 from lowbit.export.gguf_writer import F32, FLOAT32, STRING, TYPE_NAMES, UINT32, GGUFWriter
 
 log = logging.getLogger("lowbit.export")
-_FILE_TYPE = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q4_K": 14}  # (14: llama.cpp's Q4_K_S)
+_FILE_TYPE = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q4_K": 14, "Q6_K": 18}  # (14: Q4_K_S)
 
 
 def _unpermute_rows(heads):

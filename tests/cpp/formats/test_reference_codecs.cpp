@@ -63,6 +63,30 @@ TEST(IntReference, Int3Vectors) {
   EXPECT_EQ(packed_row_bytes(Format::kInt3, 33), 17);
 }
 
+// INT6 (codes -32..31 in a byte; Q6_K's codes): worked by hand.
+TEST(IntReference, Int6Vectors) {
+  EXPECT_FLOAT_EQ(int_scale_symmetric(31, -5, 6).scale, 1.0f);   // 31 / 31
+  EXPECT_FLOAT_EQ(int_scale_symmetric(3, -32, 6).scale, 1.0f);   // |min| wins: 32 / 32
+  IntScale one{1.0f, 0};
+  const float in[] = {-40, -31.5f, 30.5f, 31.4f, 99};
+  const int32_t want[] = {-32, -32, 30, 31, 31};  // ties to even, clamped to [-32, 31]
+  for (int i = 0; i < 5; ++i) EXPECT_EQ(int_quantize(in[i], one, 6, true), want[i]) << in[i];
+  EXPECT_EQ(format_info(Format::kInt6).bits, 8);
+  EXPECT_STREQ(format_info(Format::kInt6).superblock_scale, "q6_k");
+  EXPECT_EQ(format_info(Format::kInt6).superblock_sc_max, 127);
+  GranuleParams p[2] = {{1.27f, 0, 0}, {0.5f, 0, 0}};
+  superblock_scales(p, 2, 127);
+  const float d = fp16_to_float(float_to_fp16(0.01f));
+  EXPECT_EQ(p[0].scale, d * 127.0f);
+  EXPECT_EQ(p[1].scale, d * std::nearbyint(0.5f / d));
+  float s[2] = {p[0].scale, p[1].scale}, got_d;
+  uint8_t sc[2];
+  ASSERT_TRUE(split_superblock_scales(s, 2, 127, &got_d, sc));
+  EXPECT_EQ(got_d, d);
+  EXPECT_EQ(sc[0], 127);
+  EXPECT_FALSE(split_superblock_scales(s, 2, 63, &got_d, sc));  // 127 steps do not fit Q4_K's 63
+}
+
 TEST(IntReference, ScaleGuard) {
   EXPECT_FLOAT_EQ(int_scale_symmetric(0, 0, 8).scale, 1.0f);
   EXPECT_FLOAT_EQ(int_scale_symmetric(1e-6f, 0, 8).scale, 1.0f);  // 1e-6/127 < 1.19e-7
@@ -283,7 +307,7 @@ TEST(GranuleParams, SuperblockScalesAreFp16TimesSixBitIntegers) {
   GranuleParams p[10];
   const float s[10] = {0.63f, 0.315f, 0.01f, 1e-9f, 0.2f, 0.63f, 0.05f, 0.4f, /* next run: */ 3.0f, 1.5f};
   for (int j = 0; j < 10; ++j) p[j] = {s[j], 0, 0};
-  superblock_scales(p, 10);
+  superblock_scales(p, 10, 63);
   const float d = fp16_to_float(float_to_fp16(0.63f / 63.0f));
   EXPECT_EQ(d, 0.01000213623046875f);  // the fp16 nearest 0.01
   const int want[8] = {63, 31, 1, 1, 20, 63, 5, 40};  // 0.315 / d = 31.49; 1e-9 -> at least 1
@@ -295,16 +319,16 @@ TEST(GranuleParams, SuperblockScalesAreFp16TimesSixBitIntegers) {
   uint8_t sc[8];
   float run[8];
   for (int j = 0; j < 8; ++j) run[j] = p[j].scale;
-  ASSERT_TRUE(split_superblock_scales(run, 8, &got_d, sc));
+  ASSERT_TRUE(split_superblock_scales(run, 8, 63, &got_d, sc));
   EXPECT_EQ(got_d, d);
   for (int j = 0; j < 8; ++j) EXPECT_EQ(sc[j], want[j]) << j;
   run[2] = 0.0105f;  // not a multiple of d
-  EXPECT_FALSE(split_superblock_scales(run, 8, &got_d, sc));
+  EXPECT_FALSE(split_superblock_scales(run, 8, 63, &got_d, sc));
   const float tiny[2] = {1e-6f * 3.0f, 1e-6f};  // d below fp16's normal range is still found
   GranuleParams t[2] = {{tiny[0], 0, 0}, {tiny[1], 0, 0}};
-  superblock_scales(t, 2);
+  superblock_scales(t, 2, 63);
   float tt[2] = {t[0].scale, t[1].scale};
-  ASSERT_TRUE(split_superblock_scales(tt, 2, &got_d, sc));
+  ASSERT_TRUE(split_superblock_scales(tt, 2, 63, &got_d, sc));
   EXPECT_EQ(got_d * float(sc[0]), t[0].scale);
   EXPECT_EQ(got_d * float(sc[1]), t[1].scale);
 }

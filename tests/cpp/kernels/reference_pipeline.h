@@ -88,7 +88,8 @@ inline RefMatrix reference_matrix(const QuantSpec& spec, const std::vector<float
       m.params.push_back(granule_params(spec, ref_stats(&x[r * cols + k0], k1 - k0)));
     }
   if (spec.superblock_scales)  // the Q4_K grid: each row's runs of 8 group scales together
-    for (int64_t r = 0; r < rows; ++r) superblock_scales(&m.params[size_t(r * groups)], groups);
+    for (int64_t r = 0; r < rows; ++r)
+      superblock_scales(&m.params[size_t(r * groups)], groups, format_info(spec.format).superblock_sc_max);
   m.codes.resize(x.size());
   m.values.resize(x.size());
   for (int64_t r = 0; r < rows; ++r)

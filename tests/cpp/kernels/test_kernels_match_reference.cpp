@@ -64,7 +64,7 @@ std::vector<Case> all_cases() {
         c.push_back({f.format, Granularity::kGroup, 128, sym});
       }
       if (f.as_input) c.push_back({f.format, Granularity::kToken, 0, true});
-      if (f.allows_superblock_scale) c.push_back({f.format, Granularity::kGroup, 32, true, false, false, true});
+      if (f.superblock_scale) c.push_back({f.format, Granularity::kGroup, 32, true, false, false, true});
       for (bool fp16 : {false, true}) {
         if (!f.allows_signed_max) continue;
         c.push_back({f.format, Granularity::kTensor, 0, true, true, fp16});

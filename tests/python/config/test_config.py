@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import lowbit
-from format_cases import names_where
+from format_cases import names_where, names_with
 
 
 def base(**quant_cfg):
@@ -11,7 +11,7 @@ def base(**quant_cfg):
 
 
 def test_builtin_configs_parse_and_are_fresh_copies():
-    assert len(lowbit.BUILTIN_CONFIG_NAMES) == 15
+    assert len(lowbit.BUILTIN_CONFIG_NAMES) == 16
     for name in lowbit.BUILTIN_CONFIG_NAMES:
         lowbit.validate_config(getattr(lowbit, name))
     a = lowbit.INT8_MINMAX_WEIGHT_QUANT_CFG
@@ -263,17 +263,34 @@ def test_q4_k_scale_dtype_is_the_gguf_q4_k_grid_and_checked():
                      ({"strategy": "channel", "group_size": None}, "int4, strategy 'channel'")):
         weights = {k: v for k, v in {**w, **bad}.items() if v is not None}
         with pytest.raises(lowbit.ConfigError, match=r"quant_cfg.weights.scale_dtype: 'q4_k' is only allowed for "
-                           r"symmetric " + names_where("allows_superblock_scale") + r" weights with strategy 'group' "
+                           r"symmetric " + names_with("superblock_scale", "q4_k") + r" weights with strategy 'group' "
                            r"and group_size 32 \(got " + got):
             lowbit.validate_config({"quant_cfg": {"weights": weights}})
     with pytest.raises(lowbit.ConfigError, match=r"scale_dtype: 'q8' is not allowed; allowed: float32, float16, q4_k"):
         lowbit.validate_config({"quant_cfg": {"weights": {**w, "scale_dtype": "q8"}}})
     x = torch.randn(6, 300)  # a ragged last super-block (10 groups: 8 + 2) and a ragged last group
     s, _ = lowbit.compute_scales(x, "int4", "group", 32, scale_dtype="q4_k")
-    d, sc = torch.ops.lowbit.split_q4k_scales(s)
+    d, sc = torch.ops.lowbit.split_superblock_scales(s, 63)
     assert d.shape == (6, 2) and sc.shape == (6, 10) and bool((sc >= 1).all()) and bool((sc <= 63).all())
     assert torch.equal(d.repeat_interleave(8, 1)[:, :10] * sc.float(), s)  # exactly d x sc
     assert torch.equal(d.half().float(), d)
     plain, _ = lowbit.compute_scales(x, "int4", "group", 32)
     assert float(((s - plain).abs() / plain).max()) < 0.2  # a 6-bit grid under each super-block's largest scale
+
+
+def test_q6_k_scale_dtype_is_int6s_grid_and_each_grid_belongs_to_its_formats():
+    w = lowbit.validate_config(lowbit.GGUF_Q6_K_CFG)["weights"]
+    assert w == {"type": "int6", "symmetric": True, "strategy": "group", "group_size": 32, "scale_dtype": "q6_k"}
+    with pytest.raises(lowbit.ConfigError, match=r"quant_cfg.weights.scale_dtype: 'q6_k' is only allowed for "
+                       r"symmetric " + names_with("superblock_scale", "q6_k") + r" weights .*\(got int4, .*allowed "
+                       r"for it: float32, float16, q4_k"):
+        lowbit.validate_config({"quant_cfg": {"weights": {**w, "type": "int4"}}})
+    with pytest.raises(ValueError, match=r"scale_dtype: 'q4_k' is the K-quant grid of int4 and int3; int6's is 'q6_k'"):
+        lowbit.compute_scales(torch.randn(2, 64), "int6", "group", 32, scale_dtype="q4_k")
+    x = torch.randn(3, 512)
+    s, _ = lowbit.compute_scales(x, "int6", "group", 32, scale_dtype="q6_k")
+    d, sc = torch.ops.lowbit.split_superblock_scales(s, 127)
+    assert int(sc.max()) == 127 and torch.equal(d.repeat_interleave(8, 1) * sc.float(), s)
+    with pytest.raises(ValueError, match=r"scales of row 0, super-block 0 are not an fp16 d times integers 1\.\.63"):
+        torch.ops.lowbit.split_superblock_scales(s, 63)
 

@@ -46,7 +46,7 @@ def reference(x, w, bias=None):
 
 
 def run(x, p, s, fmt, gs, k, bias=None, smooth=None):
-    return OPS.linear_dynamic_int8(x, p, s, 8 if fmt == "int8" else 4, gs, k, bias, smooth)
+    return OPS.linear_dynamic_int8(x, p, s, formats.FORMAT_INFO[fmt]["bits"], gs, k, bias, smooth)
 
 
 @pytest.mark.parametrize("fmt,gran,gs", WEIGHTS)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import lowbit
 from conftest import assert_close_to_reference
-from format_cases import weight_cases
+from format_cases import names_where, weight_cases
 from lowbit import formats
 from lowbit.modules.deploy import DeployLinear
 
@@ -593,7 +593,7 @@ def _per_kernel_forward(m, x):
     kernel picked in Python, the bias rounded in Python, each op called on its own."""
     b = m._buffers
     bias = m.effective_bias(b["bias"], x.dtype)
-    bits = 8 if m.wspec.fmt == "int8" else 4
+    bits = formats.FORMAT_INFO[m.wspec.fmt]["bits"]  # stored bits (int6: bytes, int3: nibbles)
     if m.compute_int8:
         return OPS.linear_dynamic_int8(x, b["weight_packed"], b["w_scale"], bits, m.wspec.gs, m.cols, bias, b["smooth"])
     if m.integer_kernel:
@@ -655,7 +655,8 @@ def test_deploy_plan_errors_name_the_argument():
         OPS.deploy_plan(spec, 3, 0, False)
     with pytest.raises(ValueError, match=r"act_source: -1; allowed: 0 \(none\)"):
         OPS.deploy_plan(spec, 0, -1, False)
-    with pytest.raises(ValueError, match=r"plan: the integer kernels take int8/int4 weights, not float8_e4m3fn"):
+    with pytest.raises(ValueError, match=r"plan: the integer kernels take " + names_where("is_int") +
+                       r" weights, not float8_e4m3fn"):
         OPS.deploy_plan(fp8, 2, 0, False)
     plan = OPS.deploy_plan(spec, 0, 1, False)
     x, packed = torch.randn(2, 64), torch.zeros(8, 32, dtype=torch.uint8)
@@ -683,7 +684,7 @@ def _per_kernel_conv_forward(m, x):
         pad, act_fmt = (0, 0), ""
     geometry = (list(m.kernel_size), list(m.stride), list(pad), list(m.dilation), m.groups)
     if m.integer_kernel:
-        return OPS.conv2d_int8(x, b["weight_packed"], _int8_weight_scale(m), 8 if m.wspec.fmt == "int8" else 4, m.cols,
+        return OPS.conv2d_int8(x, b["weight_packed"], _int8_weight_scale(m), formats.FORMAT_INFO[m.wspec.fmt]["bits"], m.cols,
                                b["act_scale"], b["act_offset"], bias, *geometry)
     return OPS.conv2d_packed(x, b["weight_packed"], b["w_scale"], b["w_offset"], b.get("w_scale1"), bias,
                              *m._weight_args, *geometry, act_fmt, act_sym, act_scale, act_offset)

@@ -68,7 +68,7 @@ def read_gguf(path):
     align = kv.get("general.alignment", 32)
     data_start = pos + (-pos) % align
     tensors = {}
-    sizes = {0: (1, 4), 1: (1, 2), 2: (32, 18), 3: (32, 20), 8: (32, 34), 12: (256, 144)}
+    sizes = {0: (1, 4), 1: (1, 2), 2: (32, 18), 3: (32, 20), 8: (32, 34), 12: (256, 144), 14: (256, 210)}
     for name, shape, gtype, offset in infos:
         blk, size = sizes[gtype]
         nbytes = int(np.prod(shape)) // blk * size
@@ -489,6 +489,16 @@ def test_an_hf_model_needs_a_tokenizer_object_lowbit_knows(tmp_path):
     assert not (tmp_path / "x.gguf").exists()
 
 
+@torch.no_grad()
+def _perplexity_of(model, ids):
+    """lowbit's perplexity of token lists (each scored after its first token)."""
+    nll = 0.0
+    for t in ids:
+        logp = torch.log_softmax(model(torch.tensor([t]))[0, :-1].double(), -1)
+        nll -= float(logp.gather(1, torch.tensor(t[1:])[:, None]).sum())
+    return math.exp(nll / sum(len(t) - 1 for t in ids))
+
+
 def _random_mistral(width, ffn, seed, std):
     from lowbit.models.hf_llama import HFLlamaConfig, LlamaForCausalLM
     cfg = HFLlamaConfig.from_dict({"architectures": ["MistralForCausalLM"], "model_type": "mistral",
@@ -504,30 +514,35 @@ def _random_mistral(width, ffn, seed, std):
     return model
 
 
-def test_q4_k_blocks_from_gptq_equal_deploy_weights_and_run_in_llamacpp(shared_data, tmp_path):
-    """GPTQ on llama.cpp's Q4_K grid (GGUF_Q4_K_GPTQ_CFG) on a random Mistral-shaped model
-    whose K are 256 and 512: every quantized projection is written as Q4_K, its blocks
-    decode (by ggml's rules) to lowbit's deploy weights bit for bit, and llama.cpp's
-    perplexity of the file is lowbit's within 0.5%, with the same greedy tokens."""
+@pytest.mark.parametrize("cfg_name, qtype, sc_max, file_type", [("GGUF_Q4_K_GPTQ_CFG", "Q4_K", 63, 14),
+                                                                  ("GGUF_Q6_K_CFG", "Q6_K", 127, 18)])
+def test_k_quant_blocks_equal_deploy_weights_and_run_in_llamacpp(shared_data, tmp_path, cfg_name, qtype, sc_max,
+                                                                 file_type):
+    """llama.cpp's K-quant grids on a random Mistral-shaped model whose K are 256 and 512:
+    GPTQ on Q4_K's (GGUF_Q4_K_GPTQ_CFG), MIN-MAX int6 on Q6_K's (GGUF_Q6_K_CFG). Every
+    quantized projection is written in that type, its blocks decode (by ggml's rules) to
+    lowbit's deploy weights bit for bit, and llama.cpp's perplexity of the file is lowbit's
+    within 0.5%, with the same greedy tokens."""
     from lowbit.eval import lm
     _, tok = _stories(shared_data)
     model = _random_mistral(256, 512, seed=2, std=0.06)
     texts = lm.paragraphs()[:6]
     ids = [tok.encode(t)[:lm.MAX_TOKENS] for t in texts]
-    cfg = lowbit.GGUF_Q4_K_GPTQ_CFG
+    cfg = lowbit.builtin_config(cfg_name)
     cfg["batch_num"] = 4
     lowbit.quantize(model, cfg)
-    lowbit.calibrate(model, [torch.tensor([t]) for t in ids[:4]])
+    if "GPTQ" in cfg_name:
+        lowbit.calibrate(model, [torch.tensor([t]) for t in ids[:4]])
     lowbit.convert(model)
     layer = model.model.layers[0].mlp.down_proj
-    d, sc = torch.ops.lowbit.split_q4k_scales(layer.w_scale.reshape(256, -1))
-    assert d.shape == (256, 2) and int(sc.min()) >= 1 and int(sc.max()) == 63
-    path = tmp_path / "q4k.gguf"
+    d, sc = torch.ops.lowbit.split_superblock_scales(layer.w_scale.reshape(256, -1), sc_max)
+    assert d.shape == (256, 2) and int(sc.min()) >= 1 and int(sc.max()) == sc_max
+    path = tmp_path / "k.gguf"
     rep = lowbit.export_gguf(model, path, tokenizer=tok, progress=False)
     r = read_gguf(path)
-    assert r["kv"]["general.file_type"] == 14
+    assert r["kv"]["general.file_type"] == file_type
     types = {n: gw.TYPE_NAMES[t] for n, (shape, t, _) in r["tensors"].items() if n.startswith("blk.") and len(shape) == 2}
-    assert sorted(set(types.values())) == ["Q4_K"], types
+    assert sorted(set(types.values())) == [qtype], types
     assert len(types) == 14  # 7 projections x 2 blocks (norms are 1-D)
     names = {"v_proj": "attn_v", "o_proj": "attn_output", "gate_proj": "ffn_gate", "up_proj": "ffn_up",
              "down_proj": "ffn_down"}  # (q and k rows are permuted for llama.cpp's rope)
@@ -539,15 +554,10 @@ def test_q4_k_blocks_from_gptq_equal_deploy_weights_and_run_in_llamacpp(shared_d
             want = m.weight_dequant().float().numpy()
             assert got.view(np.uint32).tobytes() == want.view(np.uint32).tobytes(), (i, leaf)
     why = {n: w for n, _, _, w in rep["tensors"]}
-    assert "gptq" in why["blk.0.ffn_down.weight"] and "q4k-scale" in why["blk.0.ffn_down.weight"]
+    assert cfg_name.endswith("_CFG") and f"{qtype.lower().replace('_', '')}-scale" in why["blk.0.ffn_down.weight"]
     res = run_llamacpp(path, texts)
     assert res["tokens"] == ids
-    with torch.no_grad():
-        nll = 0.0
-        for t in ids:
-            logp = torch.log_softmax(model(torch.tensor([t]))[0, :-1].double(), -1)
-            nll -= float(logp.gather(1, torch.tensor(t[1:])[:, None]).sum())
-    ppl_ours = math.exp(nll / sum(len(t) - 1 for t in ids))
+    ppl_ours = _perplexity_of(model, ids)
     assert abs(llamacpp_perplexity(res) / ppl_ours - 1) < 0.005, (llamacpp_perplexity(res), ppl_ours)
     assert res["greedy"][:4] == lowbit_greedy(model, res["prompt"], 4)[len(res["prompt"]):][:4]
 
@@ -566,7 +576,7 @@ def test_q4_k_layers_of_stories260k_are_written_in_f32_and_off_grid_scales_refus
     from lowbit.modules.deploy import DeployLayer
     for name, m in model.named_modules():  # GPTQ kept every group scale on the grid
         if isinstance(m, DeployLayer):
-            d, sc = torch.ops.lowbit.split_q4k_scales(m.w_scale.reshape(m.weight_shape[0], -1))
+            d, sc = torch.ops.lowbit.split_superblock_scales(m.w_scale.reshape(m.weight_shape[0], -1), 63)
             assert bool((sc >= 1).all()) and int(sc.max()) == 63, name
     lin = torch.nn.Sequential(torch.nn.Linear(256, 4, bias=False))
     lowbit.quantize(lin, {"quant_cfg": {"weights": {"type": "int4", "strategy": "group", "group_size": 32,
@@ -596,3 +606,30 @@ def test_int3_layers_are_written_as_4_bit_blocks_exactly(scale_dtype, symmetric,
     got = gguf_blocks.dequantize(gtype, np.ascontiguousarray(rows).tobytes(), (8, 512))
     want = lin[0].weight_dequant().float().numpy()
     assert got.view(np.uint32).tobytes() == want.view(np.uint32).tobytes()
+
+
+def test_a_q4_k_m_like_mix_by_per_layer_overrides_runs_in_llamacpp(shared_data, tmp_path):
+    """GPTQ Q4_K with v_proj and down_proj on Q6_K's grid (per-layer overrides, as
+    llama.cpp's Q4_K_M mixes do): both types in one file, llama.cpp's perplexity lowbit's
+    within 0.5%."""
+    from lowbit.eval import lm
+    _, tok = _stories(shared_data)
+    model = _random_mistral(256, 512, seed=2, std=0.06)
+    ids = [tok.encode(t)[:lm.MAX_TOKENS] for t in lm.paragraphs()[:6]]
+    cfg = lowbit.GGUF_Q4_K_GPTQ_CFG
+    cfg["batch_num"] = 4
+    for glob in ("*down_proj", "*v_proj"):
+        cfg["quant_cfg"][f"{glob}.weights"] = lowbit.GGUF_Q6_K_CFG["quant_cfg"]["weights"]
+    lowbit.quantize(model, cfg)
+    lowbit.calibrate(model, [torch.tensor([t]) for t in ids[:4]])
+    lowbit.convert(model)
+    path = tmp_path / "mix.gguf"
+    lowbit.export_gguf(model, path, tokenizer=tok, progress=False)
+    r = read_gguf(path)
+    types = {n: gw.TYPE_NAMES[t] for n, (shape, t, _) in r["tensors"].items() if n.startswith("blk.") and len(shape) == 2}
+    assert {n for n, t in types.items() if t == "Q6_K"} == {f"blk.{i}.{p}.weight" for i in (0, 1)
+                                                            for p in ("attn_v", "ffn_down")}
+    assert sum(t == "Q4_K" for t in types.values()) == 10
+    res = run_llamacpp(path, lm.paragraphs()[:6])
+    ppl_ours = _perplexity_of(model, ids)
+    assert abs(llamacpp_perplexity(res) / ppl_ours - 1) < 0.005, (llamacpp_perplexity(res), ppl_ours)
