@@ -26,6 +26,8 @@ SOURCES=(
   csrc/config/capabilities.cpp
   csrc/config/config_value.cpp
   csrc/formats/format.cpp
+  csrc/formats/reference.cpp
+  csrc/scales/granule_scale.cpp
 )
 OUT=build-fuzz
 REGRESSIONS=tests/fuzz/regressions
