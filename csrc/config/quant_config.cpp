@@ -107,9 +107,7 @@ TensorQuantCfg parse_weights(const std::string& path, const ConfigValue& v) {
                 format_names_where([](const FormatInfo& f) { return f.allows_asym; }) + " (" + name_of(c.type) +
                 " is symmetric)");
   if (const ConfigValue* sd = v.find("scale_dtype")) {
-    std::vector<std::string> dtypes = {"float32", "float16"};
-    for (const std::string& n : superblock_scale_names()) dtypes.push_back(n);
-    const std::string dt = get_string(path + ".scale_dtype", *sd, dtypes);
+    const std::string dt = get_string(path + ".scale_dtype", *sd, scale_dtype_names());
     c.fp16_scale = dt == "float16";
     c.superblock_scales = dt != "float32" && dt != "float16";
     const bool own_grid = info.superblock_scale && dt == info.superblock_scale;

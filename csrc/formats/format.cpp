@@ -141,12 +141,24 @@ std::string superblock_format_names(const std::string& name) {
   return english_list(v);
 }
 
-std::vector<std::string> superblock_scale_names() {
-  std::vector<std::string> v;
-  for (const auto& row : format_table())
-    if (row.superblock_scale && std::find(v.begin(), v.end(), std::string(row.superblock_scale)) == v.end())
-      v.push_back(row.superblock_scale);
-  return v;
+const std::vector<std::string>& scale_dtype_names() {
+  static const std::vector<std::string> names = [] {
+    std::vector<std::string> v = {"float32", "float16"};
+    for (const auto& row : format_table())
+      if (row.superblock_scale && std::find(v.begin(), v.end(), std::string(row.superblock_scale)) == v.end())
+        v.push_back(row.superblock_scale);
+    return v;
+  }();
+  return names;
+}
+
+std::string superblock_grid_list() {
+  std::string s;
+  for (size_t i = 2; i < scale_dtype_names().size(); ++i) {
+    const std::string& grid = scale_dtype_names()[i];
+    s += (s.empty() ? "" : "; ") + grid + ": " + superblock_format_names(grid);
+  }
+  return s;
 }
 
 std::string allowed_format_names() {

@@ -105,8 +105,11 @@ int64_t packed_row_bytes(Format f, int64_t cols);
 std::string format_names_where(bool (*pred)(const FormatInfo&));
 // The same for the rows whose superblock_scale is `name`.
 std::string superblock_format_names(const std::string& name);
-// The superblock scale names of the table ("q4_k", "q6_k"), each once.
-std::vector<std::string> superblock_scale_names();
+// The values of a weights "scale_dtype": float32, float16, then the table's K-quant grids
+// ("q4_k", "q6_k"), each once (computed once).
+const std::vector<std::string>& scale_dtype_names();
+// Each K-quant grid with its formats: "q4_k: int4 and int3; q6_k: int6".
+std::string superblock_grid_list();
 // The names of the rows that satisfy `pred`, as a list.
 std::vector<std::string> format_name_list(bool (*pred)(const FormatInfo&));
 

@@ -229,11 +229,13 @@ struct Kernels {
     float lo, hi;  // INT code range
     int64_t glen, groups;
     bool tensor;  // one scale for the whole tensor
+    int sc_max;   // K-quant scale grid: its largest integer (0: none)
     Call(const QuantSpec& s, int64_t cols)
         : spec(s), rule(make_granule_rule(s)), lut(decode_lut(s.format)),
           lo(-float(1 << (rule.bits > 0 ? rule.bits - 1 : 0))), hi(-lo - 1.0f), glen(granule_len(s, cols)),
           groups(groups_per_row(s, cols)),
-          tensor(s.granularity == Granularity::kTensor && !format_info(s.format).is_mx()) {}
+          tensor(s.granularity == Granularity::kTensor && !format_info(s.format).is_mx()),
+          sc_max(s.superblock_scales ? format_info(s.format).superblock_sc_max : 0) {}
     int64_t index(int64_t r, int64_t g) const { return tensor ? 0 : r * groups + g; }
     Granule<V> granule(const GranuleParams& p) const {
       return {V::set1(p.scale), V::set1(float(p.offset)), lut, V::set1(lo), V::set1(hi)};
@@ -272,7 +274,7 @@ struct Kernels {
       const int64_t k0 = g * c.glen, k1 = min64(cols, k0 + c.glen);
       params[g] = rule_params(c.rule, stats_span<D>(row, k0, k1, c.rule.stat));
     }
-    if (c.spec.superblock_scales) superblock_scales(params, c.groups, format_info(c.spec.format).superblock_sc_max);
+    if (c.sc_max) superblock_scales(params, c.groups, c.sc_max);
   }
 
   static GranuleParams tensor_params(const ConstMatrix& x, const Call& c) {

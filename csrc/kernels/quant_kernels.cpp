@@ -46,9 +46,7 @@ void validate_spec(const QuantSpec& spec) {
   if (spec.superblock_scales &&
       (!info.superblock_scale || !spec.symmetric || spec.granularity != Granularity::kGroup ||
        spec.group_size != 32 || spec.fp16_scale || spec.signed_max))
-    throw std::invalid_argument("scale_dtype: a K-quant grid (" + std::string("q4_k: ") + superblock_format_names("q4_k") +
-                                "; q6_k: " + superblock_format_names("q6_k") +
-                                ") is only allowed for symmetric weights in groups of 32 (granularity 'group', "
+    throw std::invalid_argument("scale_dtype: a K-quant grid (" + superblock_grid_list() + ") is only allowed for symmetric weights in groups of 32 (granularity 'group', "
                                 "group_size 32, scale_rule absmax); got " +
                                 fmt + (spec.symmetric ? "" : " asymmetric") + " with granularity '" +
                                 granularity_name(spec.granularity) + "' and group_size " +

@@ -163,7 +163,14 @@ at::Tensor decode_op(const at::Tensor& codes, const std::string& format) {
 // [rows, groups]) with scale == d * sc, sc in [1, sc_max] (63: Q4_K, 127: Q6_K); ValueError
 // naming the first run that is not.
 std::tuple<at::Tensor, at::Tensor> split_superblock_scales_op(const at::Tensor& scale, int64_t sc_max) {
-  TORCH_CHECK_VALUE(sc_max == 63 || sc_max == 127, "sc_max: ", sc_max, " is not allowed; allowed: 63, 127");
+  std::string grid, allowed;  // the table's grid with this range
+  for (const FormatInfo& row : format_table())
+    if (row.superblock_scale) {
+      if (row.superblock_sc_max == sc_max) grid = row.superblock_scale;
+      if (allowed.find(std::to_string(row.superblock_sc_max)) == std::string::npos)
+        allowed += (allowed.empty() ? "" : ", ") + std::to_string(row.superblock_sc_max);
+    }
+  TORCH_CHECK_VALUE(!grid.empty(), "sc_max: ", sc_max, " is not allowed; allowed: ", allowed);
   TORCH_CHECK_VALUE(scale.dim() == 2 && scale.scalar_type() == at::kFloat, "scale: expected a float32 tensor "
                     "[rows, groups], got ", scale.scalar_type(), " ", scale.sizes());
   const at::Tensor s = scale.contiguous();
@@ -178,8 +185,7 @@ std::tuple<at::Tensor, at::Tensor> split_superblock_scales_op(const at::Tensor& 
                                                 d.data_ptr<float>() + r * runs + b,
                                                 sc.data_ptr<uint8_t>() + r * groups + g0),
                         "scales of row ", r, ", super-block ", b, " are not an fp16 d times integers 1..", sc_max,
-                        " (the K-quant grid); quantize with weights 'scale_dtype': '", sc_max == 63 ? "q4_k" : "q6_k",
-                        "'");
+                        " (the K-quant grid); quantize with weights 'scale_dtype': '", grid, "'");
     }
   return {d, sc};
 }

@@ -25,8 +25,7 @@ inline QuantSpec make_spec(const std::string& format, const std::string& granula
                     bool symmetric, const std::string& mx_rule, const std::string& scale_dtype = "float32",
                     const std::string& scale_rule = "absmax") {
   return value_errors([&] {
-    std::vector<std::string> allowed = {"float32", "float16"};
-    for (const std::string& n : superblock_scale_names()) allowed.push_back(n);
+    const std::vector<std::string>& allowed = scale_dtype_names();
     if (std::find(allowed.begin(), allowed.end(), scale_dtype) == allowed.end()) {
       std::string list;
       for (const std::string& n : allowed) list += (list.empty() ? "" : ", ") + n;

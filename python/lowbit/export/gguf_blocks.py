@@ -72,7 +72,7 @@ def _per_block(values, n, k, spec):
 
 def block_length(layer):
     """Weights along K per block of the type the layer is written as (Q4_K, Q6_K: 256, else 32)."""
-    return QK_K if layer.wspec.scale_dtype in ("q4_k", "q6_k") else QK
+    return QK_K if layer.wspec.scale_dtype in K_QUANTS else QK
 
 
 def _fp16_exact(x):
@@ -93,8 +93,8 @@ def layer_blocks(layer, name):
                             f"'smooth'), which GGUF's llama graph has no place for")
     if layer._buffers.get("w_scale1") is not None:
         raise ExportRefused(f"layer '{name}': it has per-row weight multipliers (w_scale1), which Q8_0/Q4_0 cannot hold")
-    if w.scale_dtype in ("q4_k", "q6_k"):  # (the validator ties each to its formats)
-        return (_q4_k if w.scale_dtype == "q4_k" else _q6_k)(layer, name, n, k)
+    if w.scale_dtype in K_QUANTS:  # (the validator ties each grid to its formats)
+        return K_QUANTS[w.scale_dtype](layer, name, n, k)
     if w.fmt not in ("int8", "int4", "int3"):
         raise ExportRefused(f"layer '{name}': format {w.fmt} has no exact GGUF type; allowed: int8 (Q8_0, symmetric), "
                             f"int4 and int3 (Q4_0 symmetric, Q4_1 asymmetric, Q4_K with scale_dtype q4_k), int6 "
@@ -140,9 +140,11 @@ def _q4_k_scale_bytes(sc, m):
     return out
 
 
-def _split(layer, name, n, k, sc_max, qtype):
+def _split(layer, name, n, k, qtype):
+    """(d, sc) of the layer's K-quant scales, the integer range from its format's row."""
     if k % QK_K:
         raise ExportRefused(f"layer '{name}': K = {k} is not a multiple of {QK_K}, which {qtype}'s super-blocks need")
+    sc_max = FORMAT_INFO[layer.wspec.fmt]["superblock_sc_max"]
     try:
         return torch.ops.lowbit.split_superblock_scales(layer.w_scale.float().reshape(n, k // QK), sc_max)
     except ValueError as e:
@@ -150,7 +152,7 @@ def _split(layer, name, n, k, sc_max, qtype):
 
 
 def _q6_k(layer, name, n, k):
-    d, sc = _split(layer, name, n, k, 127, "Q6_K")
+    d, sc = _split(layer, name, n, k, "Q6_K")
     nb = k // QK_K
     q = (_codes(layer) + 32).astype(np.uint8).reshape(n, nb, 2, 4, 32)  # [.., 128-half, quarter, l]
     ql = np.concatenate([(q[:, :, :, 0] & 0x0F) | ((q[:, :, :, 2] & 0x0F) << 4),
@@ -176,7 +178,7 @@ def _q6_k_dequantize(b, n, k):
 
 
 def _q4_k(layer, name, n, k):
-    d, sc = _split(layer, name, n, k, 63, "Q4_K")
+    d, sc = _split(layer, name, n, k, "Q4_K")
     d16 = d.numpy().astype(np.float16)
     sc = sc.numpy().reshape(n, k // QK_K, 8)
     dmin16 = (d.numpy() * 8.0).astype(np.float16)
@@ -201,6 +203,10 @@ def _q4_k_dequantize(b, n, k):
     d1 = d * sc.astype(np.float32)
     m1 = dmin * m.astype(np.float32)
     return (d1[..., None] * q - m1[..., None]).reshape(n, k)
+
+
+# the K-quant scale grids (weights "scale_dtype") and their block writers
+K_QUANTS = {"q4_k": _q4_k, "q6_k": _q6_k}
 
 
 def dequantize(ggml_type, raw, shape):

@@ -43,7 +43,7 @@ class QSpec:
     def label(self):
         s = self.fmt + "/" + self.strategy + (str(self.group_size) if self.strategy == "group" else "")
         return (s + ("" if self.symmetric else "/asym") + ("/fp16-scale" if self.scale_dtype == "float16" else "")
-                + (f"/{self.scale_dtype.replace('_', '')}-scale" if self.scale_dtype in ("q4_k", "q6_k") else "")
+                + (f"/{self.scale_dtype.replace('_', '')}-scale" if self.scale_dtype not in ("float32", "float16") else "")
                 + ("/signed-max" if self.scale_rule == "signed_max" else ""))
 
     # weights are viewed as [out_channels, -1]
