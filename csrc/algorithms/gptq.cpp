@@ -142,6 +142,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gptq_quantize(
       offset_out.select(1, g).copy_(cs.offset.to(at::kInt));
     }
   };
+  // columns [c0, c1) of a super-block (8 groups from its first one, g0)
+  const auto superblock_cols = [&](int64_t g0) {
+    return std::make_pair(g0 * glen, std::min(K, (g0 + kSuperBlockGroups) * glen));
+  };
+  const auto store_superblock = [&](int64_t g0, const at::Tensor& slice) {
+    const std::vector<ColumnScales> cs = superblock_slice_scales(slice, spec);
+    for (size_t j = 0; j < cs.size(); ++j) store(g0 + int64_t(j), cs[j]);
+  };
   if (spec.granularity == Granularity::kTensor) {
     QuantSpec t = spec;
     float s;
@@ -151,9 +159,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gptq_quantize(
     store(0, {at::full({N}, s, at::kFloat), at::full({N}, float(o), at::kFloat), {}});
   } else if (spec.superblock_scales && static_groups) {
     for (int64_t g0 = 0; g0 < groups; g0 += kSuperBlockGroups) {
-      const int64_t c0 = g0 * glen, cols = std::min(K, c0 + kSuperBlockGroups * glen) - c0;
-      const std::vector<ColumnScales> cs = superblock_slice_scales(W0.narrow(1, c0, cols), spec);
-      for (size_t j = 0; j < cs.size(); ++j) store(g0 + int64_t(j), cs[j]);
+      const auto c = superblock_cols(g0);
+      store_superblock(g0, W0.narrow(1, c.first, c.second - c.first));
     }
   } else if (spec.granularity == Granularity::kChannel || static_groups) {
     for (int64_t g = 0; g < groups; ++g)
@@ -167,6 +174,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gptq_quantize(
   const int64_t* p = perm.data_ptr<int64_t>();
   // the weight transposed, [column][row]: a block of columns is a contiguous row range
   at::Tensor WT = W0.index_select(1, perm).t().contiguous();
+  // original columns [c0, c1) as they are now ([N, c1 - c0]: rows of WT in solve order)
+  const auto current_cols = [&](int64_t c0, int64_t c1) {
+    return WT.index_select(0, invperm.narrow(0, c0, c1 - c0)).t();
+  };
   W0.reset();
   // H in the solve's order and dtype, dead inputs given a unit diagonal, damped; one
   // K x K allocation (the permutation is gathered row by row)
@@ -230,21 +241,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gptq_quantize(
       const int64_t col = p[i1 + i];
       const int64_t g = spec.granularity == Granularity::kTensor ? 0 : col / glen;
       if (!have[size_t(g)] && spec.superblock_scales) {  // first column of a super-block: all its groups
-        const int64_t g0 = g / kSuperBlockGroups * kSuperBlockGroups, c0 = g0 * glen;
-        std::vector<at::Tensor> cols;
-        for (int64_t c = c0; c < std::min(K, c0 + kSuperBlockGroups * glen); ++c)
-          cols.push_back(WT.select(0, invperm[c].item<int64_t>()));
-        const std::vector<ColumnScales> cs = superblock_slice_scales(at::stack(cols, 1), spec);
-        for (size_t j = 0; j < cs.size(); ++j) store(g0 + int64_t(j), cs[j]);
+        const int64_t g0 = g / kSuperBlockGroups * kSuperBlockGroups;
+        const auto c = superblock_cols(g0);
+        store_superblock(g0, current_cols(c.first, c.second));
       }
-      if (!have[size_t(g)]) {  // first column of this group: scale from its current values
-        std::vector<at::Tensor> cols;
-        for (int64_t c = g * glen; c < g * glen + granule_cols(g); ++c) {
-          const int64_t pos = invperm[c].item<int64_t>();
-          cols.push_back(WT.select(0, pos));
-        }
-        store(g, slice_scales(at::stack(cols, 1), spec, hdiag.narrow(0, g * glen, granule_cols(g)), clip));
-      }
+      if (!have[size_t(g)])  // first column of this group: scale from its current values
+        store(g, slice_scales(current_cols(g * glen, g * glen + granule_cols(g)), spec,
+                              hdiag.narrow(0, g * glen, granule_cols(g)), clip));
       const ColumnScales& cs = gs[size_t(g)];
       const float* sc = cs.scale.data_ptr<float>();
       const float* off = cs.offset.data_ptr<float>();
