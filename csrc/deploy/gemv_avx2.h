@@ -203,6 +203,168 @@ struct Avx2FusedDot {
     }
   }
 
+  // ---- symmetric 4-bit integer codes (int4, int3) in kNibbleLanes order ----
+  // A block of 128 columns is 64 code bytes, read as two vectors of eight 32-bit lanes
+  // (lanes 0-7, then 8-15). Nibble j of lane l is column 8 l + j, whose activation sits at
+  // position 16 j + l (weight_decoder.h), so every nibble is decoded in place, with no
+  // widening shuffle. Each half of a block (64 columns) lies in one granule, or in two for
+  // groups of 32 (lanes 0-3 and 4-7), so its scales are one vector.
+  // Every code is the nibble shifted to the top of its lane, then arithmetically down by
+  // 28 (the signed value), converted to fp32. kDefer (the form of dot_sym): a half's
+  // code x activation sums, then one multiply-add by its scales; otherwise (activations
+  // of 2^64 or more, NaN or Inf, and eight activation rows, which lack registers for the
+  // sums) every code is scaled first, as dot does.
+  struct LaneCtx {
+    const PackedWeight& w;
+    const float* scales;
+    int64_t glen, groups, lanes_end;
+    int64_t prefetch;  // how far ahead the codes are prefetched: whole rows, about 12 KiB
+    double inv_glen;
+    bool tensor, pairs;  // pairs: groups of 32
+    explicit LaneCtx(const PackedWeight& pw)
+        : w(pw), scales(pw.scales.scale), lanes_end(pw.cols / kLaneBlock * kLaneBlock) {
+      const typename driver::Kernels<VecAvx2>::Call call(pw.spec, pw.cols);
+      glen = call.glen, groups = call.groups, tensor = call.tensor;
+      inv_glen = 1.0 / double(glen);
+      prefetch = (12288 + pw.row_bytes - 1) / pw.row_bytes * pw.row_bytes;
+      pairs = pw.spec.granularity == Granularity::kGroup && glen == 32;
+    }
+    // k / glen without a division instruction (exact for k below 2^40)
+    int64_t granule(int64_t k) const { return int64_t((double(k) + 0.5) * inv_glen); }
+    float scale(int64_t r, int64_t g) const { return scales[tensor ? 0 : r * groups + g]; }
+    // the scales of row r's 64 columns from k
+    __m256 half_scales(int64_t r, int64_t k) const {
+      if (!pairs) return _mm256_set1_ps(scale(r, granule(k)));
+      const __m128 two = _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(scales + r * groups + k / 32)));
+      return _mm256_permutevar8x32_ps(_mm256_castps128_ps256(two), _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1));
+    }
+  };
+
+  // Whether the lane kernel serves a weight: symmetric nibble codes with fp32 scales, at
+  // least one block of 128 columns, and granules that do not split a half block.
+  static bool lanes_apply(const PackedWeight& w) {
+    if (stored_code(w.spec.format) != StoredCode::kIntNibble || !w.spec.symmetric || !w.scales.scale ||
+        w.cols < kLaneBlock)
+      return false;
+    const int64_t glen = driver::Kernels<VecAvx2>::granule_len(w.spec, w.cols);
+    return w.spec.granularity != Granularity::kGroup || glen == 32 || glen % 64 == 0;
+  }
+
+  template <int MR, int R, bool kDefer>
+  static void lane_rows(const LaneCtx& c, int64_t r, const float* xp, int64_t kpad, int64_t k0, int64_t kl,
+                        int64_t kend, float* out) {
+    constexpr int C = R * MR >= 4 ? 1 : 4 / (R * MR);  // independent chains per accumulator
+    const PackedWeight& w = c.w;
+    const uint8_t* rows[R];
+#pragma GCC unroll 4
+    for (int i = 0; i < R; ++i) rows[i] = w.codes + (r + i) * w.row_bytes;
+    __m256 acc[R][MR][C];
+#pragma GCC unroll 4
+    for (int i = 0; i < R; ++i)
+#pragma GCC unroll 8
+      for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 8
+        for (int t = 0; t < C; ++t) acc[i][m][t] = _mm256_setzero_ps();
+    for (int64_t k = k0; k < kl; k += 64) {
+      const int64_t h = (k & 64) ? 8 : 0, block = k & ~int64_t(127);
+      __m256i v[R];
+      __m256 sc[R];
+#pragma GCC unroll 4
+      for (int i = 0; i < R; ++i) {
+        // the hardware prefetcher alone left the streamed product latency-bound (3 GB/s)
+        if (!h) _mm_prefetch(reinterpret_cast<const char*>(rows[i] + k / 2 + c.prefetch), _MM_HINT_T0);
+        v[i] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[i] + k / 2));
+        sc[i] = c.half_scales(r + i, k);
+      }
+      __m256 ps[R][MR][C];
+#pragma GCC unroll 8
+      for (int j = 0; j < 8; ++j) {
+#pragma GCC unroll 4
+        for (int i = 0; i < R; ++i) {
+          const __m256i top = j == 7 ? v[i] : _mm256_slli_epi32(v[i], 28 - 4 * j);
+          __m256 q = _mm256_cvtepi32_ps(_mm256_srai_epi32(top, 28));
+          if constexpr (!kDefer) q = _mm256_mul_ps(q, sc[i]);
+#pragma GCC unroll 8
+          for (int m = 0; m < MR; ++m) {
+            const __m256 x = _mm256_loadu_ps(xp + m * kpad + block + 16 * j + h);
+            if constexpr (kDefer)
+              ps[i][m][j % C] = j < C ? _mm256_mul_ps(q, x) : _mm256_fmadd_ps(q, x, ps[i][m][j % C]);
+            else
+              acc[i][m][j % C] = _mm256_fmadd_ps(q, x, acc[i][m][j % C]);
+          }
+        }
+      }
+      if constexpr (kDefer) {
+#pragma GCC unroll 4
+        for (int i = 0; i < R; ++i)
+#pragma GCC unroll 8
+          for (int m = 0; m < MR; ++m) {
+            __m256 sum = ps[i][m][0];
+#pragma GCC unroll 8
+            for (int t = 1; t < C; ++t) sum = _mm256_add_ps(sum, ps[i][m][t]);
+            acc[i][m][0] = _mm256_fmadd_ps(sum, sc[i], acc[i][m][0]);
+          }
+      }
+    }
+    // columns from lanes_end on, in kEvenOdd order: whole chunks of 32, then one by one
+    const Ctx cx(w, Codes::kInt4);
+#pragma GCC unroll 4
+    for (int i = 0; i < R; ++i) {
+      float tail[MR] = {};
+      for (int64_t k = kl > k0 ? kl : k0; k < kend;) {
+        const int64_t base = k - k % 32;
+        const float s = c.scale(r + i, c.granule(base));
+        if (k == base && k + 32 <= kend) {
+          const __m128i low4 = _mm_set1_epi8(0x0F);
+          const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(rows[i] + k / 2));
+          const __m128i lo = _mm_and_si128(b, low4), hi = _mm_and_si128(_mm_srli_epi16(b, 4), low4);
+          const __m256 sv = _mm256_set1_ps(s), zero = _mm256_setzero_ps();
+          const __m256 vals[4] = {values<Codes::kInt4>(cx, lo, sv, zero),
+                                  values<Codes::kInt4>(cx, _mm_srli_si128(lo, 8), sv, zero),
+                                  values<Codes::kInt4>(cx, hi, sv, zero),
+                                  values<Codes::kInt4>(cx, _mm_srli_si128(hi, 8), sv, zero)};
+          for (int m = 0; m < MR; ++m)
+            for (int t = 0; t < 4; ++t)
+              acc[i][m][0] = _mm256_fmadd_ps(vals[t], _mm256_loadu_ps(xp + m * kpad + k + 8 * t), acc[i][m][0]);
+          k += 32;
+          continue;
+        }
+        const int64_t j = k - base, pos = base + (j % 2 == 0 ? j / 2 : 16 + j / 2);
+        const float wv = value<Codes::kInt4>(cx, rows[i], k, s, 0.0f);
+        for (int m = 0; m < MR; ++m) tail[m] += wv * xp[m * kpad + pos];
+        ++k;
+      }
+#pragma GCC unroll 8
+      for (int m = 0; m < MR; ++m) {
+        __m256 sum = acc[i][m][0];
+#pragma GCC unroll 8
+        for (int t = 1; t < C; ++t) sum = _mm256_add_ps(sum, acc[i][m][t]);
+        out[i * MR + m] += VecAvx2::reduce_add(sum) + tail[m];
+      }
+    }
+  }
+
+  template <int MR, bool kDefer>
+  static void lane_block(const LaneCtx& c, int64_t r0, int64_t r1, const float* xp, int64_t kpad, int64_t k0,
+                         int64_t kl, int64_t kend, float* out) {
+    constexpr int R = MR <= 2 ? 2 : 1;  // weight rows at a time
+    int64_t r = r0;
+    for (; r + R <= r1; r += R) lane_rows<MR, R, kDefer>(c, r, xp, kpad, k0, kl, kend, out + (r - r0) * MR);
+    for (; r < r1; ++r) lane_rows<MR, 1, kDefer>(c, r, xp, kpad, k0, kl, kend, out + (r - r0) * MR);
+  }
+
+  template <bool kDefer>
+  static void lanes_fn(const WeightDecoder& d, int64_t r0, int64_t r1, const float* xp, int64_t M, int64_t kpad,
+                       int64_t k0, int64_t k1, float* out) {
+    const LaneCtx c(*d.w);
+    const int64_t kend = k1 < d.w->cols ? k1 : d.w->cols;
+    const int64_t kl = kend < c.lanes_end ? kend : c.lanes_end < k0 ? k0 : c.lanes_end;
+    with_gemv_rows(M, [&](auto mr) {
+      constexpr int MR = decltype(mr)::value;
+      lane_block<MR, kDefer && MR <= 4>(c, r0, r1, xp, kpad, k0, kl, kend, out);
+    });
+  }
+
   template <Codes kKind>
   static void dot_sym_fn(const WeightDecoder& d, int64_t r0, int64_t r1, const float* xp, int64_t M, int64_t kpad,
                          int64_t k0, int64_t k1, float* out) {
@@ -247,6 +409,12 @@ struct Avx2FusedDot {
     const bool deferred = w.spec.symmetric && driver::Kernels<VecAvx2>::granule_len(w.spec, w.cols) >= 128;
     switch (stored_code(w.spec.format)) {
       case StoredCode::kIntNibble:  // deferred scale; |x| >= 2^64, NaN or Inf: every weight scaled first
+        if (fused && lanes_apply(w)) {
+          d.dot_order = ColumnOrder::kNibbleLanes;
+          d.dot_rows = &lanes_fn<true>;
+          d.dot_rows_huge_x = &lanes_fn<false>;
+          break;
+        }
         if (fused) d.dot_rows = deferred ? &dot_sym_fn<Codes::kInt4> : &dot_fn<Codes::kInt4>;
         if (fused && deferred) d.dot_rows_huge_x = &dot_fn<Codes::kInt4>;
         break;

@@ -127,6 +127,32 @@ def test_gemv_huge_and_nan_activations(isa, fmt, gran):
     small = OPS.linear_packed(x[2:], packed, scale, EMPTY, None, None, fmt, gran, 0, True, 256, torch.float32)
     assert_close_to_reference(small, want[2:], 256, what=f"{isa} {fmt} {gran} deferred")
 
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("fmt,gran,gs", [("int4", "group", 32), ("int4", "group", 64), ("int4", "group", 128),
+                                         ("int4", "group", 192), ("int4", "group", 96), ("int4", "channel", 0),
+                                         ("int4", "tensor", 0), ("int3", "group", 32), ("int3", "channel", 0)])
+def test_gemv_nibble_lanes(isa, fmt, gran, gs):
+    """Symmetric 4-bit integer GEMVs read blocks of 128 columns as 32-bit lanes (AVX2:
+    granules of 32 or a multiple of 64 columns, or one per row): widths with and without
+    whole blocks, a ragged end after them, spans of the GEMV's column loop that start past
+    the first block (K = 6400 at one row, 4096 at four and eight), odd weight-row counts,
+    every activation-row count, and activations of 2^64 or more (every code scaled first)."""
+    OPS.set_isa(isa)
+    for n, k in [(5, 128), (7, 172), (3, 300), (9, 6400), (4, 4096)]:
+        if gran == "group" and gs > k:
+            continue
+        packed, scale, offset = packed_weight(n, k, fmt, gran, gs, True, seed=n * k + gs)
+        for m in (1, 2, 3, 4, 5, 8):
+            x = torch.randn(m, k, generator=torch.Generator().manual_seed(m + k))
+            for big in (False, True):
+                xs = x * 2.0 ** 70 if big else x
+                got = OPS.linear_packed(xs, packed, scale, EMPTY, None, None, fmt, gran, gs, True, k, torch.float32)
+                want = reference(xs, packed, scale, offset, fmt, gran, gs, True, k, torch.float32, None)
+                mag = magnitude(xs, packed, scale, offset, fmt, gran, gs, True, k, None)
+                assert_close_to_reference(got, want, k, what=f"{isa} {fmt} {gran} {gs} {n}x{k} M={m} big={big}",
+                                          magnitude=mag)
+
+
 def test_two_level_fp8_fp4_row_scale_and_leading_dims():
     packed, scale, offset = packed_weight(7, 172, "float4_e2m1", "group", 32, True)
     s1 = torch.rand(7, 1) + 0.5
