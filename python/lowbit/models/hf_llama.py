@@ -157,12 +157,13 @@ class Attention(nn.Module):
             if "k" in cache:
                 k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
             cache["k"], cache["v"] = k, v
-        total = k.shape[2]
-        rep = self.heads // self.kv_heads
-        if rep > 1:  # each key/value head serves `rep` query heads (the values repeat_interleave gives)
-            k = k[:, :, None].expand(b, self.kv_heads, rep, total, self.head_dim).reshape(b, self.heads, total, -1)
-            v = v[:, :, None].expand(b, self.kv_heads, rep, total, self.head_dim).reshape(b, self.heads, total, -1)
-        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_dim))
+        total, rep = k.shape[2], self.heads // self.kv_heads
+        # Query head h reads key/value head h // rep (repeat_interleave's pairing): the rep
+        # query heads of a key/value head go in as rows of one product with it, so the keys
+        # and values are never copied rep times (one new position: kv_heads products of
+        # rep rows instead of `heads` products of one).
+        qg = q.reshape(b, self.kv_heads, rep * t, self.head_dim)
+        att = (qg @ k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_dim))
         att = att.float()
         if t > 1 or self.sliding_window:  # one new position sees every cached one: nothing to hide
             pos_q = torch.arange(total - t, total).unsqueeze(1)
@@ -170,8 +171,9 @@ class Attention(nn.Module):
             hidden = pos_k > pos_q
             if self.sliding_window:
                 hidden = hidden | (pos_q - pos_k >= self.sliding_window)
-            att = att.masked_fill(hidden, float("-inf"))
-        out = F.softmax(att, dim=-1).to(q.dtype) @ v
+            att = att.view(b, self.kv_heads, rep, t, total).masked_fill(hidden, float("-inf"))
+            att = att.view(b, self.kv_heads, rep * t, total)
+        out = (F.softmax(att, dim=-1).to(q.dtype) @ v).view(b, self.heads, t, self.head_dim)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, self.heads * self.head_dim))
 
 
