@@ -8,6 +8,7 @@ each block; --rounds times) and prints medians. Pairs of comparable formats:
     lowbit int4 group 128  (linear_packed)           vs  ggml q4_0 (blocks of 32)
     lowbit int4 group 32   (linear_packed)           vs  ggml q4_0
     lowbit int8 channel    (linear_packed)           vs  ggml q8_0 (blocks of 32)
+    lowbit int8 group 32   (linear_packed)           vs  ggml q8_0
     lowbit A8W8 per token  (linear_int8, int8 ch W)  vs  ggml q8_0
 and each weight-only pair again in lowbit's opt-in 8-bit compute mode
 (linear_dynamic_int8: activations quantized per token inside the op, integer products).
@@ -70,6 +71,7 @@ PAIRS = [  # label, lowbit format, granularity, group size, product, ggml type
     ("int4 g32", "int4", "group", 32, "exact", Q4_0),
     ("int4 g32 compute int8", "int4", "group", 32, "int8", Q4_0),
     ("int8 ch", "int8", "channel", 0, "exact", Q8_0),
+    ("int8 g32", "int8", "group", 32, "exact", Q8_0),
     ("int8 ch compute int8", "int8", "channel", 0, "int8", Q8_0),
     ("A8W8 token", "int8", "channel", 0, "a8w8", Q8_0),
 ]

@@ -143,17 +143,15 @@ struct Avx2FusedDot {
     }
   }
 
-  // Symmetric int4/int8 codes of whole chunks of 32 columns as float code values (no
-  // scale): int4 as (nibble ^ 8) | 2^23's bits - (2^23 + 8), int8 widened and converted.
+  // Symmetric int4 codes of whole chunks of 32 columns as float code values (no scale):
+  // (nibble ^ 8) | 2^23's bits - (2^23 + 8). (Symmetric int8 codes take byte_rows.)
   template <Codes kKind, class Fn>
   static inline int64_t code_chunks(const uint8_t* row, int64_t k, int64_t gend, Fn&& fn) {
+    static_assert(kKind == Codes::kInt4, "4-bit integer codes only");
     const __m256i magic = _mm256_set1_epi32(0x4B000000);
     const __m256 bias = _mm256_set1_ps(8388616.0f);  // 2^23 + 8
     auto value8 = [&](__m128i c8) {  // the low 8 codes of c8 as floats
-      if constexpr (kKind == Codes::kInt4)
-        return _mm256_sub_ps(_mm256_castsi256_ps(_mm256_or_si256(_mm256_cvtepu8_epi32(c8), magic)), bias);
-      else
-        return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(c8));
+      return _mm256_sub_ps(_mm256_castsi256_ps(_mm256_or_si256(_mm256_cvtepu8_epi32(c8), magic)), bias);
     };
     for (; k + 32 <= gend; k += 32) {
       __m128i c0, c1;
@@ -164,7 +162,8 @@ struct Avx2FusedDot {
     return k;
   }
 
-  // The fused GEMV of symmetric int4/int8 codes: each granule's code-times-activation
+  // The fused GEMV of symmetric int4 codes in granules the lane kernel below does not take
+  // (160, 224, ... columns): each granule's code-times-activation
   // sums first, then one multiply-add by its scale (two fewer operations per 8 weights
   // than scaling every weight). Activations of 2^64 or more could overflow those sums
   // where scaled weights do not: such calls take dot_fn (dot_rows_huge_x).
@@ -365,6 +364,97 @@ struct Avx2FusedDot {
     });
   }
 
+  // ---- symmetric int8 codes ----
+  // Natural column order; each chunk of 32 columns lies in one granule (group sizes are
+  // multiples of 32). kDefer: the chunk's code x activation sums, then one multiply-add by
+  // its scale; otherwise every code is scaled first (activations of 2^64 or more, NaN or
+  // Inf, and eight activation rows).
+  template <int MR, int R, bool kDefer>
+  static void byte_rows(const LaneCtx& c, int64_t r, const float* xp, int64_t kpad, int64_t k0, int64_t kend,
+                        float* out) {
+    constexpr int C = R * MR >= 4 ? 1 : 4 / (R * MR);  // independent chains per accumulator
+    const PackedWeight& w = c.w;
+    const uint8_t* rows[R];
+#pragma GCC unroll 4
+    for (int i = 0; i < R; ++i) rows[i] = w.codes + (r + i) * w.row_bytes;
+    __m256 acc[R][MR][C];
+#pragma GCC unroll 4
+    for (int i = 0; i < R; ++i)
+#pragma GCC unroll 8
+      for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 8
+        for (int t = 0; t < C; ++t) acc[i][m][t] = _mm256_setzero_ps();
+    int64_t k = k0;
+    for (; k + 32 <= kend; k += 32) {
+      __m256 sc[R];
+#pragma GCC unroll 4
+      for (int i = 0; i < R; ++i) {
+        if (k % 64 == 0) _mm_prefetch(reinterpret_cast<const char*>(rows[i] + k + c.prefetch), _MM_HINT_T0);
+        sc[i] = _mm256_set1_ps(c.scale(r + i, c.granule(k)));
+      }
+      __m256 ps[R][MR][C];
+#pragma GCC unroll 4
+      for (int j = 0; j < 4; ++j) {
+#pragma GCC unroll 4
+        for (int i = 0; i < R; ++i) {
+          const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(rows[i] + k + 8 * j));
+          __m256 q = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
+          if constexpr (!kDefer) q = _mm256_mul_ps(q, sc[i]);
+#pragma GCC unroll 8
+          for (int m = 0; m < MR; ++m) {
+            const __m256 x = _mm256_loadu_ps(xp + m * kpad + k + 8 * j);
+            if constexpr (kDefer)
+              ps[i][m][j % C] = j < C ? _mm256_mul_ps(q, x) : _mm256_fmadd_ps(q, x, ps[i][m][j % C]);
+            else
+              acc[i][m][j % C] = _mm256_fmadd_ps(q, x, acc[i][m][j % C]);
+          }
+        }
+      }
+      if constexpr (kDefer) {
+#pragma GCC unroll 4
+        for (int i = 0; i < R; ++i)
+#pragma GCC unroll 8
+          for (int m = 0; m < MR; ++m) {
+            __m256 sum = ps[i][m][0];
+#pragma GCC unroll 4
+            for (int t = 1; t < C; ++t) sum = _mm256_add_ps(sum, ps[i][m][t]);
+            acc[i][m][0] = _mm256_fmadd_ps(sum, sc[i], acc[i][m][0]);
+          }
+      }
+    }
+    const Ctx cx(w, Codes::kInt8);
+#pragma GCC unroll 4
+    for (int i = 0; i < R; ++i) {
+      float tail[MR] = {};
+      for (int64_t kk = k; kk < kend; ++kk) {  // a ragged row end
+        const float wv = value<Codes::kInt8>(cx, rows[i], kk, c.scale(r + i, c.granule(kk)), 0.0f);
+        for (int m = 0; m < MR; ++m) tail[m] += wv * xp[m * kpad + kk];
+      }
+#pragma GCC unroll 8
+      for (int m = 0; m < MR; ++m) {
+        __m256 sum = acc[i][m][0];
+#pragma GCC unroll 4
+        for (int t = 1; t < C; ++t) sum = _mm256_add_ps(sum, acc[i][m][t]);
+        out[i * MR + m] += VecAvx2::reduce_add(sum) + tail[m];
+      }
+    }
+  }
+
+  template <bool kDefer>
+  static void bytes_fn(const WeightDecoder& d, int64_t r0, int64_t r1, const float* xp, int64_t M, int64_t kpad,
+                       int64_t k0, int64_t k1, float* out) {
+    const LaneCtx c(*d.w);
+    const int64_t kend = k1 < d.w->cols ? k1 : d.w->cols;
+    with_gemv_rows(M, [&](auto mr) {
+      constexpr int MR = decltype(mr)::value;
+      constexpr bool defer = kDefer && MR <= 4;
+      constexpr int R = MR <= 2 ? 2 : 1;
+      int64_t r = r0;
+      for (; r + R <= r1; r += R) byte_rows<MR, R, defer>(c, r, xp, kpad, k0, kend, out + (r - r0) * MR);
+      for (; r < r1; ++r) byte_rows<MR, 1, defer>(c, r, xp, kpad, k0, kend, out + (r - r0) * MR);
+    });
+  }
+
   template <Codes kKind>
   static void dot_sym_fn(const WeightDecoder& d, int64_t r0, int64_t r1, const float* xp, int64_t M, int64_t kpad,
                          int64_t k0, int64_t k1, float* out) {
@@ -419,8 +509,12 @@ struct Avx2FusedDot {
         if (fused && deferred) d.dot_rows_huge_x = &dot_fn<Codes::kInt4>;
         break;
       case StoredCode::kInt8:
-        if (fused) d.dot_rows = deferred ? &dot_sym_fn<Codes::kInt8> : &dot_fn<Codes::kInt8>;
-        if (fused && deferred) d.dot_rows_huge_x = &dot_fn<Codes::kInt8>;
+        if (fused && w.spec.symmetric && w.scales.scale) {
+          d.dot_rows = &bytes_fn<true>;
+          d.dot_rows_huge_x = &bytes_fn<false>;
+        } else if (fused) {
+          d.dot_rows = &dot_fn<Codes::kInt8>;
+        }
         break;
       case StoredCode::kTable4:
         d.decode = &decode<Codes::kTable4>;

@@ -153,6 +153,29 @@ def test_gemv_nibble_lanes(isa, fmt, gran, gs):
                                           magnitude=mag)
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("gran,gs", [("group", 32), ("group", 64), ("group", 96), ("group", 128), ("channel", 0),
+                                     ("tensor", 0)])
+def test_gemv_int8_chunks(isa, gran, gs):
+    """Symmetric int8 GEMVs (AVX2: chunks of 32 columns, each in one granule, one scale
+    multiply-add per chunk): ragged row ends, spans past the first (K = 6400 at one row),
+    odd weight-row counts, every activation-row count, and activations of 2^64 or more."""
+    OPS.set_isa(isa)
+    for n, k in [(5, 33), (7, 100), (3, 300), (9, 6400), (4, 4096)]:
+        if gran == "group" and gs > k:
+            continue
+        packed, scale, offset = packed_weight(n, k, "int8", gran, gs, True, seed=n * k + gs)
+        for m in (1, 2, 3, 4, 5, 8):
+            x = torch.randn(m, k, generator=torch.Generator().manual_seed(m + k))
+            for big in (False, True):
+                xs = x * 2.0 ** 70 if big else x
+                got = OPS.linear_packed(xs, packed, scale, EMPTY, None, None, "int8", gran, gs, True, k, torch.float32)
+                want = reference(xs, packed, scale, offset, "int8", gran, gs, True, k, torch.float32, None)
+                mag = magnitude(xs, packed, scale, offset, "int8", gran, gs, True, k, None)
+                assert_close_to_reference(got, want, k, what=f"{isa} int8 {gran} {gs} {n}x{k} M={m} big={big}",
+                                          magnitude=mag)
+
+
 def test_two_level_fp8_fp4_row_scale_and_leading_dims():
     packed, scale, offset = packed_weight(7, 172, "float4_e2m1", "group", 32, True)
     s1 = torch.rand(7, 1) + 0.5
