@@ -415,6 +415,14 @@ struct LinearKernels {
 
   static void linear(const ConstMatrix& x, const WeightDecoder& d, const float* bias, const MutMatrix& y) {
     if (x.rows <= kGemvRows) return gemv(x, d, bias, y);
+    if (d.dot_rows && x.rows <= d.dot_rows_max) {  // GEMVs in passes of kGemvRows rows
+      for (int64_t r = 0; r < x.rows; r += kGemvRows) {
+        const int64_t n = min64(kGemvRows, x.rows - r);
+        gemv(ConstMatrix{K::row_ptr(x, r), x.dtype, n, x.cols, x.ld}, d, bias,
+             MutMatrix{K::row_ptr(y, r), y.dtype, n, y.cols, y.ld});
+      }
+      return;
+    }
     gemm(MatrixIO{x, y}, d, bias);
   }
 

@@ -136,13 +136,14 @@ def test_gemv_nibble_lanes(isa, fmt, gran, gs):
     granules of 32 or a multiple of 64 columns, or one per row): widths with and without
     whole blocks, a ragged end after them, spans of the GEMV's column loop that start past
     the first block (K = 6400 at one row, 4096 at four and eight), odd weight-row counts,
-    every activation-row count, and activations of 2^64 or more (every code scaled first)."""
+    every activation-row count, 9-16 rows (GEMVs in passes of 8), and activations of 2^64
+    or more (every code scaled first)."""
     OPS.set_isa(isa)
     for n, k in [(5, 128), (7, 172), (3, 300), (9, 6400), (4, 4096)]:
         if gran == "group" and gs > k:
             continue
         packed, scale, offset = packed_weight(n, k, fmt, gran, gs, True, seed=n * k + gs)
-        for m in (1, 2, 3, 4, 5, 8):
+        for m in (1, 2, 3, 4, 5, 8, 9, 13, 16, 17):
             x = torch.randn(m, k, generator=torch.Generator().manual_seed(m + k))
             for big in (False, True):
                 xs = x * 2.0 ** 70 if big else x
@@ -159,13 +160,14 @@ def test_gemv_nibble_lanes(isa, fmt, gran, gs):
 def test_gemv_int8_chunks(isa, gran, gs):
     """Symmetric int8 GEMVs (AVX2: chunks of 32 columns, each in one granule, one scale
     multiply-add per chunk): ragged row ends, spans past the first (K = 6400 at one row),
-    odd weight-row counts, every activation-row count, and activations of 2^64 or more."""
+    odd weight-row counts, every activation-row count, 9-12 rows (GEMVs in passes of 8),
+    and activations of 2^64 or more."""
     OPS.set_isa(isa)
     for n, k in [(5, 33), (7, 100), (3, 300), (9, 6400), (4, 4096)]:
         if gran == "group" and gs > k:
             continue
         packed, scale, offset = packed_weight(n, k, "int8", gran, gs, True, seed=n * k + gs)
-        for m in (1, 2, 3, 4, 5, 8):
+        for m in (1, 2, 3, 4, 5, 8, 9, 13, 16, 17):
             x = torch.randn(m, k, generator=torch.Generator().manual_seed(m + k))
             for big in (False, True):
                 xs = x * 2.0 ** 70 if big else x
