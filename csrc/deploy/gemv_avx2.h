@@ -4,7 +4,9 @@
 //    held in two registers (two vpermps and a blend instead of the codec's gather);
 //  - E4M3 codes (FP8, MXFP8): the code's bits moved into an fp16 word (sign to bit 15,
 //    exponent and mantissa 7 places up) widened by vcvtph2ps, which is the E4M3 value
-//    times 2^-8 exactly, subnormals included; times 2^8 (exact), then times the scale.
+//    times 2^-8 exactly, subnormals included; times 2^8 (exact), then times the scale;
+//  - HiFloat8 codes (fused GEMV only): the codec's 256-entry table read by vpgatherdd,
+//    times the scale.
 // Every result equals the codec's table[code] * scale bit for bit, for every code but the
 // NaN ones, which packed weights never hold (as for the AVX-512 decoders: quantization
 // saturates, and lowbit.load rejects a file with them). The fused GEMV needs
@@ -21,7 +23,7 @@ namespace {
 namespace deploy {
 
 struct Avx2FusedDot {
-  enum class Codes { kInt4, kInt8, kTable4, kE4M3 };
+  enum class Codes { kInt4, kInt8, kTable4, kE4M3, kGather8 };
   static constexpr bool four_bit(Codes c) { return c == Codes::kInt4 || c == Codes::kTable4; }
 
   // What stays fixed over a call: the codec's granule reader and the decode constants.
@@ -53,6 +55,8 @@ struct Avx2FusedDot {
       const __m256 v = _mm256_blendv_ps(_mm256_permutevar8x32_ps(c.lut_lo, q), _mm256_permutevar8x32_ps(c.lut_hi, q),
                                         _mm256_castsi256_ps(_mm256_slli_epi32(q, 28)));
       return _mm256_mul_ps(v, scale);
+    } else if constexpr (kKind == Codes::kGather8) {  // the codec's 256-entry table, 8 loads at once
+      return _mm256_mul_ps(_mm256_i32gather_ps(c.call.lut, _mm256_cvtepu8_epi32(codes8), 4), scale);
     } else {
       const __m128i q = _mm_cvtepu8_epi16(codes8);
       const __m128i h = _mm_or_si128(_mm_slli_epi16(_mm_and_si128(q, _mm_set1_epi16(0x80)), 8),
@@ -65,7 +69,8 @@ struct Avx2FusedDot {
   template <Codes kKind>
   static inline float value(const Ctx& c, const uint8_t* row, int64_t k, float scale, float offset) {
     const int code = four_bit(kKind) ? (row[k / 2] >> (4 * (k % 2))) & 0xF : row[k];
-    if constexpr (kKind == Codes::kTable4 || kKind == Codes::kE4M3) return c.call.lut[code] * scale;
+    if constexpr (kKind == Codes::kTable4 || kKind == Codes::kE4M3 || kKind == Codes::kGather8)
+      return c.call.lut[code] * scale;
     const int q = kKind == Codes::kInt4 ? (code < 8 ? code : code - 16) : int(int8_t(uint8_t(code)));
     return (float(q) - offset) * scale;
   }
@@ -526,7 +531,9 @@ struct Avx2FusedDot {
         d.decode = &decode<Codes::kE4M3>;
         if (fused) d.dot_rows = &dot_fn<Codes::kE4M3>;
         break;
-      case StoredCode::kHiF8:
+      case StoredCode::kHiF8:  // one or two rows gather from the table; more: the codec
+        if (fused) d.dot_rows = &dot_fn<Codes::kGather8>;
+        d.dot_rows_max = 2;
         break;
     }
     return d;

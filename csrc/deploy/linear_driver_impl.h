@@ -121,14 +121,15 @@ struct LinearKernels {
     thread_local GrowBuffer<float> xs;
     thread_local ColumnPositions positions;
     float* xp = xs.get(MR * kpad);
-    const int32_t* pos = positions.get(d.dot_rows ? d.dot_order : d.order, w.cols, kpad);
+    const bool fused = d.dot_rows && x.rows <= d.dot_rows_max;
+    const int32_t* pos = positions.get(fused ? d.dot_order : d.order, w.cols, kpad);
     const int64_t M = x.rows;  // <= MR; the rows beyond it are zeros
     bool bounded = true;
     for (int m = 0; m < MR; ++m) {
       if (m < M) bounded &= gather_x(x, m, pos, kpad, xp + m * kpad, 1);
       else for (int64_t k = 0; k < kpad; ++k) xp[m * kpad + k] = 0.0f;
     }
-    if (d.dot_rows) {  // fused decode + multiply, in column spans whose activations stay in L1
+    if (fused) {  // fused decode + multiply, in column spans whose activations stay in L1
       const auto dot_rows = bounded || !d.dot_rows_huge_x ? d.dot_rows : d.dot_rows_huge_x;
       // Up to 64 rows per call: each call sets up its decoder (a few dozen ns), which 16-row
       // blocks repeated 11 times for a 172-row layer; in parallel, at least 4 blocks per thread.

@@ -74,9 +74,10 @@ struct WeightDecoder {
   // where the scaled weights do not); null: dot_rows serves every input.
   void (*dot_rows_huge_x)(const WeightDecoder& self, int64_t r0, int64_t r1, const float* xp, int64_t M,
                           int64_t kpad, int64_t k0, int64_t k1, float* out) = nullptr;
-  // Activation rows up to which products run dot_rows in passes of 8 rows rather than the
-  // blocked GEMM (each pass reads the weight again; where dot_rows is cheap per row, that
-  // still costs less than decoding panels for the GEMM).
+  // Activation rows up to which products run dot_rows (above 8: in passes of 8 rows
+  // rather than the blocked GEMM; each pass reads the weight again, which costs less than
+  // decoding panels where dot_rows is cheap per row; below 8: where dot_rows is slower
+  // than decoding rows for the plain GEMV from that many rows on).
   int64_t dot_rows_max = 8;
   void run(int64_t r0, int64_t r1, int64_t k0, int64_t k1, float* out, int64_t ld, uint8_t* scratch) const {
     decode(*this, r0, r1, k0, k1, out, ld, scratch);
