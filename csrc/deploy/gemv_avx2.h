@@ -275,7 +275,7 @@ struct Avx2FusedDot {
       __m256 sc[R];
 #pragma GCC unroll 4
       for (int i = 0; i < R; ++i) {
-        // the hardware prefetcher alone left the streamed product latency-bound (3 GB/s)
+        // the hardware prefetcher alone left a streamed weight latency-bound
         if (!h) _mm_prefetch(reinterpret_cast<const char*>(rows[i] + k / 2 + c.prefetch), _MM_HINT_T0);
         v[i] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[i] + k / 2));
         sc[i] = c.half_scales(r + i, k);
