@@ -15,6 +15,8 @@
 #pragma once
 #include <immintrin.h>
 
+#include <type_traits>
+
 #include "deploy/weight_decoder.h"
 #include "simd/vec_avx2.h"
 
@@ -207,25 +209,16 @@ struct Avx2FusedDot {
     }
   }
 
-  // ---- symmetric 4-bit integer codes (int4, int3) in kNibbleLanes order ----
-  // A block of 128 columns is 64 code bytes, read as two vectors of eight 32-bit lanes
-  // (lanes 0-7, then 8-15). Nibble j of lane l is column 8 l + j, whose activation sits at
-  // position 16 j + l (weight_decoder.h), so every nibble is decoded in place, with no
-  // widening shuffle. Each half of a block (64 columns) lies in one granule, or in two for
-  // groups of 32 (lanes 0-3 and 4-7), so its scales are one vector.
-  // Every code is the nibble shifted to the top of its lane, then arithmetically down by
-  // 28 (the signed value), converted to fp32. kDefer (the form of dot_sym): a half's
-  // code x activation sums, then one multiply-add by its scales; otherwise (activations
-  // of 2^64 or more, NaN or Inf, and eight activation rows, which lack registers for the
-  // sums) every code is scaled first, as dot does.
-  struct LaneCtx {
+  // ---- symmetric integer codes with fp32 scales: two GEMVs on one register tile ----
+  // What both read of a weight: its scales by granule, and how far ahead to prefetch.
+  struct IntRowsCtx {
     const PackedWeight& w;
     const float* scales;
     int64_t glen, groups, lanes_end;
     int64_t prefetch;  // how far ahead the codes are prefetched: whole rows, about 12 KiB
     double inv_glen;
     bool tensor, pairs;  // pairs: groups of 32
-    explicit LaneCtx(const PackedWeight& pw)
+    explicit IntRowsCtx(const PackedWeight& pw)
         : w(pw), scales(pw.scales.scale), lanes_end(pw.cols / kLaneBlock * kLaneBlock) {
       const typename driver::Kernels<VecAvx2>::Call call(pw.spec, pw.cols);
       glen = call.glen, groups = call.groups, tensor = call.tensor;
@@ -236,13 +229,99 @@ struct Avx2FusedDot {
     // k / glen without a division instruction (exact for k below 2^40)
     int64_t granule(int64_t k) const { return int64_t((double(k) + 0.5) * inv_glen); }
     float scale(int64_t r, int64_t g) const { return scales[tensor ? 0 : r * groups + g]; }
-    // the scales of row r's 64 columns from k
+    // the scales of row r's 64 columns from k (a lane-kernel half block)
     __m256 half_scales(int64_t r, int64_t k) const {
       if (!pairs) return _mm256_set1_ps(scale(r, granule(k)));
       const __m128 two = _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(scales + r * groups + k / 32)));
       return _mm256_permutevar8x32_ps(_mm256_castps128_ps256(two), _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1));
     }
   };
+
+  // R weight rows x MR activation rows of fp32 accumulators, C independent chains each.
+  // kDefer: a span's code x activation sums, then one multiply-add by its scales;
+  // otherwise every code is scaled first (activations of 2^64 or more, NaN or Inf, and
+  // eight activation rows, which lack registers for the sums).
+  template <int MR, int R, bool kDefer>
+  struct RowTile {
+    static constexpr int C = R * MR >= 4 ? 1 : 4 / (R * MR);
+    const uint8_t* rows[R];
+    __m256 acc[R][MR][C];
+    RowTile(const PackedWeight& w, int64_t r) {
+#pragma GCC unroll 4
+      for (int i = 0; i < R; ++i) rows[i] = w.codes + (r + i) * w.row_bytes;
+#pragma GCC unroll 4
+      for (int i = 0; i < R; ++i)
+#pragma GCC unroll 8
+        for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 8
+          for (int t = 0; t < C; ++t) acc[i][m][t] = _mm256_setzero_ps();
+    }
+    // One span of J vectors of 8 columns: code(i, j) is row i's j-th vector of code values,
+    // x(m, j) the activations it multiplies, sc[i] row i's scales for the span.
+    template <int J, class Code, class X>
+    __attribute__((always_inline)) inline void span(const __m256 (&sc)[R], Code&& code, X&& x) {
+      __m256 ps[R][MR][C];
+#pragma GCC unroll 8
+      for (int j = 0; j < J; ++j) {
+#pragma GCC unroll 4
+        for (int i = 0; i < R; ++i) {
+          __m256 q = code(i, j);
+          if constexpr (!kDefer) q = _mm256_mul_ps(q, sc[i]);
+#pragma GCC unroll 8
+          for (int m = 0; m < MR; ++m) {
+            const __m256 xv = x(m, j);
+            if constexpr (kDefer)
+              ps[i][m][j % C] = j < C ? _mm256_mul_ps(q, xv) : _mm256_fmadd_ps(q, xv, ps[i][m][j % C]);
+            else
+              acc[i][m][j % C] = _mm256_fmadd_ps(q, xv, acc[i][m][j % C]);
+          }
+        }
+      }
+      if constexpr (kDefer) {
+#pragma GCC unroll 4
+        for (int i = 0; i < R; ++i)
+#pragma GCC unroll 8
+          for (int m = 0; m < MR; ++m) {
+            __m256 sum = ps[i][m][0];
+#pragma GCC unroll 8
+            for (int t = 1; t < C; ++t) sum = _mm256_add_ps(sum, ps[i][m][t]);
+            acc[i][m][0] = _mm256_fmadd_ps(sum, sc[i], acc[i][m][0]);
+          }
+      }
+    }
+    // out[m] += row i's dot product with activation row m, plus tail[m]
+    void store(int i, const float* tail, float* out) const {
+#pragma GCC unroll 8
+      for (int m = 0; m < MR; ++m) {
+        __m256 sum = acc[i][m][0];
+#pragma GCC unroll 8
+        for (int t = 1; t < C; ++t) sum = _mm256_add_ps(sum, acc[i][m][t]);
+        out[m] += VecAvx2::reduce_add(sum) + tail[m];
+      }
+    }
+  };
+
+  // Weight rows [r0, r1) two at a time for one or two activation rows (one otherwise):
+  // rows(MR, R, defer, r) for each tile, the first three as integral constants.
+  template <bool kDefer, class Rows>
+  static void row_tiles(int64_t r0, int64_t r1, int64_t M, Rows&& rows) {
+    with_gemv_rows(M, [&](auto mr) {
+      constexpr int MR = decltype(mr)::value, R = MR <= 2 ? 2 : 1;
+      using Defer = std::integral_constant<bool, kDefer && MR <= 4>;
+      int64_t r = r0;
+      for (; r + R <= r1; r += R) rows(mr, std::integral_constant<int, R>{}, Defer{}, r);
+      for (; r < r1; ++r) rows(mr, std::integral_constant<int, 1>{}, Defer{}, r);
+    });
+  }
+
+  // -- 4-bit codes (int4, int3) in kNibbleLanes order --
+  // A block of 128 columns is 64 code bytes, read as two vectors of eight 32-bit lanes
+  // (lanes 0-7, then 8-15). Nibble j of lane l is column 8 l + j, whose activation sits at
+  // position 16 j + l (weight_decoder.h), so every nibble is decoded in place, with no
+  // widening shuffle: shifted to the top of its lane, then arithmetically down by 28 (the
+  // signed value), converted to fp32. Each half of a block (64 columns) is one span: it lies
+  // in one granule, or in two for groups of 32 (lanes 0-3 and 4-7), so its scales are one
+  // vector.
 
   // Whether the lane kernel serves a weight: symmetric nibble codes with fp32 scales, at
   // least one block of 128 columns, and granules that do not split a half block.
@@ -255,20 +334,9 @@ struct Avx2FusedDot {
   }
 
   template <int MR, int R, bool kDefer>
-  static void lane_rows(const LaneCtx& c, int64_t r, const float* xp, int64_t kpad, int64_t k0, int64_t kl,
+  static void lane_rows(const IntRowsCtx& c, int64_t r, const float* xp, int64_t kpad, int64_t k0, int64_t kl,
                         int64_t kend, float* out) {
-    constexpr int C = R * MR >= 4 ? 1 : 4 / (R * MR);  // independent chains per accumulator
-    const PackedWeight& w = c.w;
-    const uint8_t* rows[R];
-#pragma GCC unroll 4
-    for (int i = 0; i < R; ++i) rows[i] = w.codes + (r + i) * w.row_bytes;
-    __m256 acc[R][MR][C];
-#pragma GCC unroll 4
-    for (int i = 0; i < R; ++i)
-#pragma GCC unroll 8
-      for (int m = 0; m < MR; ++m)
-#pragma GCC unroll 8
-        for (int t = 0; t < C; ++t) acc[i][m][t] = _mm256_setzero_ps();
+    RowTile<MR, R, kDefer> tile(c.w, r);
     for (int64_t k = k0; k < kl; k += 64) {
       const int64_t h = (k & 64) ? 8 : 0, block = k & ~int64_t(127);
       __m256i v[R];
@@ -276,42 +344,20 @@ struct Avx2FusedDot {
 #pragma GCC unroll 4
       for (int i = 0; i < R; ++i) {
         // the hardware prefetcher alone left a streamed weight latency-bound
-        if (!h) _mm_prefetch(reinterpret_cast<const char*>(rows[i] + k / 2 + c.prefetch), _MM_HINT_T0);
-        v[i] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[i] + k / 2));
+        if (!h) _mm_prefetch(reinterpret_cast<const char*>(tile.rows[i] + k / 2 + c.prefetch), _MM_HINT_T0);
+        v[i] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tile.rows[i] + k / 2));
         sc[i] = c.half_scales(r + i, k);
       }
-      __m256 ps[R][MR][C];
-#pragma GCC unroll 8
-      for (int j = 0; j < 8; ++j) {
-#pragma GCC unroll 4
-        for (int i = 0; i < R; ++i) {
-          const __m256i top = j == 7 ? v[i] : _mm256_slli_epi32(v[i], 28 - 4 * j);
-          __m256 q = _mm256_cvtepi32_ps(_mm256_srai_epi32(top, 28));
-          if constexpr (!kDefer) q = _mm256_mul_ps(q, sc[i]);
-#pragma GCC unroll 8
-          for (int m = 0; m < MR; ++m) {
-            const __m256 x = _mm256_loadu_ps(xp + m * kpad + block + 16 * j + h);
-            if constexpr (kDefer)
-              ps[i][m][j % C] = j < C ? _mm256_mul_ps(q, x) : _mm256_fmadd_ps(q, x, ps[i][m][j % C]);
-            else
-              acc[i][m][j % C] = _mm256_fmadd_ps(q, x, acc[i][m][j % C]);
-          }
-        }
-      }
-      if constexpr (kDefer) {
-#pragma GCC unroll 4
-        for (int i = 0; i < R; ++i)
-#pragma GCC unroll 8
-          for (int m = 0; m < MR; ++m) {
-            __m256 sum = ps[i][m][0];
-#pragma GCC unroll 8
-            for (int t = 1; t < C; ++t) sum = _mm256_add_ps(sum, ps[i][m][t]);
-            acc[i][m][0] = _mm256_fmadd_ps(sum, sc[i], acc[i][m][0]);
-          }
-      }
+      tile.template span<8>(
+          sc,
+          [&](int i, int j) {
+            const __m256i top = j == 7 ? v[i] : _mm256_slli_epi32(v[i], 28 - 4 * j);
+            return _mm256_cvtepi32_ps(_mm256_srai_epi32(top, 28));
+          },
+          [&](int m, int j) { return _mm256_loadu_ps(xp + m * kpad + block + 16 * j + h); });
     }
     // columns from lanes_end on, in kEvenOdd order: whole chunks of 32, then one by one
-    const Ctx cx(w, Codes::kInt4);
+    const Ctx cx(c.w, Codes::kInt4);
 #pragma GCC unroll 4
     for (int i = 0; i < R; ++i) {
       float tail[MR] = {};
@@ -320,7 +366,7 @@ struct Avx2FusedDot {
         const float s = c.scale(r + i, c.granule(base));
         if (k == base && k + 32 <= kend) {
           const __m128i low4 = _mm_set1_epi8(0x0F);
-          const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(rows[i] + k / 2));
+          const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(tile.rows[i] + k / 2));
           const __m128i lo = _mm_and_si128(b, low4), hi = _mm_and_si128(_mm_srli_epi16(b, 4), low4);
           const __m256 sv = _mm256_set1_ps(s), zero = _mm256_setzero_ps();
           const __m256 vals[4] = {values<Codes::kInt4>(cx, lo, sv, zero),
@@ -329,134 +375,75 @@ struct Avx2FusedDot {
                                   values<Codes::kInt4>(cx, _mm_srli_si128(hi, 8), sv, zero)};
           for (int m = 0; m < MR; ++m)
             for (int t = 0; t < 4; ++t)
-              acc[i][m][0] = _mm256_fmadd_ps(vals[t], _mm256_loadu_ps(xp + m * kpad + k + 8 * t), acc[i][m][0]);
+              tile.acc[i][m][0] =
+                  _mm256_fmadd_ps(vals[t], _mm256_loadu_ps(xp + m * kpad + k + 8 * t), tile.acc[i][m][0]);
           k += 32;
           continue;
         }
         const int64_t j = k - base, pos = base + (j % 2 == 0 ? j / 2 : 16 + j / 2);
-        const float wv = value<Codes::kInt4>(cx, rows[i], k, s, 0.0f);
+        const float wv = value<Codes::kInt4>(cx, tile.rows[i], k, s, 0.0f);
         for (int m = 0; m < MR; ++m) tail[m] += wv * xp[m * kpad + pos];
         ++k;
       }
-#pragma GCC unroll 8
-      for (int m = 0; m < MR; ++m) {
-        __m256 sum = acc[i][m][0];
-#pragma GCC unroll 8
-        for (int t = 1; t < C; ++t) sum = _mm256_add_ps(sum, acc[i][m][t]);
-        out[i * MR + m] += VecAvx2::reduce_add(sum) + tail[m];
-      }
+      tile.store(i, tail, out + i * MR);
     }
-  }
-
-  template <int MR, bool kDefer>
-  static void lane_block(const LaneCtx& c, int64_t r0, int64_t r1, const float* xp, int64_t kpad, int64_t k0,
-                         int64_t kl, int64_t kend, float* out) {
-    constexpr int R = MR <= 2 ? 2 : 1;  // weight rows at a time
-    int64_t r = r0;
-    for (; r + R <= r1; r += R) lane_rows<MR, R, kDefer>(c, r, xp, kpad, k0, kl, kend, out + (r - r0) * MR);
-    for (; r < r1; ++r) lane_rows<MR, 1, kDefer>(c, r, xp, kpad, k0, kl, kend, out + (r - r0) * MR);
   }
 
   template <bool kDefer>
   static void lanes_fn(const WeightDecoder& d, int64_t r0, int64_t r1, const float* xp, int64_t M, int64_t kpad,
                        int64_t k0, int64_t k1, float* out) {
-    const LaneCtx c(*d.w);
+    const IntRowsCtx c(*d.w);
     const int64_t kend = k1 < d.w->cols ? k1 : d.w->cols;
     const int64_t kl = kend < c.lanes_end ? kend : c.lanes_end < k0 ? k0 : c.lanes_end;
-    with_gemv_rows(M, [&](auto mr) {
+    row_tiles<kDefer>(r0, r1, M, [&](auto mr, auto rr, auto defer, int64_t r) {
       constexpr int MR = decltype(mr)::value;
-      lane_block<MR, kDefer && MR <= 4>(c, r0, r1, xp, kpad, k0, kl, kend, out);
+      lane_rows<MR, decltype(rr)::value, decltype(defer)::value>(c, r, xp, kpad, k0, kl, kend, out + (r - r0) * MR);
     });
   }
 
-  // ---- symmetric int8 codes ----
-  // Natural column order; each chunk of 32 columns lies in one granule (group sizes are
-  // multiples of 32). kDefer: the chunk's code x activation sums, then one multiply-add by
-  // its scale; otherwise every code is scaled first (activations of 2^64 or more, NaN or
-  // Inf, and eight activation rows).
+  // -- 8-bit codes (int8, int6) in natural column order --
+  // Each chunk of 32 columns is one span: it lies in one granule (group sizes are
+  // multiples of 32).
   template <int MR, int R, bool kDefer>
-  static void byte_rows(const LaneCtx& c, int64_t r, const float* xp, int64_t kpad, int64_t k0, int64_t kend,
+  static void byte_rows(const IntRowsCtx& c, int64_t r, const float* xp, int64_t kpad, int64_t k0, int64_t kend,
                         float* out) {
-    constexpr int C = R * MR >= 4 ? 1 : 4 / (R * MR);  // independent chains per accumulator
-    const PackedWeight& w = c.w;
-    const uint8_t* rows[R];
-#pragma GCC unroll 4
-    for (int i = 0; i < R; ++i) rows[i] = w.codes + (r + i) * w.row_bytes;
-    __m256 acc[R][MR][C];
-#pragma GCC unroll 4
-    for (int i = 0; i < R; ++i)
-#pragma GCC unroll 8
-      for (int m = 0; m < MR; ++m)
-#pragma GCC unroll 8
-        for (int t = 0; t < C; ++t) acc[i][m][t] = _mm256_setzero_ps();
+    RowTile<MR, R, kDefer> tile(c.w, r);
     int64_t k = k0;
     for (; k + 32 <= kend; k += 32) {
       __m256 sc[R];
 #pragma GCC unroll 4
       for (int i = 0; i < R; ++i) {
-        if (k % 64 == 0) _mm_prefetch(reinterpret_cast<const char*>(rows[i] + k + c.prefetch), _MM_HINT_T0);
+        if (k % 64 == 0) _mm_prefetch(reinterpret_cast<const char*>(tile.rows[i] + k + c.prefetch), _MM_HINT_T0);
         sc[i] = _mm256_set1_ps(c.scale(r + i, c.granule(k)));
       }
-      __m256 ps[R][MR][C];
-#pragma GCC unroll 4
-      for (int j = 0; j < 4; ++j) {
-#pragma GCC unroll 4
-        for (int i = 0; i < R; ++i) {
-          const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(rows[i] + k + 8 * j));
-          __m256 q = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
-          if constexpr (!kDefer) q = _mm256_mul_ps(q, sc[i]);
-#pragma GCC unroll 8
-          for (int m = 0; m < MR; ++m) {
-            const __m256 x = _mm256_loadu_ps(xp + m * kpad + k + 8 * j);
-            if constexpr (kDefer)
-              ps[i][m][j % C] = j < C ? _mm256_mul_ps(q, x) : _mm256_fmadd_ps(q, x, ps[i][m][j % C]);
-            else
-              acc[i][m][j % C] = _mm256_fmadd_ps(q, x, acc[i][m][j % C]);
-          }
-        }
-      }
-      if constexpr (kDefer) {
-#pragma GCC unroll 4
-        for (int i = 0; i < R; ++i)
-#pragma GCC unroll 8
-          for (int m = 0; m < MR; ++m) {
-            __m256 sum = ps[i][m][0];
-#pragma GCC unroll 4
-            for (int t = 1; t < C; ++t) sum = _mm256_add_ps(sum, ps[i][m][t]);
-            acc[i][m][0] = _mm256_fmadd_ps(sum, sc[i], acc[i][m][0]);
-          }
-      }
+      tile.template span<4>(
+          sc,
+          [&](int i, int j) {
+            const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(tile.rows[i] + k + 8 * j));
+            return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
+          },
+          [&](int m, int j) { return _mm256_loadu_ps(xp + m * kpad + k + 8 * j); });
     }
-    const Ctx cx(w, Codes::kInt8);
+    const Ctx cx(c.w, Codes::kInt8);
 #pragma GCC unroll 4
     for (int i = 0; i < R; ++i) {
       float tail[MR] = {};
       for (int64_t kk = k; kk < kend; ++kk) {  // a ragged row end
-        const float wv = value<Codes::kInt8>(cx, rows[i], kk, c.scale(r + i, c.granule(kk)), 0.0f);
+        const float wv = value<Codes::kInt8>(cx, tile.rows[i], kk, c.scale(r + i, c.granule(kk)), 0.0f);
         for (int m = 0; m < MR; ++m) tail[m] += wv * xp[m * kpad + kk];
       }
-#pragma GCC unroll 8
-      for (int m = 0; m < MR; ++m) {
-        __m256 sum = acc[i][m][0];
-#pragma GCC unroll 4
-        for (int t = 1; t < C; ++t) sum = _mm256_add_ps(sum, acc[i][m][t]);
-        out[i * MR + m] += VecAvx2::reduce_add(sum) + tail[m];
-      }
+      tile.store(i, tail, out + i * MR);
     }
   }
 
   template <bool kDefer>
   static void bytes_fn(const WeightDecoder& d, int64_t r0, int64_t r1, const float* xp, int64_t M, int64_t kpad,
                        int64_t k0, int64_t k1, float* out) {
-    const LaneCtx c(*d.w);
+    const IntRowsCtx c(*d.w);
     const int64_t kend = k1 < d.w->cols ? k1 : d.w->cols;
-    with_gemv_rows(M, [&](auto mr) {
+    row_tiles<kDefer>(r0, r1, M, [&](auto mr, auto rr, auto defer, int64_t r) {
       constexpr int MR = decltype(mr)::value;
-      constexpr bool defer = kDefer && MR <= 4;
-      constexpr int R = MR <= 2 ? 2 : 1;
-      int64_t r = r0;
-      for (; r + R <= r1; r += R) byte_rows<MR, R, defer>(c, r, xp, kpad, k0, kend, out + (r - r0) * MR);
-      for (; r < r1; ++r) byte_rows<MR, 1, defer>(c, r, xp, kpad, k0, kend, out + (r - r0) * MR);
+      byte_rows<MR, decltype(rr)::value, decltype(defer)::value>(c, r, xp, kpad, k0, kend, out + (r - r0) * MR);
     });
   }
 
